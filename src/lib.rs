@@ -1,0 +1,6 @@
+//! nix-vmtest: NixOS-style VM integration tests with a Rust test driver.
+//!
+//! See ARCHITECTURE.md for how the parts fit together.
+
+pub mod spec;
+pub mod vlan;
