@@ -2,5 +2,10 @@
 //!
 //! See ARCHITECTURE.md for how the parts fit together.
 
+pub mod driver;
+pub mod log;
+pub mod machine;
+pub mod script;
+pub mod plugin;
 pub mod spec;
 pub mod vlan;

@@ -1,0 +1,83 @@
+"""Entry point: ``python3 -u -m nix_vmtest`` started by the driver.
+
+Environment: ``NIX_VMTEST_FD`` (connected AF_UNIX stream socket),
+``NIX_VMTEST_SCRIPT`` (path of the test script), ``NIX_VMTEST_INTERACTIVE``
+(``1``: a REPL instead of running the script).
+
+Exit status: 0 when the script ran to the end, 1 when it raised (the
+traceback, trimmed to the script's frames, goes to stderr), the script's own
+code when it called ``sys.exit``.
+"""
+
+import os
+import sys
+from typing import Any, Dict
+
+
+def _repl(driver: Any, globals_: Dict[str, Any]) -> int:
+    import code
+
+    try:
+        import readline
+        import rlcompleter
+
+        readline.set_completer(rlcompleter.Completer(globals_).complete)
+        readline.parse_and_bind("tab: complete")
+    except ImportError:
+        pass
+    names = ", ".join(m.name for m in driver.machines) or "(none)"
+    banner = (
+        "nix-vmtest interactive session.\n"
+        f"machines: {names}\n"
+        "test_script() runs the test script; start_all() starts every machine;\n"
+        "Ctrl-C interrupts the current call, Ctrl-D ends the session."
+    )
+    console = code.InteractiveConsole(globals_, filename="<repl>")
+    console.interact(banner=banner, exitmsg="")
+    return 0
+
+
+def main() -> int:
+    from .driver import Driver, format_script_error
+    from .rpc import Client
+
+    try:
+        fd = int(os.environ["NIX_VMTEST_FD"])
+    except (KeyError, ValueError):
+        print("nix_vmtest: NIX_VMTEST_FD is not set; this module is started by "
+              "nixos-test-driver", file=sys.stderr)
+        return 2
+    script_path = os.environ.get("NIX_VMTEST_SCRIPT", "")
+    interactive = os.environ.get("NIX_VMTEST_INTERACTIVE", "0") == "1"
+    source = ""
+    if script_path:
+        with open(script_path, encoding="utf-8") as f:
+            source = f.read()
+    elif not interactive:
+        print("nix_vmtest: NIX_VMTEST_SCRIPT is not set", file=sys.stderr)
+        return 2
+
+    client = Client.from_fd(fd)
+    hello = client.call("hello", None, {})
+    driver = Driver(client, hello or {}, script_path or "<testScript>", source)
+    globals_ = driver.make_globals()
+
+    if interactive:
+        return _repl(driver, globals_)
+
+    try:
+        driver.run_tests()
+    except SystemExit:
+        raise
+    except BaseException as e:
+        sys.stdout.flush()
+        sys.stderr.write(format_script_error(e, driver.script_path))
+        sys.stderr.flush()
+        return 1
+    finally:
+        sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

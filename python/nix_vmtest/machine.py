@@ -1,0 +1,576 @@
+"""``Machine``: the handle a test script uses for one VM.
+
+Every method of driver-api.md "Machine" is here with nixpkgs' names, arguments
+and defaults. Methods backed by a driver op (Contract 3) send it; the rest are
+written on top of those ops the way nixpkgs' driver writes them.
+
+Polling conditions are checked (as nixpkgs does it through its callbacks)
+before every call that talks to the guest or to QEMU: ``execute``,
+``wait_until``, the ``wait_for_*`` ops, ``get_unit_info``,
+``send_monitor_command``, ``qmp``, ``send_console``, ``screenshot``,
+``copy_from_host``, ``copy_from_machine``, ``crash``, ``reboot``, ``block``,
+``unblock``. While a polling condition is active, the waits that nixpkgs
+builds from one ``execute`` a second (``wait_until_succeeds/fails``,
+``wait_for_file``, ``wait_for_open_port``, ``wait_for_closed_port``,
+``wait_for_open_unix_socket``, ``wait_for_unit``) run exactly that way in
+Python, so the conditions are re-checked during the wait; otherwise the
+driver's fast op is used.
+
+Logging: the Python side sends the nested headers nixpkgs prints for command,
+wait, systemd, keyboard and screen methods (``log_begin``/``log_end``, message
+prefixed ``<machine>: ``). Lifecycle ops (start, connect, shutdown, crash,
+reboot, wait_for_shutdown, release), screenshot, block/unblock,
+copy_from_host/machine and the ``join_all`` op are logged by the driver.
+"""
+
+import base64
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from .errors import MachineError, MachineTimeout, RequestedAssertionFailed, Unsupported
+
+__all__ = ["Machine", "retry", "CHAR_TO_KEY", "make_command"]
+
+
+def _build_char_to_key() -> Dict[str, str]:
+    """Characters that QEMU's ``sendkey`` does not name directly."""
+    keys: Dict[str, str] = {}
+    for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
+        keys[c] = f"shift-{c.lower()}"
+    # (plain, shifted) pairs sharing one scancode
+    for plain, shifted, code in [
+        ("-", "_", "0x0C"), ("=", "+", "0x0D"), ("[", "{", "0x1A"),
+        ("]", "}", "0x1B"), (";", ":", "0x27"), ("'", '"', "0x28"),
+        ("`", "~", "0x29"), ("\\", "|", "0x2B"), (",", "<", "0x33"),
+        (".", ">", "0x34"), ("/", "?", "0x35"),
+    ]:
+        keys[plain] = code
+        keys[shifted] = f"shift-{code}"
+    # shifted digits row: ! on 1 (0x02) ... ) on 0 (0x0B)
+    for i, c in enumerate("!@#$%^&*()"):
+        keys[c] = f"shift-0x{i + 2:02X}"
+    keys[" "] = "spc"
+    keys["\n"] = "ret"
+    return keys
+
+
+CHAR_TO_KEY = _build_char_to_key()
+
+
+def make_command(args: list) -> str:
+    return " ".join(shlex.quote(str(a)) for a in args)
+
+
+def retry(fn: Callable, timeout_seconds: int = 900) -> None:
+    """Call ``fn(False)`` once a second until it returns true; when
+    ``timeout_seconds`` have passed, call ``fn(True)`` a last time and raise
+    ``RequestedAssertionFailed("action timed out ...")`` if that is false too."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_seconds:
+        if fn(False):
+            return
+        time.sleep(1)
+    elapsed = time.monotonic() - start
+    if not fn(True):
+        raise RequestedAssertionFailed(
+            f"action timed out after {elapsed:.2f} seconds (timeout={timeout_seconds})"
+        )
+
+
+def _decode(data: Optional[bytes]) -> str:
+    return (data or b"").decode("utf-8", errors="replace")
+
+
+_OEM_CHOICES: List[List[str]] = [["--oem", "2"], []]
+
+
+def _run_tesseract(image: str) -> str:
+    base = [image, "-", "-c", "debug_file=/dev/null", "--psm", "11"]
+    # nixpkgs asks for OEM 2 (legacy + LSTM); data packs without the legacy
+    # model (Debian's) refuse it, then the default engine is used from then on.
+    for extra in list(_OEM_CHOICES):
+        proc = subprocess.run(["tesseract"] + base + extra, capture_output=True)
+        if proc.returncode == 0:
+            while _OEM_CHOICES and _OEM_CHOICES[0] != extra:
+                _OEM_CHOICES.pop(0)
+            return proc.stdout.decode("utf-8", errors="replace")
+    raise MachineError(
+        f"OCR failed with exit code {proc.returncode}: "
+        f"{proc.stderr.decode(errors='replace').strip()}"
+    )
+
+
+def _preprocess(image: str, negate: bool) -> str:
+    """ImageMagick variant of the screenshot, as nixpkgs makes them."""
+    out = image + (".negative.png" if negate else ".positive.png")
+    args = ["magick", "convert", "-filter", "Catrom", "-density", "72", "-resample", "300",
+            "-contrast", "-normalize", "-despeckle", "-type", "grayscale",
+            "-sharpen", "1", "-posterize", "3"]
+    if negate:
+        args.append("-negate")
+    args += ["-gamma", "100", "-blur", "1x65535", image, out]
+    proc = subprocess.run(args, capture_output=True)
+    if proc.returncode != 0:
+        raise MachineError(
+            f"Image processing failed with exit code {proc.returncode}, "
+            f"stderr: {proc.stderr.decode(errors='replace')}"
+        )
+    return out
+
+
+class Machine:
+    """A handle to one machine of the test (nixpkgs' ``QemuMachine`` API)."""
+
+    def __init__(self, driver: Any, name: str, vlans: Optional[List[int]] = None) -> None:
+        self.driver = driver
+        self.name = name
+        self.vlans = list(vlans or [])
+        self.out_dir = Path(driver.out_dir)
+        self.logger = driver.log
+
+    def __repr__(self) -> str:
+        return f"<Machine '{self.name}'>"
+
+    # -- plumbing -------------------------------------------------------
+    def _op(self, op: str, _check: bool = False, **args: Any) -> Any:
+        if _check:
+            self.run_callbacks()
+        return self.driver.rpc.call(op, self.name, args)
+
+    def _op_bytes(self, op: str, _check: bool = False, **args: Any) -> Tuple[Any, Optional[bytes]]:
+        if _check:
+            self.run_callbacks()
+        return self.driver.rpc.call_bytes(op, self.name, args)
+
+    def run_callbacks(self) -> None:
+        """Check the active polling conditions (raises if one fails)."""
+        self.driver.check_polling_conditions()
+
+    def _polling_active(self) -> bool:
+        return bool(self.driver.polling_conditions)
+
+    def log(self, msg: str) -> None:
+        self.logger.log(msg, {"machine": self.name})
+
+    def nested(self, msg: str, attrs: Optional[Dict[str, str]] = None) -> Any:
+        a = {"machine": self.name}
+        a.update(attrs or {})
+        return self.logger.nested(msg, a)
+
+    # -- commands -------------------------------------------------------
+    def execute(
+        self,
+        command: str,
+        check_return: bool = True,
+        check_output: bool = True,
+        timeout: Optional[int] = 900,
+    ) -> Tuple[int, str]:
+        """Run a shell command (``set -euo pipefail``, bash); return
+        ``(status, output)``. ``check_output=False`` returns ``(-2, "")``,
+        ``check_return=False`` returns ``(-1, output)``."""
+        value, data = self._op_bytes(
+            "execute", True, command=command, check_return=check_return,
+            check_output=check_output, timeout=timeout,
+        )
+        if not check_output:
+            return (-2, "")
+        output = _decode(data)
+        status = value.get("status") if isinstance(value, dict) else None
+        if status is None and isinstance(value, dict) and value.get("timed_out"):
+            status = 124  # what nixpkgs' `timeout N bash -c ...` gives
+        if not check_return or status is None:
+            return (-1, output)
+        return (int(status), output)
+
+    def succeed(self, *commands: str, timeout: Optional[int] = None) -> str:
+        output = ""
+        for command in commands:
+            with self.nested(f"must succeed: {command}"):
+                status, out = self.execute(command, timeout=timeout)
+                if status != 0:
+                    self.log(f"output: {out}")
+                    raise RequestedAssertionFailed(
+                        f"command `{command}` failed (exit code {status})"
+                    )
+                output += out
+        return output
+
+    def fail(self, *commands: str, timeout: Optional[int] = None) -> str:
+        output = ""
+        for command in commands:
+            with self.nested(f"must fail: {command}"):
+                status, out = self.execute(command, timeout=timeout)
+                if status == 0:
+                    raise RequestedAssertionFailed(f"command `{command}` unexpectedly succeeded")
+                output += out
+        return output
+
+    def _wait_until(self, command: str, timeout: int, want_success: bool) -> str:
+        if self._polling_active():
+            output = ""
+
+            def check(_last_try: bool) -> bool:
+                nonlocal output
+                status, output = self.execute(command, timeout=timeout)
+                return (status == 0) == want_success
+
+            retry(check, timeout)
+            return output
+        _value, data = self._op_bytes(
+            "wait_until", True, command=command, timeout=timeout, want_success=want_success
+        )
+        return _decode(data)
+
+    def wait_until_succeeds(self, command: str, timeout: int = 900) -> str:
+        with self.nested(f"waiting for success: {command}"):
+            return self._wait_until(command, timeout, True)
+
+    def wait_until_fails(self, command: str, timeout: int = 900) -> str:
+        with self.nested(f"waiting for failure: {command}"):
+            return self._wait_until(command, timeout, False)
+
+    def sleep(self, secs: int) -> None:
+        """Sleep in guest time."""
+        self.succeed(f"sleep {secs}")
+
+    # -- waits ----------------------------------------------------------
+    def _poll_execute(self, command: str, want_success: bool, timeout: int) -> None:
+        def check(_last_try: bool) -> bool:
+            status, _ = self.execute(command)
+            return (status == 0) == want_success
+
+        retry(check, timeout)
+
+    def wait_for_file(self, filename: str, timeout: int = 900) -> None:
+        with self.nested(f"waiting for file '{filename}'"):
+            if self._polling_active():
+                self._poll_execute(f"test -e {filename}", True, timeout)
+            else:
+                self._op("wait_for_file", True, path=filename, timeout=timeout)
+
+    def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: int = 900) -> None:
+        with self.nested(f"waiting for TCP port {port} on {addr}"):
+            if self._polling_active():
+                self._poll_execute(f"nc -z {addr} {port}", True, timeout)
+            else:
+                self._op("wait_for_open_port", True, port=port, addr=addr, timeout=timeout)
+
+    def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: int = 900) -> None:
+        with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
+            if self._polling_active():
+                self._poll_execute(f"nc -z {addr} {port}", False, timeout)
+            else:
+                self._op("wait_for_closed_port", True, port=port, addr=addr, timeout=timeout)
+
+    def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False, timeout: int = 900) -> None:
+        kind = "datagram" if is_datagram else "stream"
+        with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
+            if self._polling_active():
+                flags = "-z " + ("-uU" if is_datagram else "-U")
+                self._poll_execute(f"nc {flags} {addr}", True, timeout)
+            else:
+                self._op("wait_for_open_unix_socket", True, addr=addr,
+                         is_datagram=is_datagram, timeout=timeout)
+
+    def wait_for_console_text(self, regex: str, timeout: Optional[int] = None) -> Any:
+        """Wait until ``regex`` matches the serial console output; returns the
+        matched line (nixpkgs returns None)."""
+        with self.nested(f"waiting for {regex} to appear on console"):
+            return self._op("wait_for_console_text", True, regex=regex, timeout=timeout)
+
+    def wait_for_shutdown(self) -> None:
+        self._op("wait_for_shutdown")
+
+    # -- systemd --------------------------------------------------------
+    def systemctl(self, q: str, user: Optional[str] = None) -> Tuple[int, str]:
+        if user is not None:
+            q = q.replace("'", "\\'")
+            return self.execute(
+                f"su -l {user} --shell /bin/sh -c "
+                "$'XDG_RUNTIME_DIR=/run/user/`id -u` "
+                f"systemctl --user {q}'"
+            )
+        return self.execute(f"systemctl {q}")
+
+    def wait_for_unit(self, unit: str, user: Optional[str] = None, timeout: int = 900) -> None:
+        with self.nested(
+            f"waiting for unit {unit}" + (f" with user {user}" if user is not None else "")
+        ):
+            if not self._polling_active():
+                self._op("wait_for_unit", True, unit=unit, user=user, timeout=timeout)
+                return
+
+            def check_active(_last_try: bool) -> bool:
+                state = self.get_unit_property(unit, "ActiveState", user)
+                if state == "failed":
+                    raise RequestedAssertionFailed(f'unit "{unit}" reached state "{state}"')
+                if state == "inactive":
+                    _status, jobs = self.systemctl("list-jobs --full 2>&1", user)
+                    if "No jobs" in jobs:
+                        info = self.get_unit_info(unit, user)
+                        if info["ActiveState"] == state:
+                            raise RequestedAssertionFailed(
+                                f'unit "{unit}" is inactive and there are no pending jobs'
+                            )
+                return state == "active"
+
+            retry(check_active, timeout)
+
+    def get_unit_info(self, unit: str, user: Optional[str] = None) -> Dict[str, str]:
+        return self._op("get_unit_info", True, unit=unit, user=user)
+
+    def get_unit_property(self, unit: str, property: str, user: Optional[str] = None) -> str:
+        status, lines = self.systemctl(f'--no-pager show "{unit}" --property="{property}"', user)
+        if status != 0:
+            raise RequestedAssertionFailed(
+                f'retrieving systemctl property "{property}" for unit "{unit}"'
+                + ("" if user is None else f' under user "{user}"')
+                + f" failed with exit code {status}"
+            )
+        invalid = f'systemctl show --property "{property}" "{unit}" produced invalid output: {lines}'
+        match = re.match(r"^([^=]+)=(.*)$", lines)
+        if match is None or match[1] != property:
+            raise RequestedAssertionFailed(invalid)
+        return match[2]
+
+    def require_unit_state(self, unit: str, require_state: str = "active") -> None:
+        with self.nested(f"checking if unit '{unit}' has reached state '{require_state}'"):
+            state = self.get_unit_info(unit)["ActiveState"]
+            if state != require_state:
+                raise RequestedAssertionFailed(
+                    f"Expected unit '{unit}' to to be in state "
+                    f"'{require_state}' but it is in state '{state}'"
+                )
+
+    def start_job(self, jobname: str, user: Optional[str] = None) -> Tuple[int, str]:
+        return self.systemctl(f"start {jobname}", user)
+
+    def stop_job(self, jobname: str, user: Optional[str] = None) -> Tuple[int, str]:
+        return self.systemctl(f"stop {jobname}", user)
+
+    # -- files ----------------------------------------------------------
+    def copy_from_host(self, source: str, target: str) -> None:
+        self._op("copy_from_host", True, source=os.path.abspath(source), target=target)
+
+    def copy_from_host_via_shell(self, source: str, target: str) -> None:
+        with open(source, "rb") as fh:
+            content_b64 = base64.b64encode(fh.read()).decode()
+        self.succeed(
+            f"mkdir -p $(dirname {target})",
+            f"echo -n {content_b64} | base64 -d > {target}",
+        )
+
+    def copy_from_machine(self, source: str, target_dir: str = "") -> Any:
+        """Copy ``source`` from the guest into ``<out>/<target_dir>/``;
+        returns what the driver answers (the host path)."""
+        return self._op("copy_from_machine", True, source=source, target_dir=target_dir)
+
+    def copy_from_vm(self, source: str, target_dir: str = "") -> Any:
+        """Old name of ``copy_from_machine``."""
+        return self.copy_from_machine(source, target_dir)
+
+    # -- lifecycle ------------------------------------------------------
+    def start(self, allow_reboot: bool = False) -> None:
+        """Start the VM; returns at once (the boot goes on in the background)."""
+        self._op("start", allow_reboot=allow_reboot)
+
+    def connect(self) -> None:
+        self._op("connect")
+
+    def is_up(self) -> bool:
+        return bool(self._op("is_up"))
+
+    def shutdown(self) -> None:
+        self._op("shutdown")
+
+    def crash(self) -> None:
+        self._op("crash", True)
+
+    def reboot(self) -> None:
+        self._op("reboot", True)
+
+    def release(self) -> None:
+        self._op("release")
+
+    def switch_root(self) -> None:
+        """Stage 1 → stage 2 (``testing.initrdBackdoor``); then reconnect."""
+        self.wait_for_unit("initrd.target")
+        self.execute(
+            "systemctl isolate --no-block initrd-switch-root.target 2>/dev/null >/dev/null",
+            check_return=False,
+            check_output=False,
+        )
+        self.connect()
+
+    # -- QEMU and consoles ----------------------------------------------
+    def send_monitor_command(self, command: str) -> str:
+        return self._op("send_monitor_command", True, command=command)
+
+    def qmp(self, execute: str, arguments: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Run one QMP command (extension; nixpkgs reaches QMP only for events)."""
+        return self._op("qmp", True, execute=execute, arguments=arguments)
+
+    def wait_for_qmp_event(
+        self, event_filter: Callable[[Dict[str, Any]], bool], timeout: int = 60 * 10
+    ) -> Dict[str, Any]:
+        start = time.monotonic()
+        while True:
+            remaining = max(0.0, timeout - (time.monotonic() - start))
+            try:
+                evt = self._op("next_qmp_event", timeout=remaining)
+            except MachineTimeout as e:
+                raise TimeoutError(str(e)) from None
+            if event_filter(evt):
+                return evt
+            if time.monotonic() - start >= timeout:
+                raise TimeoutError(f"no matching QMP event within {timeout} seconds")
+
+    def send_key(self, key: str, delay: Optional[float] = 0.01, log: Optional[bool] = True) -> None:
+        key = CHAR_TO_KEY.get(key, key)
+        ctx = self.nested(f"sending key {key!r}") if log else contextlib.nullcontext()
+        with ctx:
+            self.send_monitor_command(f"sendkey {key}")
+            if delay is not None:
+                time.sleep(delay)
+
+    def send_chars(self, chars: str, delay: Optional[float] = 0.01) -> None:
+        with self.nested(f"sending keys {chars!r}"):
+            for char in chars:
+                self.send_key(char, delay, log=False)
+
+    def send_console(self, chars: str) -> None:
+        self._op("send_console", True, chars=chars)
+
+    def shell_interact(self, address: Optional[str] = None) -> None:
+        args = {} if address is None else {"address": address}
+        try:
+            self._op("shell_interact", **args)
+        except KeyboardInterrupt:
+            pass
+
+    def console_interact(self) -> None:
+        try:
+            self._op("console_interact")
+        except KeyboardInterrupt:
+            pass
+
+    def get_tty_text(self, tty: str) -> str:
+        _status, output = self.execute(
+            f"fold -w$(stty -F /dev/tty{tty} size | awk '{{print $2}}') /dev/vcs{tty}"
+        )
+        return output
+
+    def wait_until_tty_matches(self, tty: str, regexp: str, timeout: int = 900) -> None:
+        matcher = re.compile(regexp)
+
+        def tty_matches(last_try: bool) -> bool:
+            text = self.get_tty_text(tty)
+            if last_try:
+                self.log(f"Last chance to match /{regexp}/ on TTY{tty}, which currently contains: {text}")
+            return len(matcher.findall(text)) > 0
+
+        with self.nested(f"waiting for {regexp} to appear on tty {tty}"):
+            retry(tty_matches, timeout)
+
+    def dump_tty_contents(self, tty: str) -> None:
+        self.execute(f"fold -w 80 /dev/vcs{tty} | systemd-cat")
+
+    def get_console_log(self) -> str:
+        return self._op("get_console_log")
+
+    # -- screen ---------------------------------------------------------
+    def screenshot(self, filename: str) -> Any:
+        """PNG into the output directory unless ``filename`` has a ``/``;
+        returns the path written."""
+        return self._op("screenshot", True, filename=filename)
+
+    @contextlib.contextmanager
+    def _temp_screenshot(self) -> Any:
+        with tempfile.TemporaryDirectory(prefix="nix-vmtest-ocr-") as d:
+            path = os.path.join(d, "screen.png")
+            written = self.screenshot(path)
+            yield written if isinstance(written, str) and written else path
+
+    def _ocr(self, variants: bool) -> List[str]:
+        if shutil.which("tesseract") is None:
+            raise Unsupported("OCR requested but `tesseract` is not available (enableOCR = true)")
+        with self._temp_screenshot() as image:
+            results = [_run_tesseract(image)]
+            if variants and shutil.which("magick") is not None:
+                for negate in (False, True):
+                    results.append(_run_tesseract(_preprocess(image, negate)))
+            return results
+
+    def get_screen_text_variants(self) -> List[str]:
+        return self._ocr(True)
+
+    def get_screen_text(self) -> str:
+        return self._ocr(False)[0]
+
+    def wait_for_text(self, regex: str, timeout: int = 900) -> None:
+        def screen_matches(last_try: bool) -> bool:
+            variants = self.get_screen_text_variants()
+            if any(re.search(regex, text) is not None for text in variants):
+                return True
+            if last_try:
+                self.log(f"Last OCR attempt failed. Text was: {variants}")
+            return False
+
+        with self.nested(f"waiting for {regex} to appear on screen"):
+            retry(screen_matches, timeout)
+
+    def wait_for_x(self, timeout: int = 900) -> None:
+        def check_x(_last_try: bool) -> bool:
+            cmd = 'journalctl -b SYSLOG_IDENTIFIER=systemd | grep "Reached target Current graphical"'
+            status, _ = self.execute(cmd)
+            if status != 0:
+                return False
+            status, _ = self.execute("[ -e /tmp/.X11-unix/X0 ]")
+            return status == 0
+
+        with self.nested("waiting for the X11 server"):
+            retry(check_x, timeout)
+
+    def get_window_names(self) -> List[str]:
+        return self.succeed(
+            r"xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\([^\"]*\)\".*/\1/; t; d'"
+        ).splitlines()
+
+    def wait_for_window(self, regexp: str, timeout: int = 900) -> None:
+        pattern = re.compile(regexp)
+
+        def window_is_visible(last_try: bool) -> bool:
+            names = self.get_window_names()
+            if last_try:
+                self.log(
+                    f"Last chance to match {regexp} on the window list, which currently contains: "
+                    + ", ".join(names)
+                )
+            return any(pattern.search(name) for name in names)
+
+        with self.nested("waiting for a window to appear"):
+            retry(window_is_visible, timeout)
+
+    # -- network --------------------------------------------------------
+    def forward_port(self, host_port: int = 8080, guest_port: int = 80) -> None:
+        self.send_monitor_command(f"hostfwd_add tcp::{host_port}-:{guest_port}")
+
+    def block(self) -> None:
+        """Take this machine's VLAN links down."""
+        self._op("block", True)
+
+    def unblock(self) -> None:
+        self._op("unblock", True)
+
+
+# nixpkgs names the class QemuMachine and exposes BaseMachine for typing.
+QemuMachine = Machine
+BaseMachine = Machine

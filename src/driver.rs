@@ -1,0 +1,419 @@
+//! One test run: the VLAN switches, the machines, the Python script host,
+//! the global timeout, signals, and the cleanup that leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+use crate::log::Log;
+use crate::machine::qemu::{self, Accel, AccelChoice};
+use crate::machine::{Machine, MachineConfig};
+use crate::spec::{mac_address, MachineSpec, TestSpec};
+use crate::vlan::Vlan;
+
+/// Why a run could not be set up or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error(transparent)]
+    Spec(#[from] crate::spec::SpecError),
+    #[error("cannot create the driver's state directory under {dir}: {source} (set TMPDIR to a writable directory)")]
+    StateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start the VLAN {vlan} switch: {message}")]
+    Vlan { vlan: u32, message: String },
+    #[error("cannot start the Python test-script host ({python}): {source}. Set NIX_VMTEST_PYTHON to a python3.")]
+    Python {
+        python: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the test script {path}: {source}")]
+    Script {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything a run needs to know (the command line, resolved).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub spec: TestSpec,
+    pub test_script: Option<PathBuf>,
+    pub out_dir: PathBuf,
+    pub junit_xml: Option<PathBuf>,
+    pub log_file: Option<PathBuf>,
+    pub global_timeout: Duration,
+    pub interactive: bool,
+    pub keep_state: bool,
+    pub accel: AccelChoice,
+}
+
+/// The owner of every resource of a run. Dropping it kills every QEMU,
+/// stops the switches and removes the state directory.
+pub struct Driver {
+    pub log: Log,
+    pub machines: Vec<Machine>,
+    pub vlans: BTreeMap<u32, Vlan>,
+    pub spec: TestSpec,
+    pub opts: RunOptions,
+    pub accel: Accel,
+    state_dir: PathBuf,
+    next_node: u32,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for m in &mut self.machines {
+            m.release();
+        }
+        self.vlans.clear();
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+}
+
+/// Makes a private (0700) temporary directory `<base>/<prefix>XXXXXX`.
+pub fn private_temp_dir(base: &Path, prefix: &str) -> std::io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let template = base.join(format!("{prefix}XXXXXX"));
+    let mut bytes = template.as_os_str().as_bytes().to_vec();
+    bytes.push(0);
+    // SAFETY: `bytes` is a NUL-terminated, writable template buffer.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    bytes.pop();
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
+}
+
+/// The directory temporary files go to: `$TMPDIR` or `/tmp`.
+pub fn temp_base() -> PathBuf {
+    std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+impl Driver {
+    /// Creates the state directory and the VLAN switches; machines are
+    /// created but not started.
+    pub async fn new(opts: RunOptions, log: Log) -> Result<Driver, DriverError> {
+        let spec = opts.spec.clone().normalize()?;
+        let base = temp_base();
+        let state_dir = private_temp_dir(&base, "nix-vmtest.").map_err(|source| {
+            DriverError::StateDir {
+                dir: base.clone(),
+                source,
+            }
+        })?;
+        let decision = qemu::choose_accel(opts.accel);
+        log.info(&format!(
+            "accelerator: {} ({})",
+            decision.accel, decision.reason
+        ));
+        let mut driver = Driver {
+            log,
+            machines: Vec::new(),
+            vlans: BTreeMap::new(),
+            spec: spec.clone(),
+            opts,
+            accel: decision.accel,
+            state_dir,
+            next_node: spec.machines.len() as u32 + 1,
+        };
+        for &v in &spec.vlans {
+            let socket = driver.state_dir.join(format!("vlan{v}.sock"));
+            let vlan = Vlan::start(v, socket)
+                .await
+                .map_err(|e| DriverError::Vlan {
+                    vlan: v,
+                    message: e.to_string(),
+                })?;
+            driver.log.info(&format!("vlan {v}: switch ready"));
+            driver.vlans.insert(v, vlan);
+        }
+        std::fs::create_dir_all(&driver.opts.out_dir)?;
+        for (i, m) in spec.machines.iter().enumerate() {
+            let params = spec.network_kernel_params(&m.name);
+            driver.add_machine(m.clone(), i as u32 + 1, params, None)?;
+        }
+        Ok(driver)
+    }
+
+    fn add_machine(
+        &mut self,
+        spec: MachineSpec,
+        node: u32,
+        network_params: String,
+        start_command: Option<String>,
+    ) -> Result<&mut Machine, DriverError> {
+        let machine_dir = if self.opts.keep_state {
+            // As nixpkgs: state kept across runs in $TMPDIR/vm-state-<name>.
+            temp_base().join(format!("vm-state-{}", spec.name))
+        } else {
+            self.state_dir.join(&spec.name)
+        };
+        std::fs::create_dir_all(&machine_dir)?;
+        let cfg = MachineConfig {
+            node,
+            state_dir: machine_dir,
+            out_dir: self.opts.out_dir.clone(),
+            vlan_sockets: self
+                .vlans
+                .iter()
+                .map(|(v, s)| (*v, s.socket_path().to_path_buf()))
+                .collect(),
+            network_params,
+            accel: self.accel,
+            qemu: qemu::find_qemu(),
+            keep_state: self.opts.keep_state,
+            start_command,
+            spec,
+        };
+        self.machines.push(Machine::new(cfg, self.log.clone()));
+        let last = self.machines.len() - 1;
+        Ok(&mut self.machines[last])
+    }
+
+    /// Adds a machine at run time (`create_machine`).
+    pub fn create_machine(
+        &mut self,
+        start_command: &str,
+        name: Option<&str>,
+        keep_state: bool,
+    ) -> Result<String, String> {
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => {
+                let first = start_command.split_whitespace().next().unwrap_or("");
+                crate::spec::name_from_start_script(Path::new(first))
+                    .map_err(|e| format!("create_machine: {e}; pass name=..."))?
+            }
+        };
+        if self.machine_index(&name).is_some() {
+            return Err(format!("create_machine: a machine named {name:?} exists already"));
+        }
+        let node = self.next_node;
+        self.next_node += 1;
+        let spec = MachineSpec {
+            name: name.clone(),
+            start_script: None,
+            image: None,
+        };
+        let m = self
+            .add_machine(spec, node, String::new(), Some(start_command.to_string()))
+            .map_err(|e| e.to_string())?;
+        m.release();
+        let _ = keep_state;
+        Ok(name)
+    }
+
+    /// The index of the machine called `name`.
+    pub fn machine_index(&self, name: &str) -> Option<usize> {
+        self.machines.iter().position(|m| m.name == name)
+    }
+
+    /// Sets a machine's links on every VLAN up or down (`block`/`unblock`).
+    pub fn set_links(&self, index: usize, up: bool) {
+        let m = &self.machines[index];
+        let node = m.config().node;
+        for (v, vlan) in &self.vlans {
+            vlan.set_link(mac_address(*v, node), up);
+        }
+        self.log.machine(
+            &m.name,
+            if up {
+                "links up (unblocked)"
+            } else {
+                "links down (blocked)"
+            },
+        );
+    }
+
+    /// The directory of the Python client (`nix_vmtest` package).
+    pub fn python_path() -> PathBuf {
+        if let Some(p) = std::env::var_os("NIX_VMTEST_PYTHONPATH") {
+            return PathBuf::from(p);
+        }
+        if let Ok(exe) = std::env::current_exe() {
+            if let Some(prefix) = exe.parent().and_then(Path::parent) {
+                let installed = prefix.join("share/nix-vmtest/python");
+                if installed.join("nix_vmtest").is_dir() {
+                    return installed;
+                }
+            }
+        }
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+    }
+
+    /// The Python interpreter: `$NIX_VMTEST_PYTHON`, `python3` in `$PATH`, `/usr/bin/python3`.
+    pub fn python() -> PathBuf {
+        if let Some(p) = std::env::var_os("NIX_VMTEST_PYTHON") {
+            return PathBuf::from(p);
+        }
+        qemu::find_in_path("python3").unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
+    }
+
+    /// Runs the script (or the REPL) to its end; returns the exit code.
+    pub async fn run(&mut self) -> Result<i32, DriverError> {
+        let script = match &self.opts.test_script {
+            Some(p) => {
+                std::fs::metadata(p).map_err(|source| DriverError::Script {
+                    path: p.clone(),
+                    source,
+                })?;
+                Some(p.clone())
+            }
+            None if self.opts.interactive => None,
+            None => {
+                return Err(DriverError::Script {
+                    path: PathBuf::from("(none)"),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        "no test script given: pass it as the last argument or set $testScript",
+                    ),
+                })
+            }
+        };
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let theirs: OwnedFd = theirs.into();
+        let python = Self::python();
+        let mut cmd = Command::new(&python);
+        cmd.args(["-u", "-m", "nix_vmtest"])
+            .env("PYTHONPATH", Self::python_path())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("NIX_VMTEST_FD", "3")
+            .env(
+                "NIX_VMTEST_INTERACTIVE",
+                if self.opts.interactive { "1" } else { "0" },
+            )
+            .kill_on_drop(true);
+        if let Some(s) = &script {
+            cmd.env("NIX_VMTEST_SCRIPT", s);
+        }
+        if !self.opts.interactive {
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+        }
+        let fd = theirs.as_raw_fd();
+        // SAFETY: dup2 and prctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| DriverError::Python {
+            python: python.clone(),
+            source,
+        })?;
+        drop(theirs);
+        let mut pipes = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            pipes.push(self.forward_lines(out));
+        }
+        if let Some(err) = child.stderr.take() {
+            pipes.push(self.forward_lines(err));
+        }
+        ours.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        let started = Instant::now();
+        let timeout = self.opts.global_timeout;
+        let interactive = self.opts.interactive;
+        let outcome = {
+            let serve = crate::script::serve(self, stream);
+            tokio::select! {
+                r = serve => Ok(r),
+                _ = tokio::time::sleep(timeout) => Err(format!("global timeout of {} seconds reached: ending the test", timeout.as_secs())),
+                s = stop_signal(interactive) => Err(format!("received {s}: stopping every machine")),
+            }
+        };
+        let code = match outcome {
+            Ok(()) => {
+                let status = child.wait().await?;
+                for p in pipes {
+                    let _ = p.await;
+                }
+                status.code().unwrap_or(1)
+            }
+            Err(why) => {
+                self.log.info(&why);
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                1
+            }
+        };
+        self.log.end_all(if code == 0 { None } else { Some("the test script failed") });
+        self.shutdown_all();
+        let elapsed = started.elapsed();
+        self.log.info(&format!(
+            "test script finished in {:.2}s",
+            elapsed.as_secs_f64()
+        ));
+        if let Some(junit) = &self.opts.junit_xml {
+            let name = script
+                .as_ref()
+                .and_then(|s| s.file_stem())
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_else(|| "test".into());
+            let failure = (code != 0).then_some("the test script failed");
+            self.log.write_junit(junit, &name, elapsed, failure)?;
+        }
+        Ok(code)
+    }
+
+    fn forward_lines<R>(&self, r: R) -> tokio::task::JoinHandle<()>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.info(&line);
+            }
+        })
+    }
+
+    /// Kills every machine that is still running.
+    pub fn shutdown_all(&mut self) {
+        for m in &mut self.machines {
+            if m.is_running() {
+                self.log.machine(&m.name, "killing QEMU");
+            }
+            m.release();
+        }
+    }
+}
+
+/// Resolves when the driver is asked to stop (SIGTERM, SIGHUP, and SIGINT
+/// unless the REPL owns Ctrl-C); names the signal.
+async fn stop_signal(interactive: bool) -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = hup.recv() => return "SIGHUP",
+            _ = int.recv() => if !interactive { return "SIGINT" },
+        }
+    }
+}

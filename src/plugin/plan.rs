@@ -1,0 +1,167 @@
+//! The derivations `builtins.vmTest` returns, as attribute sets for Nix's
+//! `derivation` (which `cpp/plugin.cc` calls).
+//!
+//! `vm-test-run-<name>`:
+//! ```text
+//! builder  = <driver>/bin/nixos-test-driver
+//! args     = [ "-o" $out "--junit-xml" $out/junit.xml "--global-timeout" N ]
+//! nodesJson, testScript       passed as files (passAsFile): the driver reads
+//!                             $nodesJsonPath and $testScriptPath
+//! globalTimeout, PATH=/usr/bin:/bin, NIX_VMTEST_PYTHON=/usr/bin/python3
+//! requiredSystemFeatures = [ "nixos-test" "kvm" ]   (overridable)
+//! ```
+//! `.driver` / `.driverInteractive` (`nixos-test-driver-<name>[-interactive]`):
+//! the same driver run as `nixos-test-driver --write-wrapper`, which writes
+//! `$out/bin/nixos-test-driver` (see [`super::wrapper`]).
+//!
+//! `nodesJson` and `testScript` go as files built by Nix (passAsFile) rather
+//! than `builtins.toFile`-style store files because they may refer to
+//! derivation outputs (start scripts, `${pkgs.hello}` in a script), which a
+//! store text file cannot.
+
+use std::collections::BTreeSet;
+
+use serde_json::{json, Map, Value};
+
+use super::args::VmTest;
+
+/// What the C++ side knows about the evaluation.
+#[derive(Debug, Clone)]
+pub struct Host<'a> {
+    /// The driver directory in the store (`/nix/store/...-nix-vmtest-0.1.0`).
+    pub driver: &'a str,
+    /// `builtins.placeholder "out"`.
+    pub out_placeholder: &'a str,
+    /// `builtins.currentSystem`.
+    pub system: &'a str,
+}
+
+fn text(s: &str, ctx: &BTreeSet<String>) -> Value {
+    json!({ "s": s, "ctx": ctx.iter().collect::<Vec<_>>() })
+}
+
+fn plain(s: &str) -> Value {
+    json!({ "s": s, "ctx": [] })
+}
+
+fn list<I: IntoIterator<Item = String>>(items: I) -> Value {
+    json!({ "list": items.into_iter().map(|s| plain(&s)).collect::<Vec<_>>() })
+}
+
+/// The three derivations, as `{"test": {"attrs": {...}}, "driver": ...,
+/// "driverInteractive": ...}`.
+pub fn plan(test: &VmTest, host: &Host) -> Value {
+    let driver_ctx: BTreeSet<String> = [host.driver.to_string()].into();
+    let builder = format!("{}/bin/nixos-test-driver", host.driver);
+    let nodes_json = serde_json::to_string_pretty(&test.spec).expect("a TestSpec serializes");
+    let out = host.out_placeholder;
+
+    let common = |name: String| {
+        let mut attrs = Map::new();
+        attrs.insert("name".into(), plain(&name));
+        attrs.insert("system".into(), plain(host.system));
+        attrs.insert("builder".into(), text(&builder, &driver_ctx));
+        attrs.insert("nodesJson".into(), text(&nodes_json, &test.nodes_context));
+        attrs.insert(
+            "testScript".into(),
+            text(&test.test_script.text, &test.test_script.context),
+        );
+        attrs.insert(
+            "passAsFile".into(),
+            list(["nodesJson".to_string(), "testScript".to_string()]),
+        );
+        attrs.insert("globalTimeout".into(), plain(&test.global_timeout.to_string()));
+        attrs.insert("vmTestName".into(), plain(&test.name));
+        attrs
+    };
+
+    let mut run = common(format!("vm-test-run-{}", test.name));
+    run.insert(
+        "args".into(),
+        list([
+            "-o".to_string(),
+            out.to_string(),
+            "--junit-xml".to_string(),
+            format!("{out}/junit.xml"),
+            "--global-timeout".to_string(),
+            test.global_timeout.to_string(),
+        ]),
+    );
+    run.insert(
+        "requiredSystemFeatures".into(),
+        list(test.required_system_features.iter().cloned()),
+    );
+    run.insert("PATH".into(), plain("/usr/bin:/bin"));
+    run.insert("NIX_VMTEST_PYTHON".into(), plain("/usr/bin/python3"));
+
+    let wrapper = |interactive: bool| {
+        let suffix = if interactive { "-interactive" } else { "" };
+        let mut attrs = common(format!("nixos-test-driver-{}{suffix}", test.name));
+        attrs.insert("args".into(), list(["--write-wrapper".to_string()]));
+        attrs.insert(
+            "vmTestInteractive".into(),
+            plain(if interactive { "1" } else { "" }),
+        );
+        attrs.insert("preferLocalBuild".into(), plain("1"));
+        attrs.insert("allowSubstitutes".into(), plain(""));
+        Value::Object(attrs)
+    };
+
+    json!({
+        "test": { "attrs": Value::Object(run) },
+        "driver": { "attrs": wrapper(false) },
+        "driverInteractive": { "attrs": wrapper(true) },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::args::Text;
+    use crate::spec::{MachineSpec, TestSpec};
+
+    #[test]
+    fn the_run_derivation_has_the_documented_shape() {
+        let test = VmTest {
+            name: "minimal-test".into(),
+            spec: TestSpec {
+                vlans: vec![],
+                machines: vec![MachineSpec {
+                    name: "machine".into(),
+                    start_script: Some("/nix/store/aaa-run-machine-vm".into()),
+                    image: None,
+                }],
+            },
+            nodes_context: ["/nix/store/aaa-run-machine-vm".to_string()].into(),
+            test_script: Text {
+                text: "machine.succeed('true')".into(),
+                context: BTreeSet::new(),
+            },
+            global_timeout: 60,
+            required_system_features: vec!["nixos-test".into(), "kvm".into()],
+            skip_lint: false,
+        };
+        let host = Host {
+            driver: "/nix/store/ddd-nix-vmtest-0.1.0",
+            out_placeholder: "/1rz4g4znpzjwh1xymhjpm42vipw92pr73vdgl6xs1hycac8kf2n9",
+            system: "x86_64-linux",
+        };
+        let p = plan(&test, &host);
+        let run = &p["test"]["attrs"];
+        assert_eq!(run["name"]["s"], "vm-test-run-minimal-test");
+        assert_eq!(
+            run["builder"]["s"],
+            "/nix/store/ddd-nix-vmtest-0.1.0/bin/nixos-test-driver"
+        );
+        assert_eq!(run["builder"]["ctx"][0], "/nix/store/ddd-nix-vmtest-0.1.0");
+        assert_eq!(run["nodesJson"]["ctx"][0], "/nix/store/aaa-run-machine-vm");
+        assert_eq!(run["requiredSystemFeatures"]["list"][1]["s"], "kvm");
+        assert_eq!(run["args"]["list"][0]["s"], "-o");
+        let nodes: TestSpec = serde_json::from_str(run["nodesJson"]["s"].as_str().unwrap()).unwrap();
+        assert_eq!(nodes, test.spec);
+        let drv = &p["driverInteractive"]["attrs"];
+        assert_eq!(drv["name"]["s"], "nixos-test-driver-minimal-test-interactive");
+        assert_eq!(drv["args"]["list"][0]["s"], "--write-wrapper");
+        assert_eq!(drv["vmTestInteractive"]["s"], "1");
+    }
+}

@@ -1,0 +1,100 @@
+//! Shared helpers for the integration tests: the Debian test guests
+//! (built by `tests/guests/build.sh`) and drivers with image nodes.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use nix_vmtest::driver::{Driver, RunOptions};
+use nix_vmtest::log::Log;
+use nix_vmtest::machine::qemu::AccelChoice;
+use nix_vmtest::spec::{ImageSpec, MachineSpec, TestSpec};
+
+/// The directory holding the built guests. Fails loudly when they are not
+/// built: the tests never skip silently.
+pub fn guests() -> PathBuf {
+    if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS") {
+        return PathBuf::from(d);
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let out = Command::new("bash")
+        .arg(format!("{root}/tests/guests/build.sh"))
+        .arg("--print-dir")
+        .output()
+        .expect("running tests/guests/build.sh --print-dir");
+    assert!(
+        out.status.success(),
+        "the test guests are not built: run tests/guests/build.sh first ({})",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
+}
+
+/// The `tiny` guest (busybox + bash initramfs) as an image node.
+pub fn tiny(name: &str, vlans: Vec<u32>) -> MachineSpec {
+    let g = guests();
+    MachineSpec {
+        name: name.into(),
+        start_script: None,
+        image: Some(ImageSpec {
+            kernel: g.join("vmlinuz"),
+            initrd: g.join("tiny/initrd"),
+            disk: None,
+            memory: 256,
+            cpus: 1,
+            kernel_params: String::new(),
+            qemu_flags: vec![],
+            vlans,
+        }),
+    }
+}
+
+/// The `systemd` guest (debootstrapped Debian on qcow2) as an image node.
+pub fn systemd(name: &str, vlans: Vec<u32>) -> MachineSpec {
+    let g = guests();
+    MachineSpec {
+        name: name.into(),
+        start_script: None,
+        image: Some(ImageSpec {
+            kernel: g.join("vmlinuz"),
+            initrd: g.join("systemd/initrd"),
+            disk: Some(g.join("systemd/base.qcow2")),
+            memory: 512,
+            cpus: 1,
+            kernel_params: String::new(),
+            qemu_flags: vec![],
+            vlans,
+        }),
+    }
+}
+
+/// Options for a run of these machines, output into a fresh temp dir.
+pub fn options(machines: Vec<MachineSpec>) -> RunOptions {
+    let out = std::env::temp_dir().join(format!(
+        "nix-vmtest-out-{}-{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    RunOptions {
+        spec: TestSpec {
+            vlans: vec![],
+            machines,
+        },
+        test_script: None,
+        out_dir: out,
+        junit_xml: None,
+        log_file: None,
+        global_timeout: Duration::from_secs(600),
+        interactive: false,
+        keep_state: false,
+        accel: AccelChoice::Auto,
+    }
+}
+
+/// A driver for these machines (not started).
+pub async fn driver(machines: Vec<MachineSpec>) -> Driver {
+    Driver::new(options(machines), Log::new())
+        .await
+        .expect("setting up the driver")
+}

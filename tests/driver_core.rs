@@ -1,0 +1,243 @@
+//! The driver core against real QEMU guests (the `tiny` Debian guest):
+//! commands, exact output, timeouts, detached children, lifecycle, monitor,
+//! console, files, and a guest that dies mid-command.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use nix_vmtest::machine::shell::UntilMode;
+use nix_vmtest::machine::MachineError;
+
+#[tokio::test(flavor = "current_thread")]
+async fn commands_report_exact_status_and_output() {
+    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+    let m = &mut d.machines[0];
+    m.start(false).await.unwrap();
+    assert!(!m.is_up(), "is_up before the shell answered");
+    m.connect().await.unwrap();
+    assert!(m.is_up());
+
+    let o = m.execute("echo hello; exit 3", None, true).await.unwrap();
+    assert_eq!((o.status, o.output.as_slice()), (3, &b"hello\n"[..]));
+
+    // No trailing newline, stderr not mixed in, quotes survive.
+    let o = m
+        .execute("printf 'it'\\''s'; echo err >&2", None, true)
+        .await
+        .unwrap();
+    assert_eq!((o.status, o.output.as_slice()), (0, &b"it's"[..]));
+
+    // Non-UTF-8 bytes, NULs and every byte value come back exactly.
+    let o = m
+        .execute(
+            "i=0; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done",
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    let all: Vec<u8> = (0..=255u8).collect();
+    assert_eq!(o.output, all);
+
+    // 10 MB of output, checked byte for byte against a digest made in the guest.
+    let o = m
+        .execute(
+            "head -c 10485760 /dev/urandom > /tmp/big; cat /tmp/big",
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.output.len(), 10 * 1024 * 1024);
+    let sum = m
+        .execute("sha256sum /tmp/big | cut -d' ' -f1", None, true)
+        .await
+        .unwrap();
+    let host_sum = {
+        let tmp = std::env::temp_dir().join(format!("nix-vmtest-big-{}", std::process::id()));
+        std::fs::write(&tmp, &o.output).unwrap();
+        let out = std::process::Command::new("sha256sum").arg(&tmp).output().unwrap();
+        std::fs::remove_file(&tmp).unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        String::from_utf8_lossy(&sum.output).trim(),
+        host_sum.split_whitespace().next().unwrap()
+    );
+
+    // The shell's state does not leak between commands.
+    m.execute("cd /proc; FOO=1; exit 0", None, true).await.unwrap();
+    let o = m.execute("pwd; echo ${FOO:-unset}", None, true).await.unwrap();
+    let text = String::from_utf8_lossy(&o.output);
+    assert!(text.ends_with("\nunset\n") && !text.starts_with("/proc"), "{text:?}");
+
+    // Commands do not read the protocol's input.
+    let o = m.execute("cat; echo done", None, true).await.unwrap();
+    assert_eq!(o.output, b"done\n");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn timeouts_and_detached_children_never_hang() {
+    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+    let m = &mut d.machines[0];
+    m.connect().await.unwrap();
+
+    // A per-command timeout kills the command (and its children) and says 124.
+    let t = Instant::now();
+    let o = m
+        .execute("echo started; sleep 1000; echo never", Some(Duration::from_secs(2)), true)
+        .await
+        .unwrap();
+    assert_eq!(o.status, 124);
+    assert_eq!(o.output, b"started\n");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let o = m.execute("pgrep -f 'sleep 1000' || echo gone", None, true).await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.output).trim(), "gone");
+
+    // nixpkgs #144875: a background child that keeps stdout open.
+    let t = Instant::now();
+    let o = m
+        .execute("sleep 600 & echo launched", Some(Duration::from_secs(60)), true)
+        .await
+        .unwrap();
+    assert_eq!((o.status, o.output.as_slice()), (0, &b"launched\n"[..]));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    // ...and its later output does not leak into the next command's.
+    m.execute("(sleep 1; echo late) &", None, true).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let o = m.execute("echo mine", None, true).await.unwrap();
+    assert_eq!(o.output, b"mine\n");
+
+    // Waits loop in the guest and notice success quickly.
+    m.execute("(sleep 1; touch /tmp/flag) &", None, true).await.unwrap();
+    let t = Instant::now();
+    m.wait_until("flag", "test -e /tmp/flag", UntilMode::Succeed, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let o = m
+        .wait_until("never", "false", UntilMode::Succeed, Some(Duration::from_secs(1)))
+        .await;
+    match o {
+        Err(MachineError::Timeout { what, .. }) => assert_eq!(what, "never"),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    m.execute("(sleep 1; rm /tmp/flag) &", None, true).await.unwrap();
+    m.wait_until("no flag", "test -e /tmp/flag", UntilMode::Fail, Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_guest_killed_mid_command_gives_a_clear_error_at_once() {
+    let mut d = common::driver(vec![common::tiny("victim", vec![])]).await;
+    let m = &mut d.machines[0];
+    m.connect().await.unwrap();
+    let pid = m.qemu_pid().expect("QEMU runs");
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+            .unwrap();
+        Instant::now()
+    });
+    let err = m.execute("sleep 1000", None, true).await.unwrap_err();
+    let killed_at = killer.join().unwrap();
+    assert!(killed_at.elapsed() < Duration::from_secs(3), "noticed after {:?}", killed_at.elapsed());
+    let msg = err.to_string();
+    assert!(msg.contains("machine victim stopped unexpectedly"), "{msg}");
+    assert!(msg.contains("signal 9"), "{msg}");
+    assert!(msg.contains("while running `sleep 1000`"), "{msg}");
+    assert!(msg.contains("Last console lines of victim"), "{msg}");
+    assert!(!m.is_up());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn lifecycle_monitor_console_and_files() {
+    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+    let out_dir = d.opts.out_dir.clone();
+    let m = &mut d.machines[0];
+    m.start(false).await.unwrap();
+
+    // The console is kept for waits, including lines printed before the call.
+    let line = m
+        .wait_for_console_text("connecting to host", Some(Duration::from_secs(120)))
+        .await
+        .unwrap();
+    assert!(line.contains("connecting to host"), "{line}");
+    m.connect().await.unwrap();
+    m.execute("echo to-the-console > /dev/ttyS0", None, true).await.unwrap();
+    m.wait_for_console_text("to-the-console", Some(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let err = m
+        .wait_for_console_text("never printed", Some(Duration::from_millis(500)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, MachineError::Timeout { .. }), "{err}");
+
+    let status = m.send_monitor_command("info status").await.unwrap();
+    assert!(status.contains("VM status: running"), "{status:?}");
+    let kvm = m.send_monitor_command("info kvm").await.unwrap();
+    assert!(kvm.contains("disabled"), "TCG was chosen here: {kvm:?}");
+
+    let shot = m.screenshot("screen").await.unwrap();
+    let png = std::fs::read(&shot).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(shot, out_dir.join("screen.png"));
+
+    // Files both ways through the shared directory.
+    let src = out_dir.join("from-host.txt");
+    std::fs::write(&src, "host data\n").unwrap();
+    m.copy_from_host(&src, "/root/dir/copied.txt").await.unwrap();
+    let o = m.execute("cat /root/dir/copied.txt", None, true).await.unwrap();
+    assert_eq!(o.output, b"host data\n");
+    m.execute("mkdir -p /root/res && echo result > /root/res/r.txt", None, true)
+        .await
+        .unwrap();
+    let back = m.copy_from_machine("/root/res", "out").await.unwrap();
+    assert_eq!(
+        std::fs::read_to_string(back.join("r.txt")).unwrap(),
+        "result\n"
+    );
+
+    // QMP works and sees the shutdown.
+    let st = m.qmp_execute("query-status", None).await.unwrap();
+    assert_eq!(st["status"], "running");
+    m.shutdown().await.unwrap();
+    assert!(!m.is_running() && !m.is_up());
+
+    // A crash: QEMU quits at once.
+    m.start(false).await.unwrap();
+    m.connect().await.unwrap();
+    let t = Instant::now();
+    m.crash().await.unwrap();
+    assert!(!m.is_running());
+    assert!(t.elapsed() < Duration::from_secs(5));
+    let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn start_scripts_in_the_nixos_shape_run_like_images() {
+    use nix_vmtest::spec::MachineSpec;
+    let script = common::guests().join("run-tiny-vm");
+    let spec = MachineSpec {
+        name: "scripted".into(),
+        start_script: Some(script),
+        image: None,
+    };
+    let mut d = common::driver(vec![spec]).await;
+    let m = &mut d.machines[0];
+    m.connect().await.unwrap();
+    let o = m.execute("uname -r", None, true).await.unwrap();
+    assert_eq!(o.status, 0);
+    assert!(String::from_utf8_lossy(&o.output).contains("cloud-amd64"));
+    // The driver's accelerator override reached QEMU through "$@".
+    let kvm = m.send_monitor_command("info kvm").await.unwrap();
+    assert!(kvm.contains("disabled"), "{kvm:?}");
+    // The start script's QEMU is gone when the machine is released.
+    let pid = m.qemu_pid().unwrap();
+    m.release();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}

@@ -1,0 +1,301 @@
+import base64
+import os
+import tempfile
+import time
+import unittest
+
+from tests.python.fake_driver import Err, FakeDriver, WithBytes, make_driver
+
+from nix_vmtest.errors import (
+    MachineTimeout,
+    PollingConditionError,
+    RequestedAssertionFailed,
+    Unsupported,
+)
+
+
+class MachineTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.fake = FakeDriver(machines=["server"])
+        self.driver = make_driver(self.fake)
+        self.m = self.driver.machines[0]
+        self.fake.requests.clear()
+
+    def tearDown(self) -> None:
+        self.fake.close()
+
+    def test_execute_args_and_decoding(self) -> None:
+        self.fake.commands["cat x"] = (3, b"ok \xff\n")
+        self.assertEqual(self.m.execute("cat x"), (3, "ok \ufffd\n"))
+        (req,) = self.fake.of("execute")
+        self.assertEqual(req["machine"], "server")
+        self.assertEqual(req["args"], {"command": "cat x", "check_return": True,
+                                       "check_output": True, "timeout": 900})
+
+    def test_execute_check_flags(self) -> None:
+        self.fake.commands["c"] = (0, b"out")
+        self.assertEqual(self.m.execute("c", check_return=False), (-1, "out"))
+        self.assertEqual(self.m.execute("c", check_output=False), (-2, ""))
+        self.fake.handlers["execute"] = lambda req: WithBytes({"status": None}, b"x")
+        self.assertEqual(self.m.execute("c"), (-1, "x"))
+        self.fake.handlers["execute"] = lambda req: WithBytes({"status": None, "timed_out": True}, b"")
+        self.assertEqual(self.m.execute("c"), (124, ""))
+        self.fake.handlers["execute"] = lambda req: WithBytes({"status": 137, "timed_out": True}, b"")
+        self.assertEqual(self.m.execute("c"), (137, ""))
+
+    def test_succeed_concatenates_and_logs(self) -> None:
+        self.fake.commands["a"] = (0, b"A\n")
+        self.fake.commands["b"] = (0, b"B\n")
+        self.assertEqual(self.m.succeed("a", "b"), "A\nB\n")
+        self.assertEqual(self.fake.log_lines(), [
+            "BEGIN server: must succeed: a", "END", "BEGIN server: must succeed: b", "END"])
+        self.assertEqual([r["args"]["timeout"] for r in self.fake.of("execute")], [None, None])
+
+    def test_succeed_failure_message(self) -> None:
+        self.fake.commands["false"] = (1, b"oops")
+        self.fake.commands["true"] = (0, b"")
+        with self.assertRaises(RequestedAssertionFailed) as cm:
+            self.m.succeed("true", "false", "true")
+        self.assertEqual(str(cm.exception), "command `false` failed (exit code 1)")
+        self.assertIsInstance(cm.exception, AssertionError)
+        self.assertIn("server: output: oops", self.fake.log_lines())
+        self.assertEqual(len(self.fake.of("execute")), 2)  # stops at the failure
+        self.assertEqual(self.fake.log_lines()[-1], "END")  # nested block closed
+
+    def test_fail(self) -> None:
+        self.fake.commands["false"] = (1, b"e1")
+        self.fake.commands["true"] = (0, b"")
+        self.assertEqual(self.m.fail("false", timeout=5), "e1")
+        self.assertEqual(self.fake.of("execute")[0]["args"]["timeout"], 5)
+        with self.assertRaises(RequestedAssertionFailed) as cm:
+            self.m.fail("true")
+        self.assertEqual(str(cm.exception), "command `true` unexpectedly succeeded")
+        self.assertIn("BEGIN server: must fail: true", self.fake.log_lines())
+
+    def test_wait_until_ops(self) -> None:
+        self.fake.handlers["wait_until"] = lambda req: WithBytes(None, b"done")
+        self.assertEqual(self.m.wait_until_succeeds("x", timeout=7), "done")
+        self.assertEqual(self.m.wait_until_fails("y"), "done")
+        a, b = self.fake.of("wait_until")
+        self.assertEqual(a["args"], {"command": "x", "timeout": 7, "want_success": True})
+        self.assertEqual(b["args"], {"command": "y", "timeout": 900, "want_success": False})
+        self.assertIn("BEGIN server: waiting for success: x", self.fake.log_lines())
+        self.assertIn("BEGIN server: waiting for failure: y", self.fake.log_lines())
+
+    def test_wait_timeout_maps(self) -> None:
+        self.fake.handlers["wait_for_unit"] = lambda req: Err("timeout", "action timed out after 3.00 seconds")
+        with self.assertRaises(MachineTimeout) as cm:
+            self.m.wait_for_unit("nginx.service", timeout=3)
+        self.assertIsInstance(cm.exception, RequestedAssertionFailed)
+        self.assertEqual(self.fake.of("wait_for_unit")[0]["args"],
+                         {"unit": "nginx.service", "user": None, "timeout": 3})
+
+    def test_wait_op_args(self) -> None:
+        self.m.wait_for_file("/etc/x")
+        self.m.wait_for_open_port(80)
+        self.m.wait_for_closed_port(81, addr="1.2.3.4", timeout=3)
+        self.m.wait_for_open_unix_socket("/run/s", is_datagram=True)
+        self.m.wait_for_console_text("login:")
+        args = [(r["op"], r["args"]) for r in self.fake.requests if not r["op"].startswith("log")]
+        self.assertEqual(args, [
+            ("wait_for_file", {"path": "/etc/x", "timeout": 900}),
+            ("wait_for_open_port", {"port": 80, "addr": "localhost", "timeout": 900}),
+            ("wait_for_closed_port", {"port": 81, "addr": "1.2.3.4", "timeout": 3}),
+            ("wait_for_open_unix_socket", {"addr": "/run/s", "is_datagram": True, "timeout": 900}),
+            ("wait_for_console_text", {"regex": "login:", "timeout": None}),
+        ])
+        self.assertIn("BEGIN server: waiting for TCP port 80 on localhost", self.fake.log_lines())
+
+    def test_systemctl_user(self) -> None:
+        self.m.systemctl("start it's", user="alice")
+        self.m.systemctl("list-jobs")
+        a, b = [r["args"]["command"] for r in self.fake.of("execute")]
+        self.assertEqual(a, "su -l alice --shell /bin/sh -c $'XDG_RUNTIME_DIR=/run/user/`id -u` "
+                            "systemctl --user start it\\'s'")
+        self.assertEqual(b, "systemctl list-jobs")
+        self.m.start_job("a.service")
+        self.m.stop_job("a.service", user="bob")
+        c, d = [r["args"]["command"] for r in self.fake.of("execute")][2:]
+        self.assertEqual(c, "systemctl start a.service")
+        self.assertIn("systemctl --user stop a.service", d)
+
+    def test_get_unit_property_and_require_state(self) -> None:
+        self.fake.commands['systemctl --no-pager show "x.service" --property="ActiveState"'] = (0, b"ActiveState=active\n")
+        self.assertEqual(self.m.get_unit_property("x.service", "ActiveState"), "active")
+        self.fake.handlers["get_unit_info"] = lambda req: {"ActiveState": "failed"}
+        with self.assertRaises(RequestedAssertionFailed) as cm:
+            self.m.require_unit_state("x.service")
+        self.assertEqual(str(cm.exception),
+                         "Expected unit 'x.service' to to be in state 'active' but it is in state 'failed'")
+
+    def test_send_chars_key_mapping(self) -> None:
+        self.m.send_chars("aZ :\n!", delay=None)
+        cmds = [r["args"]["command"] for r in self.fake.of("send_monitor_command")]
+        self.assertEqual(cmds, ["sendkey a", "sendkey shift-z", "sendkey spc", "sendkey shift-0x27",
+                                "sendkey ret", "sendkey shift-0x02"])
+        self.assertEqual(self.fake.log_lines(), ["BEGIN server: sending keys 'aZ :\\n!'", "END"])
+        self.fake.requests.clear()
+        self.m.send_key("ctrl-alt-delete", delay=None)
+        self.assertEqual(self.fake.log_lines(), ["BEGIN server: sending key 'ctrl-alt-delete'", "END"])
+
+    def test_copy_from_host_via_shell(self) -> None:
+        with tempfile.NamedTemporaryFile() as f:
+            f.write(b"\x00secret\n")
+            f.flush()
+            self.m.copy_from_host_via_shell(f.name, "/etc/s")
+        a, b = [r["args"]["command"] for r in self.fake.of("execute")]
+        self.assertEqual(a, "mkdir -p $(dirname /etc/s)")
+        encoded = base64.b64encode(b"\x00secret\n").decode()
+        self.assertEqual(b, f"echo -n {encoded} | base64 -d > /etc/s")
+
+    def test_copy_ops(self) -> None:
+        self.m.copy_from_host("rel/file", "/x")
+        self.m.copy_from_vm("/var/log/y", "logs")
+        self.m.copy_from_machine("/z")
+        a, b, c = [(r["op"], r["args"]) for r in self.fake.requests]
+        self.assertEqual(a, ("copy_from_host", {"source": os.path.abspath("rel/file"), "target": "/x"}))
+        self.assertEqual(b, ("copy_from_machine", {"source": "/var/log/y", "target_dir": "logs"}))
+        self.assertEqual(c, ("copy_from_machine", {"source": "/z", "target_dir": ""}))
+
+    def test_lifecycle_ops(self) -> None:
+        self.fake.handlers["is_up"] = lambda req: True
+        self.m.start()
+        self.m.start(allow_reboot=True)
+        self.assertTrue(self.m.is_up())
+        for name in ("connect", "shutdown", "crash", "reboot", "release", "wait_for_shutdown",
+                     "block", "unblock", "console_interact", "shell_interact"):
+            getattr(self.m, name)()
+        self.assertEqual([(r["op"], r["args"]) for r in self.fake.requests], [
+            ("start", {"allow_reboot": False}), ("start", {"allow_reboot": True}), ("is_up", {}),
+            ("connect", {}), ("shutdown", {}), ("crash", {}), ("reboot", {}), ("release", {}),
+            ("wait_for_shutdown", {}), ("block", {}), ("unblock", {}), ("console_interact", {}),
+            ("shell_interact", {})])
+
+    def test_sleep_is_guest_time(self) -> None:
+        self.m.sleep(3)
+        self.assertEqual(self.fake.of("execute")[0]["args"]["command"], "sleep 3")
+
+    def test_tty(self) -> None:
+        self.fake.commands["fold -w$(stty -F /dev/tty1 size | awk '{print $2}') /dev/vcs1"] = (0, b"login: ")
+        self.assertEqual(self.m.get_tty_text("1"), "login: ")
+        self.m.wait_until_tty_matches("1", "log.n")
+        self.m.dump_tty_contents("2")
+        self.assertEqual(self.fake.of("execute")[-1]["args"]["command"], "fold -w 80 /dev/vcs2 | systemd-cat")
+
+    def test_qmp_event(self) -> None:
+        events = iter([{"event": "A"}, {"event": "STOP"}])
+        self.fake.handlers["next_qmp_event"] = lambda req: next(events)
+        self.assertEqual(self.m.wait_for_qmp_event(lambda e: e["event"] == "STOP"), {"event": "STOP"})
+        self.fake.handlers["next_qmp_event"] = lambda req: Err("timeout", "no event")
+        with self.assertRaises(TimeoutError):
+            self.m.wait_for_qmp_event(lambda e: True, timeout=1)
+
+    def test_forward_port(self) -> None:
+        self.m.forward_port(2222, 22)
+        self.assertEqual(self.fake.of("send_monitor_command")[0]["args"],
+                         {"command": "hostfwd_add tcp::2222-:22"})
+
+    def test_windows(self) -> None:
+        self.fake.handlers["execute"] = lambda req: WithBytes({"status": 0}, b"xterm\nroot\n")
+        self.assertEqual(self.m.get_window_names(), ["xterm", "root"])
+        self.m.wait_for_window("xterm")
+        self.m.wait_for_x()
+
+    def test_ocr(self) -> None:
+        import shutil
+        import subprocess
+        import zlib, struct
+
+        def png(path: str) -> None:
+            # a 40x20 white image; tesseract reads it (and finds no text)
+            w, h = 40, 20
+            raw = b"".join(b"\x00" + b"\xff" * (w * 3) for _ in range(h))
+            def chunk(t, d):
+                return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xffffffff)
+            data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                    + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+            with open(path, "wb") as f:
+                f.write(data)
+
+        def shot(req):
+            png(req["args"]["filename"])
+            return req["args"]["filename"]
+
+        self.fake.handlers["screenshot"] = shot
+        if shutil.which("tesseract") is None:
+            with self.assertRaises(Unsupported) as cm:
+                self.m.get_screen_text()
+            self.assertIn("tesseract", str(cm.exception))
+            self.fail("tesseract is not installed (.ci/install-deps installs tesseract-ocr)")
+        self.assertIsInstance(self.m.get_screen_text(), str)
+        self.assertGreaterEqual(len(self.m.get_screen_text_variants()), 1)
+        self.assertTrue(self.fake.of("screenshot")[0]["args"]["filename"].startswith("/"))
+        old = os.environ["PATH"]
+        os.environ["PATH"] = "/nonexistent"
+        try:
+            with self.assertRaises(Unsupported) as cm:
+                self.m.get_screen_text()
+            self.assertIn("tesseract", str(cm.exception))
+        finally:
+            os.environ["PATH"] = old
+
+
+class PollingInMachine(unittest.TestCase):
+    def setUp(self) -> None:
+        self.fake = FakeDriver(machines=["server"])
+        self.driver = make_driver(self.fake)
+        self.m = self.driver.machines[0]
+
+    def tearDown(self) -> None:
+        self.fake.close()
+
+    def test_condition_checked_before_commands(self) -> None:
+        ok = {"v": True}
+
+        @self.driver.polling_condition(seconds_interval=0)
+        def healthy():
+            "server is healthy"
+            return ok["v"]
+
+        with healthy:
+            self.m.succeed("true")
+            ok["v"] = False
+            time.sleep(0.01)
+            with self.assertRaises(PollingConditionError) as cm:
+                self.m.execute("true")
+            self.assertEqual(str(cm.exception), "Polling condition failed: server is healthy")
+            with self.assertRaises(PollingConditionError):
+                self.m.send_monitor_command("info status")
+        # inactive outside the block
+        self.m.execute("true")
+
+    def test_waits_use_execute_while_condition_active(self) -> None:
+        calls = {"n": 0}
+
+        def flaky(req):
+            calls["n"] += 1
+            return (0 if calls["n"] >= 2 else 1, b"")
+
+        self.fake.commands["test -e /x"] = flaky
+
+        with self.driver.polling_condition(lambda: True, seconds_interval=0):
+            self.m.wait_for_file("/x", timeout=10)
+        self.assertEqual(calls["n"], 2)
+        self.assertEqual(self.fake.of("wait_for_file"), [])
+        self.m.wait_for_file("/x")
+        self.assertEqual(len(self.fake.of("wait_for_file")), 1)
+
+    def test_condition_not_rechecked_within_interval(self) -> None:
+        n = {"v": 0}
+
+        def cond():
+            n["v"] += 1
+
+        with self.driver.polling_condition(cond, seconds_interval=60):
+            for _ in range(5):
+                self.m.execute("true")
+        self.assertEqual(n["v"], 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

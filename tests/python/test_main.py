@@ -1,0 +1,153 @@
+"""``python3 -m nix_vmtest`` as the driver starts it: a child process on an
+inherited socketpair fd, against the fake driver."""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import unittest
+
+from tests.python.fake_driver import PYTHON_DIR, Err, FakeDriver, NoReply
+
+
+def run_client(script: str, machines=None, interactive: bool = False, stdin: str = "",
+               setup=None, timeout: int = 30):
+    parent, child = socket.socketpair()
+    fake = FakeDriver(machines=machines, sock=parent)
+    if setup:
+        setup(fake)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "test-script.py")
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(script))
+        env = dict(os.environ, PYTHONPATH=PYTHON_DIR, NIX_VMTEST_FD=str(child.fileno()),
+                   NIX_VMTEST_SCRIPT=path, NIX_VMTEST_INTERACTIVE="1" if interactive else "0")
+        proc = subprocess.run([sys.executable, "-u", "-m", "nix_vmtest"], env=env,
+                              pass_fds=[child.fileno()], input=stdin, capture_output=True,
+                              text=True, timeout=timeout)
+        child.close()
+        fake.done.wait(5)
+        fake.close()
+        return proc, fake, path
+
+
+class MainProcess(unittest.TestCase):
+    def test_success_exit_0(self) -> None:
+        proc, fake, _ = run_client("""\
+            start_all()
+            machine.succeed("true")
+            server.wait_for_unit("multi-user.target")
+            """, machines=["server"])
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(fake.ops(exclude_logs=True)[0], "hello")
+        self.assertEqual(fake.ops(exclude_logs=True)[1:],
+                         ["start", "execute", "wait_for_unit", "is_up"])
+
+    def test_assertion_traceback_shows_script_line(self) -> None:
+        proc, _, path = run_client("""\
+            def helper():
+                machine.succeed("false")
+
+            machine.succeed("true")
+            helper()
+            """, setup=lambda f: f.commands.update({"false": (1, b"")}))
+        self.assertEqual(proc.returncode, 1)
+        err = proc.stderr
+        self.assertIn("Traceback (most recent call last):", err)
+        self.assertIn(f'File "{path}", line 5, in <module>', err)
+        self.assertIn(f'File "{path}", line 2, in helper', err)
+        self.assertIn('machine.succeed("false")', err)
+        self.assertTrue(err.rstrip().endswith(
+            "RequestedAssertionFailed: command `false` failed (exit code 1)"), err)
+        self.assertNotIn("nix_vmtest/machine.py", err)  # trimmed to the script's frames
+
+    def test_plain_exception_and_driver_error(self) -> None:
+        proc, _, path = run_client("x = 1\nmachine.wait_for_unit('a')\n",
+                                   setup=lambda f: f.handlers.update(
+                                       {"wait_for_unit": lambda r: Err("machine", "QEMU died\nconsole tail")}))
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f'File "{path}", line 2, in <module>', proc.stderr)
+        self.assertIn("MachineError: QEMU died\nconsole tail", proc.stderr)
+
+        proc, _, path = run_client("\n\n{}['k']\n")
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f'File "{path}", line 3, in <module>', proc.stderr)
+        self.assertIn("KeyError: 'k'", proc.stderr)
+
+    def test_syntax_error(self) -> None:
+        proc, _, path = run_client("x = 1\nif x\n")
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn(f'File "{path}", line 2', proc.stderr)
+        self.assertIn("SyntaxError", proc.stderr)
+
+    def test_sys_exit_code_kept(self) -> None:
+        proc, _, _ = run_client("import sys\nsys.exit(3)\n")
+        self.assertEqual(proc.returncode, 3)
+
+    def test_subtest_failure_reports_error(self) -> None:
+        proc, fake, _ = run_client("""\
+            with subtest("one"):
+                t.assertEqual(1, 2)
+            """)
+        self.assertEqual(proc.returncode, 1)
+        (end,) = fake.of("subtest_end")
+        self.assertIn("1 != 2", end["args"]["error"])
+
+    def test_interactive_repl(self) -> None:
+        proc, fake, _ = run_client("machine.succeed('from-script')\n", interactive=True,
+                                   stdin="machine.succeed('from-repl')\nprint('OUT', 1 + 1)\n"
+                                         "machine.fail('nope')\ntest_script()\n")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertIn("test_script()", proc.stderr)  # the banner names it
+        self.assertIn("OUT 2", proc.stdout)
+        # a failing call prints its error and the session goes on
+        self.assertIn("command `nope` unexpectedly succeeded", proc.stderr)
+        cmds = [r["args"]["command"] for r in fake.of("execute")]
+        self.assertEqual(cmds, ["from-repl", "nope", "from-script"])
+
+    def test_repl_ctrl_c_interrupts_the_call_not_the_session(self) -> None:
+        import signal
+        import threading
+
+        parent, child = socket.socketpair()
+        fake = FakeDriver(sock=parent)
+        started = threading.Event()
+
+        def hold(req):
+            started.set()
+            return NoReply()
+
+        def cancel(req):
+            fake.send_reply(req["args"]["id"], Err("cancelled", "wait_for_unit was interrupted"))
+            return NoReply()
+
+        fake.handlers["wait_for_unit"] = hold
+        fake.handlers["cancel"] = cancel
+        env = dict(os.environ, PYTHONPATH=PYTHON_DIR, NIX_VMTEST_FD=str(child.fileno()),
+                   NIX_VMTEST_SCRIPT="", NIX_VMTEST_INTERACTIVE="1")
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "nix_vmtest"], env=env,
+                                pass_fds=[child.fileno()], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        child.close()
+        try:
+            proc.stdin.write("machine.wait_for_unit('x')\n")
+            proc.stdin.flush()
+            self.assertTrue(started.wait(10))
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate("print('still', 'alive')\n", timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            fake.close()
+        self.assertEqual(proc.returncode, 0, err)
+        self.assertIn("KeyboardInterrupt", err)
+        self.assertIn("still alive", out)
+        self.assertEqual(fake.ops(exclude_logs=True), ["hello", "wait_for_unit", "cancel"])
+
+
+if __name__ == "__main__":
+    unittest.main()
