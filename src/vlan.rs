@@ -758,7 +758,8 @@ impl Vlan {
 
     /// Adds `delay` of latency to frames sent from and to `mac`, or to all
     /// frames on the VLAN for `None`; zero clears it. Frames leave a port in
-    /// the order they were queued for it.
+    /// the order they were queued for it; frames already queued keep the
+    /// delay they were queued with.
     pub fn set_delay(&self, mac: Option<Mac>, delay: Duration) {
         let mut state = self.shared.lock();
         match mac {
@@ -1056,7 +1057,7 @@ mod tests {
         p[1].send_to(BROADCAST, b"bcast").await;
         p[0].expect_nothing().await;
         p[1].expect_nothing().await;
-        assert_eq!(vlan.stats().dropped.link_down, 3);
+        wait_for(|| vlan.stats().dropped.link_down == 3).await;
 
         vlan.set_link(mac(1), true);
         p[0].send_to(mac(2), b"out").await;
@@ -1074,7 +1075,7 @@ mod tests {
         let mut b = FakeQemu::connect(&vlan, mac(2)).await;
         a.send_to(BROADCAST, b"first").await;
         b.expect_nothing().await;
-        assert_eq!(vlan.stats().dropped.link_down, 1);
+        wait_for(|| vlan.stats().dropped.link_down == 1).await;
         vlan.set_link(mac(1), true);
         // b's first frame already suffers its own delay.
         let sent = Instant::now();
@@ -1100,7 +1101,7 @@ mod tests {
             q.expect_nothing().await;
         }
         // across ×3 and the broadcast to 3 and 4.
-        assert_eq!(vlan.stats().dropped.partitioned, 5);
+        wait_for(|| vlan.stats().dropped.partitioned == 5).await;
 
         vlan.heal();
         p[0].send_to(mac(3), b"healed").await;
@@ -1258,7 +1259,7 @@ mod tests {
         assert_eq!(p[1].recv_payload().await, big);
         p[0].send_raw(&[0, 0, 0, 3, 1, 2, 3]).await;
         p[1].expect_nothing().await;
-        assert_eq!(vlan.stats().dropped.malformed, 1);
+        wait_for(|| vlan.stats().dropped.malformed == 1).await;
         assert_eq!(vlan.ports(), 2);
     }
 
