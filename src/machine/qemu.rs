@@ -86,7 +86,10 @@ fn kvm_usable() -> Result<(), String> {
     }
     let modules = Path::new("/sys/module");
     if modules.join("kvm_pvm").exists() {
-        return Err("/dev/kvm is provided by kvm_pvm, a paravirtual KVM on which QEMU aborts or crawls".into());
+        return Err(
+            "/dev/kvm is provided by kvm_pvm, a paravirtual KVM on which QEMU aborts or crawls"
+                .into(),
+        );
     }
     if !modules.join("kvm_intel").exists() && !modules.join("kvm_amd").exists() {
         return Err("neither kvm_intel nor kvm_amd is loaded".into());
@@ -163,7 +166,11 @@ pub fn image_command(
         "-append".into(),
         format!(
             "console=ttyS0 panic=-1 quiet {}{} {network_params}",
-            if overlay.is_some() { "root=/dev/vda " } else { "" },
+            if overlay.is_some() {
+                "root=/dev/vda "
+            } else {
+                ""
+            },
             image.kernel_params
         ),
         "-virtfs".into(),
@@ -207,11 +214,7 @@ pub fn image_command(
 /// so that the child dies with the driver even if the driver is killed.
 /// The caller must spawn from a thread that lives as long as the driver
 /// (the death signal follows the spawning thread).
-pub fn spawn(
-    argv: &[String],
-    env: &[(String, String)],
-    cwd: &Path,
-) -> std::io::Result<Child> {
+pub fn spawn(argv: &[String], env: &[(String, String)], cwd: &Path) -> std::io::Result<Child> {
     let mut cmd = Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -272,7 +275,10 @@ mod tests {
         let args = driver_args(&p, false, Accel::Tcg);
         let joined = args.join(" ");
         assert!(joined.contains("-chardev socket,id=shell,path=/s/shell"));
-        assert!(joined.ends_with("-no-reboot -machine accel=tcg"), "{joined}");
+        assert!(
+            joined.ends_with("-no-reboot -machine accel=tcg"),
+            "{joined}"
+        );
         let args = driver_args(&p, true, Accel::Kvm).join(" ");
         assert!(!args.contains("-no-reboot") && !args.contains("accel"));
     }

@@ -8,24 +8,43 @@
 //!
 //! ```text
 //! host  → guest: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture>
-//! guest → host : <nonce>\n <stdout bytes, raw> \n<nonce> <status> <done|timeout|cancel>\n
+//! guest → host : <nonce>\n                       (the command started)
+//!                <nonce> <status> <done|timeout|cancel> <0|1>\n
+//!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<nonce> c\n`,
+//!                the host answering `more.` or `done.` after each
 //! ```
+//!
+//! The guest reads acknowledgements (and `cancel.`) with `read -d .`: a
+//! delimiter other than newline makes bash read byte by byte, so it never
+//! swallows the next command line that the host may already have sent (with
+//! the newline delimiter bash reads a tty in blocks and keeps the rest).
 //!
 //! The command runs in one forked subshell with stdin `/dev/null` and stdout
 //! in a fresh file; the shell learns it ended when that subshell closes its
 //! end of a FIFO, so a detached child that keeps stdout open cannot hang the
 //! call (nixpkgs #144875), and no `timeout`/`base64` processes are started per
 //! command. Output is sent raw (the console is in raw mode) and delimited by a
-//! random 128-bit nonce, so it is exact and binary-safe. Timeouts are enforced
-//! in the guest (the command's process tree is killed); waits
-//! (`wait_until_succeeds` and friends) loop in the guest with a 50 ms pause
-//! and no host round trip per try.
+//! random 128-bit nonce, so it is exact and binary-safe.
+//!
+//! Why chunks with acknowledgements: QEMU's `virtconsole` drops console
+//! data when the host socket's buffer is full (QEMU's `flush_buf` does not
+//! throttle console ports), so a host that is slow to read for a moment would
+//! silently lose output. No more than one chunk is ever in flight, and a
+//! chunk fits the socket buffer, so nothing is lost however late the driver
+//! reads.
+//!
+//! Timeouts are enforced in the guest (the command's process tree is
+//! killed); waits (`wait_until_succeeds` and friends) loop in the guest with
+//! a 50 ms pause and no host round trip per try.
 
 use std::time::Duration;
 
 use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+/// The size of one output chunk (must match `bs=` in [`BOOTSTRAP`]).
+const CHUNK: usize = 131072;
 
 /// The line a NixOS backdoor prints when its shell is ready.
 pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
@@ -54,7 +73,7 @@ __vmt_kill() {
 }
 __vmt_cancelled() {
   local line
-  read -t 0 -u 0 && read -r -u 0 line && [[ $line == cancel ]]
+  read -t 0 -u 0 && read -r -d . -u 0 line && [[ $line == cancel ]]
 }
 __vmt_now() {
   __vmt_t=${EPOCHREALTIME//[!0-9]/}
@@ -85,8 +104,22 @@ __vmt_try() {
   __vmt_st=$?
 }
 __vmt_reply() {
-  [ -s "$__vmt_out" ] && cat "$__vmt_out"
-  printf '\n%s %s %s\n' "$1" "$__vmt_st" "${__vmt_why:-done}"
+  if [ -s "$__vmt_out" ]; then
+    printf '%s %s %s 1\n' "$1" "$__vmt_st" "${__vmt_why:-done}"
+    __vmt_send "$1"
+  else
+    printf '%s %s %s 0\n' "$1" "$__vmt_st" "${__vmt_why:-done}"
+  fi
+}
+__vmt_send() {
+  local i=0 ack
+  while :; do
+    dd if="$__vmt_out" bs=131072 skip=$i count=1 2>/dev/null
+    printf '\n%s c\n' "$1"
+    read -r -d . -u 0 ack || break
+    [[ $ack == more ]] || break
+    i=$((i + 1))
+  done
 }
 __vmt_deadline() {
   __vmt_dl=
@@ -287,21 +320,37 @@ impl Shell {
     /// Reads a framed answer for `nonce`.
     async fn read_answer(&mut self, nonce: &str) -> Result<Outcome, ShellError> {
         self.read_until(format!("{nonce}\n").as_bytes()).await?;
-        let output = self.read_until(format!("\n{nonce} ").as_bytes()).await?;
-        let tail = self.read_until(b"\n").await?;
-        self.pending = None;
-        let tail = String::from_utf8_lossy(&tail);
-        let mut parts = tail.split(' ');
+        self.read_until(format!("{nonce} ").as_bytes()).await?;
+        let head = self.read_until(b"\n").await?;
+        let head = String::from_utf8_lossy(&head).to_string();
+        let bad = || ShellError::Protocol(head.clone());
+        let mut parts = head.split(' ');
         let status = parts
             .next()
             .and_then(|s| s.parse::<i32>().ok())
-            .ok_or_else(|| ShellError::Protocol(tail.to_string()))?;
+            .ok_or_else(bad)?;
         let ending = match parts.next() {
             Some("done") => Ending::Done,
             Some("timeout") => Ending::Timeout,
             Some("cancel") => Ending::Cancel,
-            _ => return Err(ShellError::Protocol(tail.to_string())),
+            _ => return Err(bad()),
         };
+        let mut output = Vec::new();
+        if parts.next() == Some("1") {
+            let delimiter = format!("\n{nonce} c\n");
+            loop {
+                let chunk = self.read_until(delimiter.as_bytes()).await?;
+                let more = chunk.len() == CHUNK;
+                output.extend_from_slice(&chunk);
+                self.stream
+                    .write_all(if more { b"more." } else { b"done." })
+                    .await?;
+                if !more {
+                    break;
+                }
+            }
+        }
+        self.pending = None;
         Ok(Outcome {
             status,
             output,
@@ -309,12 +358,19 @@ impl Shell {
         })
     }
 
-    /// Makes the shell usable: defines the helpers after a boot, and reads
-    /// (after cancelling it) the answer a cancelled caller left unread.
+    /// Makes the shell usable: after a cancelled call, stops whatever the
+    /// guest still does for it and skips what it sent; after a boot,
+    /// defines the helpers.
     async fn ready(&mut self) -> Result<(), ShellError> {
-        if let Some(n) = self.pending.clone() {
-            self.stream.write_all(b"cancel\n").await?;
-            self.read_answer(&n).await?;
+        if self.pending.take().is_some() {
+            // `cancel` ends a running command, a wait, or a chunk transfer;
+            // if the guest was idle, bash runs it as an unknown command
+            // (an error on the serial console, nothing else).
+            let n = nonce();
+            self.stream
+                .write_all(format!("cancel.\nprintf '%s\\n' {n}-sync\n").as_bytes())
+                .await?;
+            self.read_until(format!("{n}-sync\n").as_bytes()).await?;
         }
         if !self.bootstrapped {
             self.bootstrap().await?;
@@ -419,26 +475,36 @@ mod tests {
         assert_eq!(shell_quote("x\ny"), "'x\ny'");
     }
 
-    /// A fake guest: answers one framed command the way the bootstrap does.
+    /// A fake guest: answers one framed command the way the bootstrap does,
+    /// with two chunks of output and noise before the answer.
     #[tokio::test]
-    async fn framing_is_exact_for_binary_output_and_noise() {
+    async fn framing_is_exact_for_binary_output_in_chunks() {
         let (host, mut guest) = UnixStream::pair().unwrap();
         let mut shell = Shell::new(host);
         shell.bootstrapped = true;
+        let payload: Vec<u8> = (0..CHUNK + 10).map(|i| (i % 251) as u8).collect();
+        let expected = payload.clone();
         let fake = tokio::spawn(async move {
-            let mut line = Vec::new();
-            let mut b = [0u8; 1];
-            while b[0] != b'\n' {
-                guest.read_exact(&mut b).await.unwrap();
-                line.push(b[0]);
+            let mut reader = tokio::io::BufReader::new(&mut guest);
+            let mut line = String::new();
+            tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+                .await
+                .unwrap();
+            let n = line.split_whitespace().nth(2).unwrap().to_string();
+            let mut acks = Vec::new();
+            let mut answer = format!("noise before\n{n}\n{n} 3 done 1\n").into_bytes();
+            for chunk in payload.chunks(CHUNK) {
+                answer.extend_from_slice(chunk);
+                answer.extend_from_slice(format!("\n{n} c\n").as_bytes());
+                reader.get_mut().write_all(&answer).await.unwrap();
+                answer.clear();
+                let mut ack = Vec::new();
+                tokio::io::AsyncBufReadExt::read_until(&mut reader, b'.', &mut ack)
+                    .await
+                    .unwrap();
+                acks.push(String::from_utf8(ack).unwrap());
             }
-            let text = String::from_utf8(line).unwrap();
-            let n = text.split_whitespace().nth(2).unwrap().to_string();
-            let mut answer = b"noise before\n".to_vec();
-            answer.extend_from_slice(format!("{n}\n").as_bytes());
-            answer.extend_from_slice(b"\x00\xff\nbinary\n");
-            answer.extend_from_slice(format!("\n{n} 3 done\n").as_bytes());
-            guest.write_all(&answer).await.unwrap();
+            acks
         });
         let out = shell
             .run(Request::Exec {
@@ -448,9 +514,9 @@ mod tests {
             })
             .await
             .unwrap();
-        fake.await.unwrap();
+        assert_eq!(fake.await.unwrap(), vec!["more.", "done."]);
         assert_eq!(out.status, 3);
-        assert_eq!(out.output, b"\x00\xff\nbinary\n");
+        assert_eq!(out.output, expected);
         assert_eq!(out.ending, Ending::Done);
     }
 }

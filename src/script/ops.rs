@@ -42,7 +42,11 @@ fn bool_arg(args: &Value, key: &str, default: bool) -> bool {
 }
 
 /// A timeout in seconds; `null` or absent means `default`.
-fn timeout_arg(args: &Value, key: &str, default: Option<f64>) -> Result<Option<Duration>, CallError> {
+fn timeout_arg(
+    args: &Value,
+    key: &str,
+    default: Option<f64>,
+) -> Result<Option<Duration>, CallError> {
     match args.get(key) {
         None | Some(Value::Null) => Ok(default.map(Duration::from_secs_f64)),
         Some(v) => match v.as_f64() {
@@ -126,7 +130,11 @@ async fn global(driver: &mut Driver, call: &Call) -> Result<Answer, CallError> {
         "create_machine" => {
             let cmd = str_arg(a, "start_command", "create_machine")?;
             let name = driver
-                .create_machine(cmd, opt_str(a, "name"), bool_arg(a, "keep_machine_state", false))
+                .create_machine(
+                    cmd,
+                    opt_str(a, "name"),
+                    bool_arg(a, "keep_machine_state", false),
+                )
                 .map_err(CallError::usage)?;
             Ok(json!({ "name": name }).into())
         }
@@ -152,7 +160,8 @@ fn vlan_op(driver: &mut Driver, a: &Value) -> Result<Answer, CallError> {
     let v = a
         .get("vlan")
         .and_then(Value::as_u64)
-        .ok_or_else(|| CallError::usage("vlan: argument `vlan` must be a VLAN number"))? as u32;
+        .ok_or_else(|| CallError::usage("vlan: argument `vlan` must be a VLAN number"))?
+        as u32;
     let action = str_arg(a, "action", "vlan")?;
     let vlan = driver.vlans.get(&v).ok_or_else(|| {
         CallError::usage(format!(
@@ -273,13 +282,19 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
         "wait_until" => {
             let command = str_arg(a, "command", op)?;
             let want = bool_arg(a, "want_success", true);
-            let mode = if want { UntilMode::Succeed } else { UntilMode::Fail };
-            let what = format!(
-                "`{command}` to {}",
-                if want { "succeed" } else { "fail" }
-            );
+            let mode = if want {
+                UntilMode::Succeed
+            } else {
+                UntilMode::Fail
+            };
+            let what = format!("`{command}` to {}", if want { "succeed" } else { "fail" });
             let out = m
-                .wait_until(&what, command, mode, timeout_arg(a, "timeout", Some(900.0))?)
+                .wait_until(
+                    &what,
+                    command,
+                    mode,
+                    timeout_arg(a, "timeout", Some(900.0))?,
+                )
                 .await?;
             Ok(Answer {
                 value: json!({ "status": out.status }),
@@ -306,9 +321,16 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             let addr = opt_str(a, "addr").unwrap_or("localhost");
             let open = op == "wait_for_open_port";
             m.wait_until(
-                &format!("port {port} on {addr} to be {}", if open { "open" } else { "closed" }),
+                &format!(
+                    "port {port} on {addr} to be {}",
+                    if open { "open" } else { "closed" }
+                ),
                 &port_probe(addr, port),
-                if open { UntilMode::Succeed } else { UntilMode::Fail },
+                if open {
+                    UntilMode::Succeed
+                } else {
+                    UntilMode::Fail
+                },
                 timeout_arg(a, "timeout", Some(900.0))?,
             )
             .await?;
@@ -316,7 +338,11 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
         }
         "wait_for_open_unix_socket" => {
             let addr = str_arg(a, "addr", op)?;
-            let dgram = if bool_arg(a, "is_datagram", false) { "u" } else { "" };
+            let dgram = if bool_arg(a, "is_datagram", false) {
+                "u"
+            } else {
+                ""
+            };
             m.wait_until(
                 &format!("unix socket {addr} to accept connections"),
                 &format!("nc -{dgram}z -U {}", shell_quote(addr)),
@@ -328,12 +354,18 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
         }
         "wait_for_unit" => {
             let unit_name = str_arg(a, "unit", op)?;
-            m.wait_for_unit(unit_name, opt_str(a, "user"), timeout_arg(a, "timeout", Some(900.0))?)
-                .await?;
+            m.wait_for_unit(
+                unit_name,
+                opt_str(a, "user"),
+                timeout_arg(a, "timeout", Some(900.0))?,
+            )
+            .await?;
             Ok(unit())
         }
         "get_unit_info" => {
-            let info = m.get_unit_info(str_arg(a, "unit", op)?, opt_str(a, "user")).await?;
+            let info = m
+                .get_unit_info(str_arg(a, "unit", op)?, opt_str(a, "user"))
+                .await?;
             Ok(json!(info).into())
         }
         "wait_for_console_text" => {
@@ -369,7 +401,10 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
         }
         "qmp" => {
             let out = m
-                .qmp_execute(str_arg(a, "execute", op)?, a.get("arguments").cloned().filter(|v| !v.is_null()))
+                .qmp_execute(
+                    str_arg(a, "execute", op)?,
+                    a.get("arguments").cloned().filter(|v| !v.is_null()),
+                )
                 .await?;
             Ok(out.into())
         }
@@ -386,13 +421,19 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             Ok(json!(p).into())
         }
         "copy_from_host" => {
-            m.copy_from_host(Path::new(str_arg(a, "source", op)?), str_arg(a, "target", op)?)
-                .await?;
+            m.copy_from_host(
+                Path::new(str_arg(a, "source", op)?),
+                str_arg(a, "target", op)?,
+            )
+            .await?;
             Ok(unit())
         }
         "copy_from_machine" => {
             let p = m
-                .copy_from_machine(str_arg(a, "source", op)?, opt_str(a, "target_dir").unwrap_or(""))
+                .copy_from_machine(
+                    str_arg(a, "source", op)?,
+                    opt_str(a, "target_dir").unwrap_or(""),
+                )
                 .await?;
             Ok(json!(p).into())
         }
@@ -414,7 +455,10 @@ pub fn port_probe(addr: &str, port: u64) -> String {
     if matches!(addr, "localhost" | "127.0.0.1" | "::1") {
         format!("exec 3<>{target}")
     } else {
-        format!("timeout 2 bash -c {}", shell_quote(&format!("exec 3<>{target}")))
+        format!(
+            "timeout 2 bash -c {}",
+            shell_quote(&format!("exec 3<>{target}"))
+        )
     }
 }
 
@@ -425,14 +469,23 @@ mod tests {
     #[test]
     fn timeouts_are_checked_and_default() {
         let a = json!({"timeout": 1.5, "bad": -1});
-        assert_eq!(timeout_arg(&a, "timeout", None).unwrap(), Some(Duration::from_millis(1500)));
-        assert_eq!(timeout_arg(&a, "none", Some(900.0)).unwrap(), Some(Duration::from_secs(900)));
+        assert_eq!(
+            timeout_arg(&a, "timeout", None).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            timeout_arg(&a, "none", Some(900.0)).unwrap(),
+            Some(Duration::from_secs(900))
+        );
         assert!(timeout_arg(&a, "bad", None).is_err());
     }
 
     #[test]
     fn port_probes_do_not_fork_for_localhost() {
-        assert_eq!(port_probe("localhost", 80), "exec 3<>'/dev/tcp/localhost/80'");
+        assert_eq!(
+            port_probe("localhost", 80),
+            "exec 3<>'/dev/tcp/localhost/80'"
+        );
         assert!(port_probe("server", 80).starts_with("timeout 2 bash -c"));
     }
 }

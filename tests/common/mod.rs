@@ -28,7 +28,13 @@ pub fn guests() -> PathBuf {
         "the test guests are not built: run tests/guests/build.sh first ({})",
         String::from_utf8_lossy(&out.stderr).trim()
     );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim().lines().last().unwrap())
+    PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .lines()
+            .last()
+            .unwrap(),
+    )
 }
 
 /// The `tiny` guest (busybox + bash initramfs) as an image node.
@@ -71,8 +77,8 @@ pub fn systemd(name: &str, vlans: Vec<u32>) -> MachineSpec {
 
 /// Options for a run of these machines, output into a fresh temp dir.
 pub fn options(machines: Vec<MachineSpec>) -> RunOptions {
-    let out = std::env::temp_dir().join(format!(
-        "nix-vmtest-out-{}-{}",
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "out-{}-{}",
         std::process::id(),
         fastrand::u32(..)
     ));
@@ -95,6 +101,13 @@ pub fn options(machines: Vec<MachineSpec>) -> RunOptions {
 /// A driver for these machines (not started).
 pub async fn driver(machines: Vec<MachineSpec>) -> Driver {
     Driver::new(options(machines), Log::new())
+        .await
+        .expect("setting up the driver")
+}
+
+/// A driver that logs nothing to the terminal (benchmarks).
+pub async fn driver_quiet(machines: Vec<MachineSpec>) -> Driver {
+    Driver::new(options(machines), Log::quiet())
         .await
         .expect("setting up the driver")
 }

@@ -1,0 +1,326 @@
+//! `cargo bench --bench driver`: the driver's speed and memory figures on
+//! the `tiny` and `systemd` Debian guests, each next to the nixpkgs driver's
+//! way of doing the same thing, measured on the same guest in the same run.
+//!
+//! Figures printed:
+//! - boot to shell (tiny guest);
+//! - `succeed("true")` median over 200 calls: our framing vs nixpkgs' framing
+//!   (`timeout T bash -c '...' | (base64 -w 0; echo)` + `echo ${PIPESTATUS[0]}`);
+//! - `execute` with 2 MiB of output: ours vs nixpkgs' framing;
+//! - wait latency (a file appears → `wait_for_file` returns), ours vs a 1 s poll;
+//! - wait latency (a unit becomes active → `wait_for_unit` returns), ours vs
+//!   a 1 s `systemctl show` poll, on the systemd guest;
+//! - driver process start → QEMU spawned, and the driver's peak memory
+//!   (VmHWM) over a whole test run of the real binary.
+//!
+//! Set `NIX_VMTEST_BENCH_QUICK=1` for fewer samples.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix_vmtest::machine::shell::UntilMode;
+use nix_vmtest::machine::Machine;
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Runs a command the way nixpkgs' driver frames it, over the same shell.
+async fn nixpkgs_execute(m: &mut Machine, cmd: &str) -> (i32, Vec<u8>) {
+    m.run_nixpkgs_framing(cmd, 900)
+        .await
+        .expect("nixpkgs framing")
+}
+
+/// Guest wall clock in microseconds.
+async fn guest_now_us(m: &mut Machine) -> i64 {
+    let o = m
+        .execute("echo ${EPOCHREALTIME/./}", None, true)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&o.output).trim().parse().unwrap()
+}
+
+/// Median of the host-measured round trip of one trivial command.
+async fn round_trip(m: &mut Machine) -> Duration {
+    let mut v = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        m.execute("true", None, true).await.unwrap();
+        v.push(t.elapsed());
+    }
+    median(v)
+}
+
+/// How long after `path` appears (guest clock) a wait returns, measured in
+/// the guest: the file holds its creation time; right after the wait the
+/// host asks the guest's clock, and one command's round trip is taken off.
+async fn file_wait_latency(m: &mut Machine, ours: bool, samples: usize) -> Duration {
+    let rtt = round_trip(m).await;
+    let mut v = Vec::new();
+    for i in 0..samples {
+        let f = format!("/tmp/bench-flag-{i}-{ours}");
+        // Appear at a random moment 0.5..1.5 s from now.
+        let delay = 0.5 + fastrand::f64();
+        m.execute(
+            &format!("(sleep {delay:.3}; echo ${{EPOCHREALTIME/./}} > {f}.t; mv {f}.t {f}) >/dev/null 2>&1 &"),
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+        if ours {
+            m.wait_until(
+                "flag",
+                &format!("test -e {f}"),
+                UntilMode::Succeed,
+                Some(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap();
+        } else {
+            loop {
+                let (st, _) = nixpkgs_execute(m, &format!("test -e {f}")).await;
+                if st == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let now = guest_now_us(m).await;
+        let o = m.execute(&format!("cat {f}"), None, true).await.unwrap();
+        let made: i64 = String::from_utf8_lossy(&o.output).trim().parse().unwrap();
+        let lat = (now - made) as f64 / 1e6 - rtt.as_secs_f64();
+        v.push(Duration::from_secs_f64(lat.max(0.0)));
+    }
+    median(v)
+}
+
+async fn unit_wait_latency(m: &mut Machine, ours: bool, samples: usize) -> Duration {
+    let rtt = round_trip(m).await;
+    let mut v = Vec::new();
+    for _ in 0..samples {
+        m.execute(
+            "systemctl stop slow.service; systemctl start --no-block slow.service",
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+        if ours {
+            m.wait_for_unit("slow.service", None, Some(Duration::from_secs(60)))
+                .await
+                .unwrap();
+        } else {
+            loop {
+                let (_, out) = nixpkgs_execute(m, "systemctl --no-pager show slow.service").await;
+                if String::from_utf8_lossy(&out).contains("\nActiveState=active\n") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        // Both readings are the guest's monotonic clock: when the unit
+        // became active, and (two round trips after the wait returned) now.
+        let mono = m
+            .execute("systemctl show -p ActiveEnterTimestampMonotonic --value slow.service; cat /proc/uptime", None, true)
+            .await
+            .unwrap();
+        let mono = String::from_utf8_lossy(&mono.output).to_string();
+        let mut lines = mono.lines();
+        let entered: f64 = lines.next().unwrap().trim().parse::<f64>().unwrap() / 1e6;
+        let uptime: f64 = lines
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        // The uptime was read two round trips after the wait returned.
+        let lat = uptime - entered - 2.0 * rtt.as_secs_f64();
+        v.push(Duration::from_secs_f64(lat.max(0.0)));
+    }
+    median(v)
+}
+
+fn driver_binary() -> std::path::PathBuf {
+    // Built by `cargo bench` next to this bench's profile.
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("nixos-test-driver");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --release` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs the real binary on a small script; returns (exec → QEMU spawned,
+/// the driver's peak RSS in kB as its own /proc reports it).
+fn binary_run() -> (Duration, u64) {
+    let g = common::guests();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-binary");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = format!("vmtest-bench-{}", std::process::id());
+    let nodes = serde_json::json!({"machines": [{"name": "machine", "image": {
+        "kernel": g.join("vmlinuz"), "initrd": g.join("tiny/initrd"), "memory": 256,
+        "kernelParams": marker, "vlans": []}}]});
+    std::fs::write(dir.join("nodes.json"), nodes.to_string()).unwrap();
+    std::fs::write(
+        dir.join("script.py"),
+        "start_all()\nmachine.succeed('head -c 1000000 /dev/zero')\n\
+         hwm = [l for l in open(f'/proc/{os.getppid()}/status') if l.startswith('VmHWM')][0]\n\
+         print('DRIVER-' + hwm.strip())\n",
+    )
+    .unwrap();
+    let started = Instant::now();
+    let child = std::process::Command::new(driver_binary())
+        .arg("--nodes-json")
+        .arg(dir.join("nodes.json"))
+        .arg("-o")
+        .arg(&dir)
+        .arg(dir.join("script.py"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Poll for the QEMU process carrying our marker.
+    let spawned = loop {
+        let found = std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| {
+                    memchr::memmem::find(&c, marker.as_bytes()).is_some()
+                        && memchr::memmem::find(&c, b"qemu-system").is_some()
+                })
+                .unwrap_or(false)
+        });
+        if found {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "QEMU never started"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench script failed:\n{log}");
+    let hwm = log
+        .lines()
+        .find_map(|l| l.split("DRIVER-VmHWM:").nth(1))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM line");
+    let _ = std::fs::remove_dir_all(&dir);
+    (spawned, hwm)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let quick = std::env::var_os("NIX_VMTEST_BENCH_QUICK").is_some();
+    let calls = if quick { 50 } else { 200 };
+    let wait_samples = if quick { 3 } else { 9 };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!("== nix-vmtest driver bench (TCG unless KVM works) ==");
+        let mut d = common::driver_quiet(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        let t = Instant::now();
+        m.start(false).await.unwrap();
+        m.connect().await.unwrap();
+        println!("boot to shell (tiny):                 {}", ms(t.elapsed()));
+        // Warm both paths up.
+        for _ in 0..5 {
+            m.execute("true", None, true).await.unwrap();
+            nixpkgs_execute(m, "true").await;
+        }
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..calls {
+            let t = Instant::now();
+            let o = m.execute("true", None, true).await.unwrap();
+            ours.push(t.elapsed());
+            assert_eq!(o.status, 0);
+            let t = Instant::now();
+            let (st, _) = nixpkgs_execute(m, "true").await;
+            theirs.push(t.elapsed());
+            assert_eq!(st, 0);
+        }
+        let (o, n) = (median(ours), median(theirs));
+        println!(
+            "succeed(\"true\") median, {calls} calls:   ours {}  nixpkgs framing {}  ratio {:.1}x",
+            ms(o),
+            ms(n),
+            n.as_secs_f64() / o.as_secs_f64()
+        );
+
+        let big = "head -c 2097152 /dev/urandom";
+        m.execute(&format!("{big} > /tmp/two-mib"), None, true)
+            .await
+            .unwrap();
+        let mut ours = Vec::new();
+        let mut theirs = Vec::new();
+        for _ in 0..if quick { 3 } else { 7 } {
+            let t = Instant::now();
+            let o = m.execute("cat /tmp/two-mib", None, true).await.unwrap();
+            ours.push(t.elapsed());
+            assert_eq!(o.output.len(), 2 * 1024 * 1024);
+            let t = Instant::now();
+            let (_, out) = nixpkgs_execute(m, "cat /tmp/two-mib").await;
+            theirs.push(t.elapsed());
+            assert_eq!(out.len(), 2 * 1024 * 1024);
+        }
+        println!(
+            "execute, 2 MiB of output, median:     ours {}  nixpkgs framing {}",
+            ms(median(ours)),
+            ms(median(theirs))
+        );
+
+        let o = file_wait_latency(m, true, wait_samples).await;
+        let n = file_wait_latency(m, false, wait_samples).await;
+        println!(
+            "file appears -> wait returns, median: ours {}  1 s poll {}",
+            ms(o),
+            ms(n)
+        );
+        drop(d);
+
+        let mut d = common::driver_quiet(vec![common::systemd("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        let t = Instant::now();
+        m.connect().await.unwrap();
+        println!("boot to shell (systemd):              {}", ms(t.elapsed()));
+        m.wait_for_unit("multi-user.target", None, Some(Duration::from_secs(300)))
+            .await
+            .unwrap();
+        let o = unit_wait_latency(m, true, wait_samples).await;
+        let n = unit_wait_latency(m, false, wait_samples).await;
+        println!(
+            "unit active -> wait_for_unit, median: ours {}  1 s poll {}",
+            ms(o),
+            ms(n)
+        );
+        drop(d);
+    });
+    let (spawn, hwm) = binary_run();
+    println!("driver process start -> QEMU spawned: {}", ms(spawn));
+    println!(
+        "driver peak memory (VmHWM):           {:.1} MB",
+        hwm as f64 / 1024.0
+    );
+}
