@@ -136,7 +136,13 @@ impl Reader<'_> {
 
     /// A file the sandbox can see: a path value (copied into the store), a
     /// derivation, or a string naming a store path.
-    fn store_file(&self, attr: &str, pos: Option<&String>, v: &NixValue, what: &str) -> Result<Text, ArgError> {
+    fn store_file(
+        &self,
+        attr: &str,
+        pos: Option<&String>,
+        v: &NixValue,
+        what: &str,
+    ) -> Result<Text, ArgError> {
         let (text, ctx) = match v {
             NixValue::Path { store, ctx, .. } => (store, ctx),
             NixValue::Drv { v, ctx } => (v, ctx),
@@ -156,7 +162,10 @@ impl Reader<'_> {
                 return Err(err(
                     attr,
                     pos,
-                    format!("{what} must be a path or a derivation, got {}", other.describe()),
+                    format!(
+                        "{what} must be a path or a derivation, got {}",
+                        other.describe()
+                    ),
                 ))
             }
         };
@@ -166,10 +175,18 @@ impl Reader<'_> {
         })
     }
 
-    fn node(&self, name: &str, pos: Option<&String>, v: &NixValue) -> Result<(MachineSpec, BTreeSet<String>), ArgError> {
+    fn node(
+        &self,
+        name: &str,
+        pos: Option<&String>,
+        v: &NixValue,
+    ) -> Result<(MachineSpec, BTreeSet<String>), ArgError> {
         let attr = format!("nodes.{name}");
         match v {
-            NixValue::Attrs { v: attrs, pos: positions } => {
+            NixValue::Attrs {
+                v: attrs,
+                pos: positions,
+            } => {
                 if !attrs.contains_key("kernel") && !attrs.contains_key("initrd") {
                     return Err(not_a_node(&attr, pos, v));
                 }
@@ -199,7 +216,12 @@ impl Reader<'_> {
     ) -> Result<(MachineSpec, BTreeSet<String>), ArgError> {
         for key in attrs.keys() {
             if !IMAGE_ATTRS.contains(&key.as_str()) {
-                return Err(unknown(&format!("{attr}."), key, positions.get(key), IMAGE_ATTRS));
+                return Err(unknown(
+                    &format!("{attr}."),
+                    key,
+                    positions.get(key),
+                    IMAGE_ATTRS,
+                ));
             }
         }
         let mut context = BTreeSet::new();
@@ -235,10 +257,16 @@ impl Reader<'_> {
             match attrs.get(k) {
                 None => Ok(default),
                 Some(NixValue::Int { v }) if (min..=max).contains(v) => Ok(*v as u32),
-                Some(NixValue::Int { v }) => {
-                    Err(err(&a, p, format!("must be between {min} and {max}, got {v}")))
-                }
-                Some(other) => Err(err(&a, p, format!("must be an integer, got {}", other.describe()))),
+                Some(NixValue::Int { v }) => Err(err(
+                    &a,
+                    p,
+                    format!("must be between {min} and {max}, got {v}"),
+                )),
+                Some(other) => Err(err(
+                    &a,
+                    p,
+                    format!("must be an integer, got {}", other.describe()),
+                )),
             }
         };
         let memory = int("memory", 256, 64, 1 << 20)?;
@@ -259,7 +287,14 @@ impl Reader<'_> {
                             words.push(v.clone());
                         }
                         other => {
-                            return Err(err(&a, p, format!("must be a string or a list of strings, got an element that is {}", other.describe())))
+                            return Err(err(
+                                &a,
+                                p,
+                                format!(
+                                "must be a string or a list of strings, got an element that is {}",
+                                other.describe()
+                            ),
+                            ))
                         }
                     }
                 }
@@ -267,7 +302,14 @@ impl Reader<'_> {
             }
             Some(other) => {
                 let (a, p) = at("kernelParams");
-                return Err(err(&a, p, format!("must be a string or a list of strings, got {}", other.describe())));
+                return Err(err(
+                    &a,
+                    p,
+                    format!(
+                        "must be a string or a list of strings, got {}",
+                        other.describe()
+                    ),
+                ));
             }
         };
         let qemu_flags = match attrs.get("qemuFlags") {
@@ -355,9 +397,18 @@ fn start_script(node: &str, store_path: &str, v: &NixValue) -> PathBuf {
     path.to_path_buf()
 }
 
-fn strings(attr: &str, pos: Option<&String>, v: &NixValue, context: &mut BTreeSet<String>) -> Result<Vec<String>, ArgError> {
+fn strings(
+    attr: &str,
+    pos: Option<&String>,
+    v: &NixValue,
+    context: &mut BTreeSet<String>,
+) -> Result<Vec<String>, ArgError> {
     let NixValue::List { v: items } = v else {
-        return Err(err(attr, pos, format!("must be a list of strings, got {}", v.describe())));
+        return Err(err(
+            attr,
+            pos,
+            format!("must be a list of strings, got {}", v.describe()),
+        ));
     };
     items
         .iter()
@@ -382,7 +433,11 @@ fn strings(attr: &str, pos: Option<&String>, v: &NixValue, context: &mut BTreeSe
 
 fn vlan_list(attr: &str, pos: Option<&String>, v: &NixValue) -> Result<Vec<u32>, ArgError> {
     let NixValue::List { v: items } = v else {
-        return Err(err(attr, pos, format!("must be a list of VLAN numbers, got {}", v.describe())));
+        return Err(err(
+            attr,
+            pos,
+            format!("must be a list of VLAN numbers, got {}", v.describe()),
+        ));
     };
     items
         .iter()
@@ -404,7 +459,10 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         return Err(err(
             "arguments",
             None,
-            format!("expected an attribute set {{ name; nodes; testScript; }}, got {}", args.describe()),
+            format!(
+                "expected an attribute set {{ name; nodes; testScript; }}, got {}",
+                args.describe()
+            ),
         ));
     };
     for key in attrs.keys() {
@@ -424,7 +482,11 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         None => return Err(missing("name")),
         Some(NixValue::String { v, .. }) => v.clone(),
         Some(other) => {
-            return Err(err("name", pos.get("name"), format!("must be a string, got {}", other.describe())))
+            return Err(err(
+                "name",
+                pos.get("name"),
+                format!("must be a string, got {}", other.describe()),
+            ))
         }
     };
     let name_ok = !name.is_empty()
@@ -436,7 +498,9 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         return Err(err(
             "name",
             pos.get("name"),
-            format!("{name:?} cannot be part of a store path name: use letters, digits and + - . _ ? ="),
+            format!(
+                "{name:?} cannot be part of a store path name: use letters, digits and + - . _ ? ="
+            ),
         ));
     }
 
@@ -444,7 +508,10 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
     let mut nodes_context = BTreeSet::new();
     match attrs.get("nodes") {
         None => return Err(missing("nodes")),
-        Some(NixValue::Attrs { v: nodes, pos: node_pos }) => {
+        Some(NixValue::Attrs {
+            v: nodes,
+            pos: node_pos,
+        }) => {
             for (node, value) in nodes {
                 let (machine, ctx) = reader.node(node, node_pos.get(node), value)?;
                 machines.push(machine);
@@ -455,7 +522,10 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
             return Err(err(
                 "nodes",
                 pos.get("nodes"),
-                format!("must be an attribute set of machines, got {}", other.describe()),
+                format!(
+                    "must be an attribute set of machines, got {}",
+                    other.describe()
+                ),
             ))
         }
     }
@@ -470,7 +540,10 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
             return Err(err(
                 "testScript",
                 pos.get("testScript"),
-                format!("must be a string or a function {{ nodes }}: string, got {}", other.describe()),
+                format!(
+                    "must be a string or a function {{ nodes }}: string, got {}",
+                    other.describe()
+                ),
             ))
         }
     };
@@ -482,20 +555,32 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
             return Err(err(
                 "globalTimeout",
                 pos.get("globalTimeout"),
-                format!("must be a positive number of seconds, got {}", other.describe()),
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    other.describe()
+                ),
             ))
         }
     };
 
     let required_system_features = match attrs.get("requiredSystemFeatures") {
         None => DEFAULT_FEATURES.iter().map(|s| s.to_string()).collect(),
-        Some(v) => strings("requiredSystemFeatures", pos.get("requiredSystemFeatures"), v, &mut BTreeSet::new())?,
+        Some(v) => strings(
+            "requiredSystemFeatures",
+            pos.get("requiredSystemFeatures"),
+            v,
+            &mut BTreeSet::new(),
+        )?,
     };
 
     let flag = |k: &str| match attrs.get(k) {
         None => Ok(false),
         Some(NixValue::Bool { v }) => Ok(*v),
-        Some(other) => Err(err(k, pos.get(k), format!("must be true or false, got {}", other.describe()))),
+        Some(other) => Err(err(
+            k,
+            pos.get(k),
+            format!("must be true or false, got {}", other.describe()),
+        )),
     };
     let skip_lint = flag("skipLint")?;
     flag("skipTypeCheck")?;
@@ -538,14 +623,30 @@ mod tests {
     }
     fn image() -> NixValue {
         attrs(vec![
-            ("kernel", NixValue::Path { v: "/x/vmlinuz".into(), store: "/nix/store/aaa-vmlinuz".into(), ctx: vec!["/nix/store/aaa-vmlinuz".into()] }),
+            (
+                "kernel",
+                NixValue::Path {
+                    v: "/x/vmlinuz".into(),
+                    store: "/nix/store/aaa-vmlinuz".into(),
+                    ctx: vec!["/nix/store/aaa-vmlinuz".into()],
+                },
+            ),
             ("initrd", s("/nix/store/bbb-initrd")),
             ("memory", NixValue::Int { v: 128 }),
-            ("vlans", NixValue::List { v: vec![NixValue::Int { v: 1 }, NixValue::Int { v: 2 }] }),
+            (
+                "vlans",
+                NixValue::List {
+                    v: vec![NixValue::Int { v: 1 }, NixValue::Int { v: 2 }],
+                },
+            ),
         ])
     }
     fn good(nodes: NixValue) -> NixValue {
-        attrs(vec![("name", s("t")), ("nodes", nodes), ("testScript", s("start_all()"))])
+        attrs(vec![
+            ("name", s("t")),
+            ("nodes", nodes),
+            ("testScript", s("start_all()")),
+        ])
     }
     fn message(v: NixValue) -> String {
         parse(&v, "/nix/store").unwrap_err().to_string()
@@ -575,8 +676,13 @@ mod tests {
             t.spec.machines[0].start_script.as_deref(),
             Some(Path::new("/nix/store/ccc-run-server-vm"))
         );
-        assert!(t.nodes_context.contains("!out!/nix/store/ddd-run-server-vm.drv"));
-        let vm = NixValue::Drv { v: "/nix/store/eee-nixos-vm".into(), ctx: vec![] };
+        assert!(t
+            .nodes_context
+            .contains("!out!/nix/store/ddd-run-server-vm.drv"));
+        let vm = NixValue::Drv {
+            v: "/nix/store/eee-nixos-vm".into(),
+            ctx: vec![],
+        };
         let t = parse(&good(attrs(vec![("client", vm)])), "/nix/store").unwrap();
         assert_eq!(
             t.spec.machines[0].start_script.as_deref(),
@@ -590,23 +696,45 @@ mod tests {
         assert!(message(no_name).contains("vmTest: name: missing argument 'name'"));
 
         let m = message(good(attrs(vec![("server", NixValue::Int { v: 3 })])));
-        assert!(m.starts_with("vmTest: nodes.server: a node must be a start script"), "{m}");
+        assert!(
+            m.starts_with("vmTest: nodes.server: a node must be a start script"),
+            "{m}"
+        );
         assert!(m.contains("got an integer (3)"), "{m}");
 
         let m = message(good(s("x")));
-        assert!(m.starts_with("vmTest: nodes: must be an attribute set"), "{m}");
+        assert!(
+            m.starts_with("vmTest: nodes: must be an attribute set"),
+            "{m}"
+        );
 
-        let m = message(good(attrs(vec![("a", attrs(vec![("kernel", s("/boot/vmlinuz")), ("initrd", s("/nix/store/x-i"))]))])));
-        assert!(m.contains("nodes.a.kernel") && m.contains("not in the Nix store"), "{m}");
+        let m = message(good(attrs(vec![(
+            "a",
+            attrs(vec![
+                ("kernel", s("/boot/vmlinuz")),
+                ("initrd", s("/nix/store/x-i")),
+            ]),
+        )])));
+        assert!(
+            m.contains("nodes.a.kernel") && m.contains("not in the Nix store"),
+            "{m}"
+        );
 
         let mut typo = image();
         if let NixValue::Attrs { v, .. } = &mut typo {
             v.insert("memroy".into(), NixValue::Int { v: 1 });
         }
         let m = message(good(attrs(vec![("a", typo)])));
-        assert!(m.contains("unknown attribute 'memroy'; did you mean 'memory'?"), "{m}");
+        assert!(
+            m.contains("unknown attribute 'memroy'; did you mean 'memory'?"),
+            "{m}"
+        );
 
-        let m = message(attrs(vec![("name", s("t")), ("nodes", attrs(vec![])), ("testscript", s(""))]));
+        let m = message(attrs(vec![
+            ("name", s("t")),
+            ("nodes", attrs(vec![])),
+            ("testscript", s("")),
+        ]));
         assert!(m.contains("did you mean 'testScript'"), "{m}");
     }
 }

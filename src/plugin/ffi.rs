@@ -12,7 +12,13 @@ mod bridge {
         /// Removes a staging directory once Nix has copied it.
         fn release_prefix(path: &str);
         /// Checks the encoded arguments and returns the derivations to make.
-        fn plan_test(args_json: &str, driver: &str, out_placeholder: &str, store_dir: &str, system: &str) -> Result<String>;
+        fn plan_test(
+            args_json: &str,
+            driver: &str,
+            out_placeholder: &str,
+            store_dir: &str,
+            system: &str,
+        ) -> Result<String>;
     }
 }
 

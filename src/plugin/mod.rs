@@ -39,10 +39,20 @@ pub enum PluginError {
 
 /// Checks one call's arguments (`args_json`: the C++ encoding) and returns
 /// the derivations to make, as JSON (see [`plan::plan`]).
-pub fn plan_test(args_json: &str, host: &plan::Host, store_dir: &str, python_dir: Option<&Path>) -> Result<String, PluginError> {
+pub fn plan_test(
+    args_json: &str,
+    host: &plan::Host,
+    store_dir: &str,
+    python_dir: Option<&Path>,
+) -> Result<String, PluginError> {
     let value: value::NixValue = serde_json::from_str(args_json)?;
     let test = args::parse(&value, store_dir)?;
     let machines: Vec<String> = test.spec.machines.iter().map(|m| m.name.clone()).collect();
-    script_check::check(&test.test_script.text, &machines, python_dir, !test.skip_lint)?;
+    script_check::check(
+        &test.test_script.text,
+        &machines,
+        python_dir,
+        !test.skip_lint,
+    )?;
     Ok(plan::plan(&test, host).to_string())
 }

@@ -1,23 +1,31 @@
 //! The derivations `builtins.vmTest` returns, as attribute sets for Nix's
 //! `derivation` (which `cpp/plugin.cc` calls).
 //!
+//! `.driver` / `.driverInteractive` (`nixos-test-driver-<name>[-interactive]`):
+//! ```text
+//! builder  = <driver>/bin/nixos-test-driver      (the driver, in the store)
+//! args     = [ "--write-wrapper" ]
+//! nodesJson, testScript   the test, passed as files (passAsFile: Nix sets
+//!                         $nodesJsonPath, $testScriptPath)
+//! globalTimeout, vmTestName, vmTestInteractive = "1" | ""
+//! ```
+//! which writes `$out/bin/nixos-test-driver` and
+//! `$out/share/nix-vmtest/{nodes.json,test-script}` (see [`super::wrapper`]).
+//!
 //! `vm-test-run-<name>`:
 //! ```text
 //! builder  = <driver>/bin/nixos-test-driver
-//! args     = [ "-o" $out "--junit-xml" $out/junit.xml "--global-timeout" N ]
-//! nodesJson, testScript       passed as files (passAsFile): the driver reads
-//!                             $nodesJsonPath and $testScriptPath
-//! globalTimeout, PATH=/usr/bin:/bin, NIX_VMTEST_PYTHON=/usr/bin/python3
+//! args     = [ "-o" $out "--junit-xml" $out/junit.xml "--global-timeout" N
+//!              "--nodes-json" ${.driver}/share/nix-vmtest/nodes.json
+//!              ${.driver}/share/nix-vmtest/test-script "--log-file" $out/log ]
+//! PATH=/usr/bin:/bin, NIX_VMTEST_PYTHON=/usr/bin/python3, globalTimeout, vmTestName
 //! requiredSystemFeatures = [ "nixos-test" "kvm" ]   (overridable)
 //! ```
-//! `.driver` / `.driverInteractive` (`nixos-test-driver-<name>[-interactive]`):
-//! the same driver run as `nixos-test-driver --write-wrapper`, which writes
-//! `$out/bin/nixos-test-driver` (see [`super::wrapper`]).
 //!
-//! `nodesJson` and `testScript` go as files built by Nix (passAsFile) rather
-//! than `builtins.toFile`-style store files because they may refer to
-//! derivation outputs (start scripts, `${pkgs.hello}` in a script), which a
-//! store text file cannot.
+//! The script and nodes go through `.driver`'s output rather than
+//! `builtins.toFile`-style store files because they may refer to derivation
+//! outputs (start scripts, `${pkgs.hello}` in a script), which a store text
+//! file cannot; and this way `.driver` is exactly what the run uses.
 
 use std::collections::BTreeSet;
 
@@ -61,6 +69,18 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
         attrs.insert("name".into(), plain(&name));
         attrs.insert("system".into(), plain(host.system));
         attrs.insert("builder".into(), text(&builder, &driver_ctx));
+        attrs.insert(
+            "globalTimeout".into(),
+            plain(&test.global_timeout.to_string()),
+        );
+        attrs.insert("vmTestName".into(), plain(&test.name));
+        attrs
+    };
+
+    let wrapper = |interactive: bool| {
+        let suffix = if interactive { "-interactive" } else { "" };
+        let mut attrs = common(format!("nixos-test-driver-{}{suffix}", test.name));
+        attrs.insert("args".into(), list([super::wrapper::FLAG.to_string()]));
         attrs.insert("nodesJson".into(), text(&nodes_json, &test.nodes_context));
         attrs.insert(
             "testScript".into(),
@@ -70,34 +90,6 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
             "passAsFile".into(),
             list(["nodesJson".to_string(), "testScript".to_string()]),
         );
-        attrs.insert("globalTimeout".into(), plain(&test.global_timeout.to_string()));
-        attrs.insert("vmTestName".into(), plain(&test.name));
-        attrs
-    };
-
-    let mut run = common(format!("vm-test-run-{}", test.name));
-    run.insert(
-        "args".into(),
-        list([
-            "-o".to_string(),
-            out.to_string(),
-            "--junit-xml".to_string(),
-            format!("{out}/junit.xml"),
-            "--global-timeout".to_string(),
-            test.global_timeout.to_string(),
-        ]),
-    );
-    run.insert(
-        "requiredSystemFeatures".into(),
-        list(test.required_system_features.iter().cloned()),
-    );
-    run.insert("PATH".into(), plain("/usr/bin:/bin"));
-    run.insert("NIX_VMTEST_PYTHON".into(), plain("/usr/bin/python3"));
-
-    let wrapper = |interactive: bool| {
-        let suffix = if interactive { "-interactive" } else { "" };
-        let mut attrs = common(format!("nixos-test-driver-{}{suffix}", test.name));
-        attrs.insert("args".into(), list(["--write-wrapper".to_string()]));
         attrs.insert(
             "vmTestInteractive".into(),
             plain(if interactive { "1" } else { "" }),
@@ -106,6 +98,33 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
         attrs.insert("allowSubstitutes".into(), plain(""));
         Value::Object(attrs)
     };
+
+    // A path in `.driver`'s output.
+    let in_driver = |rel: &str| json!({ "s": rel, "ctx": [], "outOf": "driver" });
+    let mut run = common(format!("vm-test-run-{}", test.name));
+    let arg = |s: String| plain(&s);
+    run.insert(
+        "args".into(),
+        json!({ "list": [
+            arg("-o".into()),
+            arg(out.to_string()),
+            arg("--junit-xml".into()),
+            arg(format!("{out}/junit.xml")),
+            arg("--global-timeout".into()),
+            arg(test.global_timeout.to_string()),
+            arg("--nodes-json".into()),
+            in_driver(&format!("/{}", super::wrapper::NODES_JSON)),
+            in_driver(&format!("/{}", super::wrapper::TEST_SCRIPT)),
+            arg("--log-file".into()),
+            arg(format!("{out}/log")),
+        ]}),
+    );
+    run.insert(
+        "requiredSystemFeatures".into(),
+        list(test.required_system_features.iter().cloned()),
+    );
+    run.insert("PATH".into(), plain("/usr/bin:/bin"));
+    run.insert("NIX_VMTEST_PYTHON".into(), plain("/usr/bin/python3"));
 
     json!({
         "test": { "attrs": Value::Object(run) },
@@ -154,13 +173,20 @@ mod tests {
             "/nix/store/ddd-nix-vmtest-0.1.0/bin/nixos-test-driver"
         );
         assert_eq!(run["builder"]["ctx"][0], "/nix/store/ddd-nix-vmtest-0.1.0");
-        assert_eq!(run["nodesJson"]["ctx"][0], "/nix/store/aaa-run-machine-vm");
         assert_eq!(run["requiredSystemFeatures"]["list"][1]["s"], "kvm");
         assert_eq!(run["args"]["list"][0]["s"], "-o");
-        let nodes: TestSpec = serde_json::from_str(run["nodesJson"]["s"].as_str().unwrap()).unwrap();
+        assert_eq!(run["args"]["list"][7]["s"], "/share/nix-vmtest/nodes.json");
+        assert_eq!(run["args"]["list"][7]["outOf"], "driver");
+        let drv = &p["driver"]["attrs"];
+        assert_eq!(drv["nodesJson"]["ctx"][0], "/nix/store/aaa-run-machine-vm");
+        let nodes: TestSpec =
+            serde_json::from_str(drv["nodesJson"]["s"].as_str().unwrap()).unwrap();
         assert_eq!(nodes, test.spec);
         let drv = &p["driverInteractive"]["attrs"];
-        assert_eq!(drv["name"]["s"], "nixos-test-driver-minimal-test-interactive");
+        assert_eq!(
+            drv["name"]["s"],
+            "nixos-test-driver-minimal-test-interactive"
+        );
         assert_eq!(drv["args"]["list"][0]["s"], "--write-wrapper");
         assert_eq!(drv["vmTestInteractive"]["s"], "1");
     }

@@ -71,7 +71,8 @@ pub fn plugin_file() -> Option<PathBuf> {
 }
 
 fn has_layout(dir: &Path) -> bool {
-    dir.join("bin/nixos-test-driver").is_file() && dir.join("share/nix-vmtest/python/nix_vmtest").is_dir()
+    dir.join("bin/nixos-test-driver").is_file()
+        && dir.join("share/nix-vmtest/python/nix_vmtest").is_dir()
 }
 
 /// Where the driver binary and the Python client are on this machine.
@@ -220,7 +221,10 @@ mod tests {
         let p = prepare(&found, "/nix/store").unwrap();
         assert!(!p.in_store);
         assert!(has_layout(&p.path));
-        assert!(!p.path.join("share/nix-vmtest/python/nix_vmtest/__pycache__").exists());
+        assert!(!p
+            .path
+            .join("share/nix-vmtest/python/nix_vmtest/__pycache__")
+            .exists());
         release(&p.path);
         assert!(!p.path.exists());
 

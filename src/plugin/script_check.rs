@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 /// Why a script was refused, or could not be checked.
 #[derive(Debug, thiserror::Error)]
 pub enum ScriptError {
-    /// The script has problems: each `testScript line N: message`.
+    /// The script has problems: each `vmTest: testScript line N: message`.
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
     #[error("vmTest: cannot check testScript: {0}")]
@@ -45,7 +45,12 @@ except SyntaxError as e:
 /// `nix_vmtest` package; `lint` adds the undefined-name check to the syntax
 /// check. A missing Python interpreter skips the check (the driver checks
 /// again before booting).
-pub fn check(script: &str, machines: &[String], python_dir: Option<&Path>, lint: bool) -> Result<(), ScriptError> {
+pub fn check(
+    script: &str,
+    machines: &[String],
+    python_dir: Option<&Path>,
+    lint: bool,
+) -> Result<(), ScriptError> {
     // The script goes in on stdin; both checks read it as the file /dev/stdin.
     const FILE: &str = "/dev/stdin";
     let checker = python_dir.filter(|d| d.join("nix_vmtest/check.py").is_file());
@@ -91,13 +96,16 @@ fn messages(output: &str, file: &str) -> Vec<String> {
         .filter_map(|l| l.strip_prefix(&prefix))
         .map(|rest| match rest.split_once(": ") {
             Some((line, msg)) if line.chars().all(|c| c.is_ascii_digit()) => {
-                format!("testScript line {line}: {msg}")
+                format!("vmTest: testScript line {line}: {msg}")
             }
-            _ => format!("testScript: {rest}"),
+            _ => format!("vmTest: testScript: {rest}"),
         })
         .collect();
     if found.is_empty() {
-        vec![format!("testScript: the check failed: {}", output.trim())]
+        vec![format!(
+            "vmTest: testScript: the check failed: {}",
+            output.trim()
+        )]
     } else {
         found
     }
@@ -116,7 +124,7 @@ mod tests {
         let e = check("start_all()\nif x\n", &[], None, true).unwrap_err();
         let ScriptError::Invalid(m) = e else { panic!() };
         assert_eq!(m.len(), 1);
-        assert!(m[0].starts_with("testScript line 2: "), "{m:?}");
+        assert!(m[0].starts_with("vmTest: testScript line 2: "), "{m:?}");
     }
 
     #[test]
@@ -126,10 +134,25 @@ mod tests {
             return;
         }
         let machines = vec!["client".to_string(), "server".to_string()];
-        check("server.succeed('true')\nclient.succeed('true')\n", &machines, Some(&dir), true).unwrap();
-        let e = check("start_all()\nservr.succeed('true')\n", &machines, Some(&dir), true).unwrap_err();
+        check(
+            "server.succeed('true')\nclient.succeed('true')\n",
+            &machines,
+            Some(&dir),
+            true,
+        )
+        .unwrap();
+        let e = check(
+            "start_all()\nservr.succeed('true')\n",
+            &machines,
+            Some(&dir),
+            true,
+        )
+        .unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("testScript line 2: name 'servr' is not defined"), "{msg}");
+        assert!(
+            msg.contains("testScript line 2: name 'servr' is not defined"),
+            "{msg}"
+        );
         assert!(msg.contains("client, server"), "{msg}");
         // skipLint keeps the syntax check only.
         check("servr.succeed('true')\n", &machines, Some(&dir), false).unwrap();
@@ -139,7 +162,7 @@ mod tests {
     fn output_lines_are_mapped() {
         assert_eq!(
             messages("/tmp/s.py:3: syntax error: invalid\n", "/tmp/s.py"),
-            vec!["testScript line 3: syntax error: invalid"]
+            vec!["vmTest: testScript line 3: syntax error: invalid"]
         );
     }
 }

@@ -25,6 +25,12 @@ use std::process::ExitCode;
 /// The hidden first argument that selects this mode.
 pub const FLAG: &str = "--write-wrapper";
 
+/// The nodes description, relative to `$out`.
+pub const NODES_JSON: &str = "share/nix-vmtest/nodes.json";
+
+/// The test script, relative to `$out`.
+pub const TEST_SCRIPT: &str = "share/nix-vmtest/test-script";
+
 /// Why the wrapper could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum WrapperError {
@@ -99,7 +105,6 @@ fn quote(s: &str) -> String {
 
 /// The text of `bin/nixos-test-driver`.
 pub fn script(out: &Path, w: &Wrapper) -> String {
-    let share = out.join("share/nix-vmtest");
     let interactive = if w.interactive { " --interactive" } else { "" };
     format!(
         "#!/bin/sh\n\
@@ -109,9 +114,9 @@ pub fn script(out: &Path, w: &Wrapper) -> String {
          export testScript\n\
          exec {driver} --nodes-json {nodes} --global-timeout {timeout}{interactive} \"$@\"\n",
         name = w.name,
-        script = share.join("test-script").display(),
+        script = out.join(TEST_SCRIPT).display(),
         driver = quote(&w.driver.to_string_lossy()),
-        nodes = quote(&share.join("nodes.json").to_string_lossy()),
+        nodes = quote(&out.join(NODES_JSON).to_string_lossy()),
         timeout = quote(&w.global_timeout),
     )
 }
@@ -122,14 +127,13 @@ pub fn write(out: &Path, w: &Wrapper) -> Result<(), WrapperError> {
         let path = path.to_path_buf();
         move |source| WrapperError::Io { path, source }
     };
-    let share = out.join("share/nix-vmtest");
     let bin = out.join("bin");
-    for dir in [&share, &bin] {
+    let nodes = out.join(NODES_JSON);
+    let script_file = out.join(TEST_SCRIPT);
+    for dir in [nodes.parent().unwrap_or(out), &bin] {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let nodes = share.join("nodes.json");
     std::fs::copy(&w.nodes_json, &nodes).map_err(io(&w.nodes_json))?;
-    let script_file = share.join("test-script");
     std::fs::copy(&w.test_script, &script_file).map_err(io(&w.test_script))?;
     for f in [&nodes, &script_file] {
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o444)).map_err(io(f))?;
@@ -162,9 +166,9 @@ mod tests {
         };
         write(&out, &w).unwrap();
         let text = std::fs::read_to_string(out.join("bin/nixos-test-driver")).unwrap();
-        assert!(text.contains(
-            "exec '/nix/store/ddd-nix-vmtest/bin/nixos-test-driver' --nodes-json"
-        ));
+        assert!(
+            text.contains("exec '/nix/store/ddd-nix-vmtest/bin/nixos-test-driver' --nodes-json")
+        );
         assert!(text.contains("--interactive \"$@\""));
         assert_eq!(
             std::fs::read_to_string(out.join("share/nix-vmtest/test-script")).unwrap(),

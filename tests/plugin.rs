@@ -1,0 +1,585 @@
+//! `builtins.vmTest` through the real Nix: `nix-instantiate`, `nix-build` and
+//! `nix flake check` with the plugin loaded (`--option plugin-files`), the
+//! sandbox on (`sandbox = true`) and no substituters.
+//!
+//! Run: `cargo test --features nix-plugin --test plugin` (needs Nix and its
+//! headers: `.ci/nix-headers`). The plugin is the `libnix_vmtest.so` cargo
+//! builds next to the driver, or `$NIX_VMTEST_PLUGIN`.
+//!
+//! - `eval_*`: evaluation only; run anywhere Nix is.
+//! - `boot_*`: boot the tiny Debian guest (`tests/guests/build.sh`, or
+//!   `$NIX_VMTEST_GUESTS_DIR`) inside the build sandbox; skipped, saying so,
+//!   when the guests are not built.
+#![cfg(feature = "nix-plugin")]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn plugin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NIX_VMTEST_PLUGIN") {
+        return p.into();
+    }
+    // `cargo test` does not build the cdylib: use the one `cargo build
+    // [--release] --features nix-plugin` left next to the driver.
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_nixos-test-driver"))
+        .parent()
+        .unwrap();
+    let target = bin_dir.parent().unwrap();
+    let candidates = [
+        bin_dir.join("libnix_vmtest.so"),
+        target.join("release/libnix_vmtest.so"),
+        target.join("debug/libnix_vmtest.so"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no plugin at {candidates:?}: run `cargo build --release --features nix-plugin` \
+                 first (same CARGO_TARGET_DIR), or set NIX_VMTEST_PLUGIN"
+            )
+        })
+        .clone()
+}
+
+/// Extra sandbox paths for a Debian host: QEMU, Python and their libraries
+/// live outside the store.
+const SANDBOX_PATHS: &str = "/usr /lib /lib64 /bin";
+
+/// `nix-build`/`nix-instantiate`/`nix` with the plugin and the test settings.
+fn nix(program: &str, extra_sandbox: &[&Path]) -> Command {
+    let mut cmd = Command::new(program);
+    let mut sandbox_paths = SANDBOX_PATHS.to_string();
+    for p in extra_sandbox {
+        sandbox_paths.push(' ');
+        sandbox_paths.push_str(&p.to_string_lossy());
+    }
+    cmd.arg("--option")
+        .arg("plugin-files")
+        .arg(plugin())
+        .args(["--option", "sandbox", "true"])
+        .args(["--option", "substituters", ""])
+        .args(["--option", "extra-sandbox-paths", &sandbox_paths]);
+    // Debian's nix-bin without nix-setup-systemd has no nixbld group: build
+    // as root (still sandboxed) rather than fail.
+    let has_group = Command::new("getent")
+        .args(["group", "nixbld"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_group {
+        cmd.args(["--option", "build-users-group", ""]);
+    }
+    cmd.env("NIX_VMTEST_TEST", "1");
+    cmd
+}
+
+fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+fn instantiate(file: &str, attr: Option<&str>) -> Output {
+    let mut cmd = nix("nix-instantiate", &[]);
+    cmd.arg(repo().join("tests/nix").join(file));
+    if let Some(a) = attr {
+        cmd.args(["-A", a]);
+    }
+    cmd.output().expect("nix-instantiate runs")
+}
+
+/// Each bad case fails at evaluation, with its message.
+#[test]
+fn eval_errors_name_the_attribute_or_the_script_line() {
+    let cases: &[(&str, &[&str])] = &[
+        ("missingName", &["vmTest: name: missing argument 'name'"]),
+        ("missingNodes", &["vmTest: nodes: missing argument 'nodes'"]),
+        (
+            "nodesNotAttrs",
+            &[
+                "vmTest: nodes",
+                "must be an attribute set of machines, got a list",
+            ],
+        ),
+        (
+            "nodeWrongType",
+            &[
+                "vmTest: nodes.server",
+                "a node must be a start script (a run-<name>-vm path or derivation) or an image",
+                "got an integer (42)",
+            ],
+        ),
+        (
+            "nodeNixosModule",
+            &["vmTest: nodes.server", "got a function", "NixOS modules"],
+        ),
+        (
+            "imageMissingInitrd",
+            &["vmTest: nodes.server", "'initrd' is missing"],
+        ),
+        (
+            "imageTypo",
+            &["vmTest: nodes.server.memroy", "did you mean 'memory'?"],
+        ),
+        (
+            "imageOutsideStore",
+            &["vmTest: nodes.server.kernel", "is not in the Nix store"],
+        ),
+        (
+            "unknownArgument",
+            &["vmTest: testscript", "did you mean 'testScript'?"],
+        ),
+        (
+            "nameNotString",
+            &["vmTest: name", "must be a string, got an integer (3)"],
+        ),
+        (
+            "timeoutNotInt",
+            &[
+                "vmTest: globalTimeout",
+                "must be a positive number of seconds",
+            ],
+        ),
+        ("scriptSyntax", &["testScript line 2: syntax error"]),
+        (
+            "scriptUnknownMachine",
+            &[
+                "testScript line 3: name 'servr' is not defined",
+                "client, server",
+            ],
+        ),
+        (
+            "scriptFunctionUnknownMachine",
+            &["testScript line 2: name 'machinex' is not defined"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, wanted) in cases {
+        let start = Instant::now();
+        let out = instantiate("eval-errors.nix", Some(case));
+        let all = text(&out);
+        if out.status.success() {
+            failures.push(format!("{case}: evaluated, but should fail:\n{all}"));
+            continue;
+        }
+        for w in *wanted {
+            if !all.contains(w) {
+                failures.push(format!("{case}: message lacks {w:?}:\n{all}"));
+            }
+        }
+        // At evaluation: nothing was built (and nothing booted).
+        if all.contains("building '") {
+            failures.push(format!("{case}: started a build:\n{all}"));
+        }
+        assert!(start.elapsed() < Duration::from_secs(60));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+fn show_derivation(drv: &str) -> serde_json::Value {
+    let out = Command::new("nix")
+        .args([
+            "--extra-experimental-features",
+            "nix-command",
+            "show-derivation",
+            drv,
+        ])
+        .output()
+        .expect("nix show-derivation runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[drv].clone()
+}
+
+/// The good test instantiates to `vm-test-run-minimal-test` with the shape
+/// the plugin documents; `.driver` and `.driverInteractive` exist.
+#[test]
+fn eval_minimal_test_instantiates_to_the_documented_derivation() {
+    let out = instantiate("minimal.nix", None);
+    assert!(out.status.success(), "{}", text(&out));
+    let drv = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(drv.ends_with("-vm-test-run-minimal-test.drv"), "{drv}");
+    let d = show_derivation(&drv);
+    let env = &d["env"];
+    assert_eq!(env["name"], "vm-test-run-minimal-test");
+    assert_eq!(env["requiredSystemFeatures"], "nixos-test kvm");
+    let builder = d["builder"].as_str().unwrap();
+    assert!(builder.starts_with("/nix/store/"), "{builder}");
+    assert!(
+        builder.ends_with("-nix-vmtest-0.1.0/bin/nixos-test-driver"),
+        "{builder}"
+    );
+    // The driver and the Python client are in the store, and an input.
+    assert!(Path::new(builder).is_file());
+    let driver_dir = Path::new(builder).parent().unwrap().parent().unwrap();
+    assert!(driver_dir
+        .join("share/nix-vmtest/python/nix_vmtest/__init__.py")
+        .is_file());
+    let srcs: Vec<&str> = d["inputSrcs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(srcs.contains(&driver_dir.to_str().unwrap()), "{srcs:?}");
+    let args: Vec<&str> = d["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(args[0], "-o");
+    // `builtins.placeholder "out"`, which Nix replaces by $out at build time.
+    assert_eq!(
+        args[1],
+        "/1rz4g4znpzjwh1xymhjpm42vipw92pr73vdgl6xs1hycac8kf2n9"
+    );
+    assert_eq!(&args[4..7], &["--global-timeout", "3600", "--nodes-json"]);
+    assert!(
+        args[7].ends_with("-nixos-test-driver-minimal-test/share/nix-vmtest/nodes.json"),
+        "{args:?}"
+    );
+    assert!(
+        args[8].ends_with("-nixos-test-driver-minimal-test/share/nix-vmtest/test-script"),
+        "{args:?}"
+    );
+    assert_eq!(env["PATH"], "/usr/bin:/bin");
+
+    let mut driver_drvs = Vec::new();
+    for (attr, name) in [
+        ("driver", "nixos-test-driver-minimal-test"),
+        (
+            "driverInteractive",
+            "nixos-test-driver-minimal-test-interactive",
+        ),
+    ] {
+        let out = nix("nix-instantiate", &[])
+            .arg(repo().join("tests/nix/minimal.nix"))
+            .args(["-A", attr])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{attr}: {}", text(&out));
+        let drv = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(drv.ends_with(&format!("-{name}.drv")), "{drv}");
+        let w = show_derivation(&drv);
+        assert_eq!(w["builder"].as_str().unwrap(), builder);
+        assert_eq!(w["args"][0], "--write-wrapper");
+        assert_eq!(w["env"]["passAsFile"], "nodesJson testScript");
+        assert_eq!(w["env"]["testScript"], "machine.succeed(\"true\")\n");
+        // The start script was copied into the store and is an input.
+        let srcs: Vec<&str> = w["inputSrcs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert!(
+            srcs.iter().any(|s| s.ends_with("-run-machine-vm")),
+            "{srcs:?}"
+        );
+        let nodes: nix_vmtest::spec::TestSpec =
+            serde_json::from_str(w["env"]["nodesJson"].as_str().unwrap()).unwrap();
+        assert_eq!(nodes.machines.len(), 1);
+        assert_eq!(nodes.machines[0].name, "machine");
+        assert!(nodes.machines[0]
+            .start_script
+            .as_ref()
+            .unwrap()
+            .to_string_lossy()
+            .ends_with("-run-machine-vm"));
+        driver_drvs.push(drv);
+    }
+    // The run builds from `.driver`'s files.
+    assert!(
+        d["inputDrvs"].get(&driver_drvs[0]).is_some(),
+        "{}",
+        d["inputDrvs"]
+    );
+
+    // requiredSystemFeatures is overridable, and the same call gives the same drv.
+    let out = nix("nix-instantiate", &[])
+        .args([
+            "--expr",
+            "--arg",
+            "f",
+            &repo()
+                .join("tests/nix/fixtures/run-machine-vm")
+                .to_string_lossy(),
+        ])
+        .arg(
+            "{ f }: builtins.vmTest { name = \"minimal-test\"; nodes.machine = /. + f; \
+             requiredSystemFeatures = [ ]; testScript = \"machine.succeed('true')\"; }",
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let d = show_derivation(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(d["env"]["requiredSystemFeatures"], "");
+
+    // testScript as a function of { nodes }, and an image node.
+    let fixture = repo().join("tests/nix/fixtures/run-machine-vm");
+    let out = nix("nix-instantiate", &[])
+        .args(["--expr", "--arg", "f", &fixture.to_string_lossy()])
+        .arg(
+            r#"{ f }: (builtins.vmTest { name = "fn";
+                 nodes.a = { kernel = /. + f; initrd = /. + f; memory = 128; vlans = [ 1 2 ]; };
+                 testScript = { nodes }: builtins.concatStringsSep "\n"
+                   (map (n: n + ".succeed('true')") (builtins.attrNames nodes)); }).driver"#,
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let w = show_derivation(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(w["env"]["testScript"], "a.succeed('true')");
+    let nodes: nix_vmtest::spec::TestSpec =
+        serde_json::from_str(w["env"]["nodesJson"].as_str().unwrap()).unwrap();
+    let image = nodes.machines[0].image.as_ref().unwrap();
+    assert!(image.kernel.starts_with("/nix/store/"));
+    assert_eq!(image.vlans, vec![1, 2]);
+    assert_eq!(nodes.vlans, vec![1, 2]);
+}
+
+// ---------------------------------------------------------------------------
+// Boot tests: need the driver and the guests.
+
+fn guests() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS_DIR") {
+        return Some(d.into());
+    }
+    let out = Command::new(repo().join("tests/guests/build.sh"))
+        .arg("--print-dir")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last()?.trim());
+    dir.join("vmlinuz").exists().then_some(dir)
+}
+
+macro_rules! need_guests {
+    () => {
+        match guests() {
+            Some(g) => g,
+            None => {
+                eprintln!("SKIPPED: the test guests are not built (tests/guests/build.sh)");
+                return;
+            }
+        }
+    };
+}
+
+/// A scratch directory for `result` links.
+fn scratch() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn build_boot(
+    dir: &Path,
+    guests: &Path,
+    args: &[(&str, &str)],
+    extra_sandbox: &[&Path],
+) -> (Output, Duration) {
+    let mut cmd = nix("nix-build", extra_sandbox);
+    cmd.current_dir(dir)
+        .arg(repo().join("tests/nix/boot.nix"))
+        .args(["--argstr", "guests"])
+        .arg(guests);
+    for (k, v) in args {
+        cmd.args(["--arg", k, v]);
+    }
+    let start = Instant::now();
+    let out = cmd.output().expect("nix-build runs");
+    (out, start.elapsed())
+}
+
+fn unique_marker() -> String {
+    format!("\"{}-{}\"", std::process::id(), fastrand::u64(..))
+}
+
+/// The issue's scenario: boot in the sandbox, cached second build, delete
+/// and rebuild.
+#[test]
+fn boot_minimal_test_runs_caches_and_reruns_after_delete() {
+    let guests = need_guests!();
+    let dir = scratch();
+    let marker = unique_marker();
+    let (out, first) = build_boot(dir.path(), &guests, &[("marker", &marker)], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(path.ends_with("-vm-test-run-minimal-test"), "{path}");
+    let result = dir.path().join("result");
+    assert_eq!(std::fs::read_link(&result).unwrap(), PathBuf::from(&path));
+    // $out holds the log, the JUnit XML and the copied file.
+    let listing: Vec<String> = walk(Path::new(&path));
+    assert!(Path::new(&path).join("junit.xml").is_file(), "{listing:?}");
+    assert!(listing.iter().any(|f| f.ends_with("hello")), "{listing:?}");
+    assert!(text(&out).contains("building '"), "{}", text(&out));
+
+    // Again: cached, no QEMU.
+    let (out2, second) = build_boot(dir.path(), &guests, &[("marker", &marker)], &[]);
+    assert!(out2.status.success(), "{}", text(&out2));
+    assert_eq!(String::from_utf8_lossy(&out2.stdout).trim(), path);
+    assert!(!text(&out2).contains("building '"), "{}", text(&out2));
+    assert!(
+        second < Duration::from_secs(2),
+        "cached build took {second:?} (first {first:?})"
+    );
+
+    // rm result; nix-store --delete; the next build runs it again.
+    std::fs::remove_file(&result).unwrap();
+    let del = Command::new("nix-store")
+        .args(["--delete", &path])
+        .output()
+        .unwrap();
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(!Path::new(&path).exists());
+    let (out3, _) = build_boot(dir.path(), &guests, &[("marker", &marker)], &[]);
+    assert!(out3.status.success(), "{}", text(&out3));
+    assert!(text(&out3).contains("building '"), "{}", text(&out3));
+    assert!(Path::new(&path).join("junit.xml").is_file());
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files.extend(walk(&p));
+            } else {
+                files.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    files
+}
+
+/// A failing command fails the build, and the log names the script line.
+#[test]
+fn boot_failing_script_line_is_in_the_log() {
+    let guests = need_guests!();
+    let dir = scratch();
+    let (out, _) = build_boot(
+        dir.path(),
+        &guests,
+        &[("marker", &unique_marker()), ("fail", "true")],
+        &[],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    let all = text(&out);
+    assert!(all.contains("line 4"), "{all}");
+}
+
+/// A start-script node (the guest's `run-tiny-vm`, which reads the guest
+/// directory outside the store: that directory is an extra sandbox path).
+#[test]
+fn boot_start_script_node() {
+    let guests = need_guests!();
+    if !guests.join("run-tiny-vm").exists() {
+        eprintln!("SKIPPED: {} has no run-tiny-vm", guests.display());
+        return;
+    }
+    let dir = scratch();
+    let (out, _) = build_boot(
+        dir.path(),
+        &guests,
+        &[("marker", &unique_marker()), ("startScript", "true")],
+        &[&guests],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// `.driver` builds in the sandbox and its `bin/nixos-test-driver` runs the
+/// test by hand.
+#[test]
+fn boot_driver_attribute_runs_the_test_by_hand() {
+    let guests = need_guests!();
+    let dir = scratch();
+    let mut cmd = nix("nix-build", &[]);
+    cmd.current_dir(dir.path())
+        .arg(repo().join("tests/nix/boot.nix"))
+        .args(["--argstr", "guests"])
+        .arg(&guests)
+        .args(["-A", "driver", "-o", "driver"]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let wrapper = dir.path().join("driver/bin/nixos-test-driver");
+    assert!(wrapper.is_file());
+    let run = Command::new(&wrapper)
+        .current_dir(dir.path())
+        .args(["-o", "run-out"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", text(&run));
+}
+
+/// `nix flake check` on an offline flake whose check is a vmTest.
+#[test]
+fn boot_flake_check() {
+    let guests = need_guests!();
+    let dir = scratch();
+    let flake = dir.path().join("flake");
+    std::fs::create_dir_all(&flake).unwrap();
+    std::fs::copy(guests.join("vmlinuz"), flake.join("vmlinuz")).unwrap();
+    std::fs::copy(guests.join("tiny/initrd"), flake.join("initrd")).unwrap();
+    std::fs::write(
+        flake.join("flake.nix"),
+        format!(
+            r#"{{
+  outputs = {{ self }}: {{
+    checks.x86_64-linux.minimal = builtins.vmTest {{
+      name = "flake-minimal-{marker}";
+      nodes.machine = {{ kernel = ./vmlinuz; initrd = ./initrd; memory = 128; }};
+      testScript = ''
+        machine.succeed("true")
+      '';
+    }};
+  }};
+}}
+"#,
+            marker = fastrand::u32(..)
+        ),
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .current_dir(&flake)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "-c",
+                "init.defaultBranch=main",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "git {args:?}: {}", text(&o));
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "flake"]);
+    let out = nix("nix", &[])
+        .args([
+            "--extra-experimental-features",
+            "nix-command flakes",
+            "flake",
+            "check",
+            "-L",
+        ])
+        .arg(&flake)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // It was built (the -L log lines carry the derivation's name).
+    assert!(
+        text(&out).contains("vm-test-run-flake-minimal-"),
+        "{}",
+        text(&out)
+    );
+}
