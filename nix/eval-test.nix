@@ -1,0 +1,599 @@
+# Turns test modules into the option values of one test, then into its
+# nodes and its vm-test-run-<name> derivation.
+#
+# This file needs neither nixpkgs nor its `lib`: option handling and image
+# nodes are plain Nix. NixOS nodes are handed to ./nixos/nodes.nix, which
+# needs nixpkgs (from `pkgs`, `nixpkgs`, or the test's hostPkgs/node.pkgs).
+{
+  # nixpkgs package set given to the library (the overlay's final pkgs), or null.
+  pkgs,
+  # Path to a nixpkgs source tree, or null (then pkgs.path / hostPkgs.path).
+  nixpkgs,
+  # The driver: a package with bin/nixos-test-driver, or the binary; or null.
+  driver,
+  # Use builtins.vmTest (the plugin) when it is there.
+  useBuiltin,
+  # PATH for the test's build when there is no nixpkgs (QEMU, python3 from the host).
+  hostPath,
+  # The system the test derivation is for, when there is no nixpkgs.
+  system,
+}:
+
+let
+  h = import ./lib.nix;
+  optionTable = import ./options.nix;
+
+  inherit (builtins)
+    all
+    attrNames
+    concatMap
+    concatStringsSep
+    elem
+    filter
+    foldl'
+    getAttr
+    hasAttr
+    head
+    isAttrs
+    isBool
+    isFunction
+    isInt
+    isList
+    isString
+    length
+    listToAttrs
+    mapAttrs
+    removeAttrs
+    tail
+    ;
+
+  fail = msg: throw "nix-vmtest: ${msg}";
+
+  optionNames = attrNames optionTable;
+  # `node.pkgs` -> [ "node" "pkgs" ]
+  splitName = n: filter isString (builtins.split "\\." n);
+  groups = h.unique (map (n: head (splitName n)) (filter (n: length (splitName n) > 1) optionNames));
+  groupMembers = g: map (n: builtins.elemAt (splitName n) 1) (filter (n: head (splitName n) == g && length (splitName n) > 1) optionNames);
+
+  # Options nixpkgs has that nix-vmtest does not: a clear word instead of
+  # "unknown option".
+  unsupported = {
+    containers = "systemd-nspawn containers are not supported by nix-vmtest; use nodes";
+    containerDefaults = "systemd-nspawn containers are not supported by nix-vmtest; use nodes";
+    sshBackdoor = "the vsock SSH backdoor needs /dev/vhost-vsock; use driverInteractive and shell_interact()";
+    enableDebugHook = "the debug hook needs the vsock SSH backdoor, which nix-vmtest does not provide";
+  };
+
+  moduleMeta = [
+    "imports"
+    "_file"
+    "key"
+  ];
+
+  hasPath =
+    path: set:
+    if path == [ ] then true else isAttrs set && hasAttr (head path) set && hasPath (tail path) (getAttr (head path) set);
+  getPath = path: set: foldl' (s: k: getAttr k s) set path;
+
+  checkType =
+    optName: type: file: v:
+    let
+      ok =
+        if type == "string" then
+          isString v
+        else if type == "int" then
+          isInt v
+        else if type == "bool" then
+          isBool v
+        else if type == "strings" then
+          isList v && all isString v
+        else if type == "script" then
+          isString v || isFunction v
+        else
+          true;
+      want =
+        {
+          string = "a string";
+          int = "an integer";
+          bool = "a boolean";
+          strings = "a list of strings";
+          script = "a string or a function of { nodes, ... }";
+        }
+        .${type};
+    in
+    if ok then v else fail "option `${optName}` must be ${want}, but ${file} gives ${h.describeType v}";
+
+  isPrimitive = v: isString v || isInt v || isBool v || v == null || (isList v && all isPrimitive v);
+
+  # ---------------------------------------------------------------------
+  # evalTest: modules -> everything about one test
+  # ---------------------------------------------------------------------
+  evalTest =
+    {
+      modules,
+      # "runTest" or "nixosTest" (the latter also takes `machine`, and
+      # defaults name to "unnamed", as makeTest does).
+      entry,
+      # Set when evaluating the interactive variant (interactive.* merged).
+      isInteractive ? false,
+    }:
+    let
+      # The module arguments test modules get, like nixpkgs' runTest modules.
+      moduleArgs = {
+        inherit config;
+        lib = nixpkgsLib;
+        hostPkgs = hostPkgs;
+        pkgs = hostPkgs;
+        nodes = nodesCompat;
+      };
+
+      knownRoots = map (n: head (splitName n)) optionNames ++ (if entry == "nixosTest" then [ "machine" ] else [ ]);
+
+      checkModule =
+        file: m:
+        let
+          keys = attrNames (removeAttrs m moduleMeta);
+          bad = filter (k: !(elem k knownRoots)) keys;
+          badGroups = concatMap (
+            g:
+            if m ? ${g} && isAttrs m.${g} && !(m.${g} ? _type) then
+              map (k: "${g}.${k}") (filter (k: !(elem k (groupMembers g))) (attrNames m.${g}))
+            else
+              [ ]
+          ) groups;
+          explain =
+            k:
+            if unsupported ? ${k} then
+              fail "option `${k}` (in ${file}) is not supported: ${unsupported.${k}}"
+            else
+              fail "unknown test option `${k}` (in ${file}). Known options: ${h.showList (h.unique knownRoots)}";
+        in
+        if bad != [ ] then
+          explain (head bad)
+        else if badGroups != [ ] then
+          fail "unknown test option `${head badGroups}` (in ${file}). Known options: ${h.showList optionNames}"
+        else
+          m;
+
+      # Flattens `imports`, calling function modules with moduleArgs.
+      collect =
+        file: m0:
+        let
+          file' = if builtins.isPath m0 then toString m0 else file;
+          m1 = h.loadModule m0;
+          m2 = if isFunction m1 then h.callWith m1 moduleArgs else m1;
+          # `{ config = { ... }; }` is the same as `{ ... }`.
+          m3 = if isAttrs m2 && m2 ? config && !(m2 ? name) && !(m2 ? nodes) && !(m2 ? testScript) then m2.config // { imports = m2.imports or [ ]; } else m2;
+          file'' = m3._file or file';
+          m = if isAttrs m3 then checkModule file'' m3 else fail "a test module must be an attribute set, a function returning one, or a path to one; ${file'} gives ${h.describeType m3}";
+        in
+        [
+          {
+            file = file'';
+            defs = removeAttrs m moduleMeta;
+          }
+        ]
+        ++ concatMap (collect file'') (m.imports or [ ]);
+
+      collected = concatMap (m: collect "the test module" m) modules;
+
+      # Every definition of one option, with the file it came from.
+      rawDefs = path: concatMap (c: if hasPath path c.defs then [ { inherit (c) file; value = getPath path c.defs; } ] else [ ]) collected;
+
+      prioDefs = path: concatMap (d: map (x: x // { inherit (d) file; }) (h.unwrapDefinition d.value)) (rawDefs path);
+
+      resolve =
+        optName:
+        let
+          opt = optionTable.${optName};
+          path = splitName optName;
+          raw = rawDefs path;
+          best = h.bestDefinitions (prioDefs path);
+          files = concatStringsSep ", " (map (d: d.file) best);
+        in
+        if opt.merge == "unique" then
+          (
+            if best == [ ] then
+              (
+                if optName == "name" && entry == "nixosTest" then
+                  "unnamed"
+                else if opt.required or false then
+                  fail "the test has no `${optName}`: set ${optName} = ...; (${opt.description})"
+                else
+                  opt.default
+              )
+            else if length best == 1 || (all (d: isPrimitive d.value) best && all (d: d.value == (head best).value) best) then
+              checkType optName opt.type (head best).file (head best).value
+            else
+              fail "option `${optName}` is defined more than once with different values (in ${files})"
+          )
+        else if opt.merge == "attrs" then
+          foldl' (acc: d: acc // d.value) opt.default best
+        else if opt.merge == "list" then
+          checkType optName opt.type "the test" (concatMap (d: d.value) best)
+        else if opt.merge == "modules" then
+          map (d: d.value) raw
+        else if opt.merge == "pyPkgs" then
+          (if raw == [ ] then opt.default else (p: concatMap (d: d.value p) raw))
+        else
+          # nodes: name -> list of definitions (NixOS modules, or one image)
+          foldl' (
+            acc: d:
+            if isAttrs d.value then
+              acc // mapAttrs (n: v: (acc.${n} or [ ]) ++ [ v ]) d.value
+            else
+              fail "option `nodes` must be an attribute set of nodes (in ${d.file})"
+          ) { } raw;
+
+      values = listToAttrs (map (n: { name = n; value = resolve n; }) optionNames);
+
+      # Legacy makeTest: `machine = ...;` is `nodes.machine`.
+      machineDefs = if entry == "nixosTest" then map (d: d.value) (rawDefs [ "machine" ]) else [ ];
+      nodeDefs = if machineDefs == [ ] then values.nodes else values.nodes // { machine = (values.nodes.machine or [ ]) ++ machineDefs; };
+
+      config = {
+        inherit (values)
+          name
+          testScript
+          globalTimeout
+          skipLint
+          skipTypeCheck
+          enableOCR
+          extraPythonPackages
+          passthru
+          meta
+          hostPkgs
+          requiredSystemFeatures
+          extraDriverArgs
+          ;
+        defaults = values.defaults ++ values.nodeDefaults;
+        inherit (values) extraBaseModules interactive;
+        nodes = nodeDefs;
+        node = {
+          pkgs = values."node.pkgs";
+          pkgsReadOnly = if values."node.pkgsReadOnly" == null then values."node.pkgs" != null else values."node.pkgsReadOnly";
+          specialArgs = values."node.specialArgs";
+        };
+        qemu.package = values."qemu.package";
+      };
+
+      # -------------------------------------------------------------------
+      # nixpkgs, if there is one
+      # -------------------------------------------------------------------
+      hostPkgs =
+        if config.hostPkgs != null then
+          config.hostPkgs
+        else if pkgs != null then
+          pkgs
+        else
+          config.node.pkgs;
+      # The nixpkgs the host packages come from, so nodes and host agree.
+      nixpkgsPath =
+        if hostPkgs != null && hostPkgs ? path then
+          hostPkgs.path
+        else
+          nixpkgs;
+      nixpkgsLib =
+        if pkgs != null && pkgs ? lib then
+          pkgs.lib
+        else if hostPkgs != null && hostPkgs ? lib then
+          hostPkgs.lib
+        else if nixpkgsPath != null then
+          import (nixpkgsPath + "/lib")
+        else
+          null;
+
+      # -------------------------------------------------------------------
+      # nodes
+      # -------------------------------------------------------------------
+      nodeNames = attrNames config.nodes;
+      numbers = h.nodeNumbers nodeNames;
+
+      classify =
+        name: defs:
+        let
+          kinds = h.unique (map h.nodeKind defs);
+          kind = head kinds;
+        in
+        if defs == [ ] then
+          fail "node `${name}` has no definition"
+        else if length kinds > 1 then
+          fail "node `${name}` is defined as ${h.showList kinds} at once; give it one way: a NixOS configuration, an image { kernel; initrd; ... } or a start script"
+        else
+          kind;
+
+      kinds = mapAttrs classify config.nodes;
+
+      imageAttrs = {
+        disk = null;
+        memory = 256;
+        cpus = 1;
+        kernelParams = "";
+        qemuFlags = [ ];
+        vlans = [ 1 ];
+      };
+
+      checkVlans =
+        what: vlans:
+        if isList vlans && all (v: isInt v && v >= 1 && v <= 255) vlans then
+          vlans
+        else
+          fail "${what}: vlans must be a list of VLAN numbers 1..255";
+
+      normalizeImage =
+        name: node:
+        let
+          unknown = filter (k: !(elem k ([ "kernel" "initrd" ] ++ attrNames imageAttrs))) (attrNames node);
+          n = imageAttrs // node;
+          what = "image node `${name}`";
+          need = k: if h.isPathLike n.${k} then n.${k} else fail "${what}: `${k}` must be a path, a string or a derivation, not ${h.describeType n.${k}}";
+        in
+        if unknown != [ ] then
+          fail "${what} has unknown attribute${if length unknown > 1 then "s" else ""} ${h.showList unknown}; an image node takes kernel, initrd, disk, memory, cpus, kernelParams, qemuFlags and vlans"
+        else if !(node ? initrd) then
+          fail "${what} has a kernel but no initrd"
+        else
+          {
+            kernel = need "kernel";
+            initrd = need "initrd";
+            disk = if n.disk == null then null else need "disk";
+            memory = if isInt n.memory && n.memory > 0 then n.memory else fail "${what}: memory must be a number of MiB";
+            cpus = if isInt n.cpus && n.cpus > 0 then n.cpus else fail "${what}: cpus must be a positive integer";
+            kernelParams =
+              if isString n.kernelParams then
+                n.kernelParams
+              else if isList n.kernelParams && all isString n.kernelParams then
+                concatStringsSep " " n.kernelParams
+              else
+                fail "${what}: kernelParams must be a string (or a list of strings)";
+            qemuFlags = if isList n.qemuFlags && all isString n.qemuFlags then n.qemuFlags else fail "${what}: qemuFlags must be a list of strings";
+            vlans = checkVlans what n.vlans;
+          };
+
+      normalizeStartScript =
+        name: node:
+        let
+          given = if isAttrs node && !(h.isDerivation node) then node else { startScript = node; };
+          unknown = filter (k: !(elem k [ "startScript" "vlans" ])) (attrNames given);
+        in
+        if unknown != [ ] then
+          fail "start-script node `${name}` has unknown attribute${if length unknown > 1 then "s" else ""} ${h.showList unknown}; it takes startScript and vlans"
+        else if !(h.isPathLike given.startScript) then
+          fail "node `${name}`: startScript must be a path, a string or a derivation"
+        else
+          {
+            inherit (given) startScript;
+            vlans = checkVlans "start-script node `${name}`" (given.vlans or [ 1 ]);
+          };
+
+      # What a test script and the NixOS nodes see of a node that is not
+      # NixOS: the same attribute paths NixOS configs have for addressing.
+      plainNodeInfo =
+        name: kind: attrs:
+        let
+          number = numbers.${name};
+          primary = if attrs.vlans == [ ] then "" else h.ipAddress (head attrs.vlans) number;
+          self =
+            attrs
+            // {
+              inherit name kind;
+              nodeNumber = number;
+              ipAddresses = listToAttrs (map (v: { name = toString v; value = h.ipAddress v number; }) attrs.vlans);
+              macAddresses = listToAttrs (map (v: { name = toString v; value = h.macAddress v number; }) attrs.vlans);
+              networking = {
+                hostName = name;
+                domain = null;
+                primaryIPAddress = primary;
+                primaryIPv6Address = "";
+              };
+              virtualisation.vlans = attrs.vlans;
+              config = self;
+            };
+        in
+        self;
+
+      plainNodes = mapAttrs (
+        name: kind:
+        if kind == "image" then
+          plainNodeInfo name kind (normalizeImage name (foldl' (a: b: a // b) { } config.nodes.${name}))
+        else if kind == "startScript" then
+          (
+            if length config.nodes.${name} > 1 then
+              fail "start-script node `${name}` is defined more than once"
+            else
+              plainNodeInfo name kind (normalizeStartScript name (head config.nodes.${name}))
+          )
+        else
+          null
+      ) kinds;
+
+      nixosNames = filter (n: kinds.${n} == "nixos") nodeNames;
+
+      needNixpkgs =
+        what:
+        fail "${what} needs nixpkgs. Use the overlay (pkgs.nixosTest / pkgs.testers.runNixOSTest), set hostPkgs = pkgs; in the test, or import nix-vmtest's nix/ with { pkgs = import <nixpkgs> { }; }. Nodes given as images ({ kernel; initrd; ... }) need no nixpkgs.";
+
+      nixosNodes =
+        if nixosNames == [ ] then
+          { }
+        else if nixpkgsLib == null || nixpkgsPath == null || hostPkgs == null then
+          needNixpkgs "node `${head nixosNames}` is a NixOS configuration; evaluating it"
+        else
+          import ./nixos/nodes.nix {
+            lib = nixpkgsLib;
+            inherit
+              nixpkgsPath
+              hostPkgs
+              numbers
+              nodesCompat
+              ;
+            testConfig = config;
+            nodeModules = listToAttrs (map (n: { name = n; value = config.nodes.${n}; }) nixosNames);
+          };
+
+      # nodes.<name>: the NixOS config (with .config for old tests), or the
+      # plain node info.
+      nodesCompat = mapAttrs (name: kind: if kind == "nixos" then nixosNodes.${name} // { config = nixosNodes.${name}; } else plainNodes.${name}) kinds;
+
+      nodeVlans = name: if kinds.${name} == "nixos" then nixosNodes.${name}.system.build.vmtestVlans else plainNodes.${name}.vlans;
+      vlans = h.unique (concatMap nodeVlans nodeNames);
+
+      # -------------------------------------------------------------------
+      # what the plugin / the driver get
+      # -------------------------------------------------------------------
+      testScriptString =
+        let
+          s = config.testScript;
+        in
+        if isFunction s then
+          (
+            let
+              r = h.callWith s (moduleArgs // { nodes = nodesCompat; });
+            in
+            if isString r then r else fail "testScript, given as a function, must return a string, not ${h.describeType r}"
+          )
+        else
+          s;
+
+      nixosStartScript = name: let c = nixosNodes.${name}; in "${c.system.build.vm}/bin/run-${c.system.name}-vm";
+
+      # Node as the plugin takes it (builtins.vmTest's `nodes`): an image
+      # attribute set, or the start script itself (the VLANs of start-script
+      # nodes go into the top-level `vlans`).
+      builtinNode =
+        name:
+        if kinds.${name} == "image" then
+          imageOf name
+        else if kinds.${name} == "startScript" then
+          scriptPath plainNodes.${name}.startScript
+        else
+          nixosStartScript name;
+
+      imageOf = name: {
+        inherit (plainNodes.${name})
+          kernel
+          initrd
+          disk
+          memory
+          cpus
+          kernelParams
+          qemuFlags
+          vlans
+          ;
+      };
+
+      # Node as Contract 2 (the nodes JSON) has it.
+      jsonMachine =
+        name:
+        if kinds.${name} == "image" then
+          {
+            inherit name;
+            image = imageOf name;
+          }
+        else
+          {
+            inherit name;
+            startScript = if kinds.${name} == "nixos" then nixosStartScript name else scriptPath plainNodes.${name}.startScript;
+          };
+
+      scriptPath = s: if h.isDerivation s then (if builtins.match "run-.*-vm" (s.name or "") != null then "${s}" else "${s}/bin/run-${s.name}-vm") else s;
+
+      spec = {
+        inherit vlans;
+        machines = map jsonMachine nodeNames;
+      };
+
+      backend = import ./backend.nix {
+        inherit
+          h
+          fail
+          driver
+          hostPath
+          system
+          ;
+        inherit hostPkgs;
+        packageFile = ./package.nix;
+      };
+
+      # The plugin cannot take these; the library's own derivation can.
+      needsLibraryPath = config.enableOCR || (rawDefs [ "extraPythonPackages" ]) != [ ] || config.extraDriverArgs != [ ];
+      viaBuiltin = useBuiltin && (builtins ? vmTest) && !needsLibraryPath;
+
+      built =
+        if viaBuiltin then
+          builtins.vmTest {
+            inherit (config)
+              name
+              globalTimeout
+              requiredSystemFeatures
+              skipLint
+              skipTypeCheck
+              ;
+            inherit vlans;
+            testScript = testScriptString;
+            nodes = listToAttrs (map (n: { name = n; value = builtinNode n; }) nodeNames);
+          }
+        else
+          backend.build {
+            inherit (config)
+              name
+              globalTimeout
+              requiredSystemFeatures
+              skipLint
+              skipTypeCheck
+              enableOCR
+              extraPythonPackages
+              extraDriverArgs
+              ;
+            inherit spec;
+            testScript = testScriptString;
+            why =
+              if useBuiltin && builtins ? vmTest then
+                "the plugin (builtins.vmTest) does not take enableOCR, extraPythonPackages or extraDriverArgs, so building this test in the library"
+              else
+                "building a test without the plugin";
+          };
+
+      interactiveTest =
+        if isInteractive || config.interactive == [ ] then
+          null
+        else
+          evalTest {
+            inherit entry;
+            modules = modules ++ config.interactive;
+            isInteractive = true;
+          };
+
+      driverInteractive = if interactiveTest == null then built.driverInteractive else interactiveTest.built.driverInteractive;
+
+      result =
+        built
+        // config.passthru
+        // {
+          inherit (built) driver;
+          inherit driverInteractive;
+          nodes = nodesCompat;
+          config = config // {
+            testScript = testScriptString;
+            inherit vlans;
+          };
+          test = result;
+          passthru = config.passthru;
+          meta = (built.meta or { }) // { timeout = config.globalTimeout; } // config.meta;
+          # Which way the derivation was made: "builtin" (plugin) or "library".
+          vmtestBackend = if viaBuiltin then "builtin" else "library";
+        };
+    in
+    {
+      inherit
+        config
+        result
+        built
+        spec
+        nodesCompat
+        ;
+    };
+in
+{
+  inherit evalTest;
+}
