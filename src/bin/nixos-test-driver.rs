@@ -105,7 +105,12 @@ fn run(args: Args, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
     }
 
     if let Some(f) = &args.log_file {
-        log.tee_to(f)?;
+        if let Some(dir) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {} for the log file: {e}", dir.display()))?;
+        }
+        log.tee_to(f)
+            .map_err(|e| format!("cannot write the log file {}: {e}", f.display()))?;
     }
     let out_dir = match args.output_directory {
         Some(d) => d,
