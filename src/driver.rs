@@ -284,6 +284,11 @@ impl Driver {
                 })
             }
         };
+        if let Some(path) = &script {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                self.start_early(&text).await;
+            }
+        }
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let theirs: OwnedFd = theirs.into();
         let python = Self::python();
@@ -379,6 +384,28 @@ impl Driver {
         Ok(code)
     }
 
+    /// Starts, while Python is still starting up, the machines the script's
+    /// first statement would start anyway: all of them for `start_all()`,
+    /// one for `<machine>.<command>(...)`. Booting overlaps the script host's
+    /// start-up; what the script observes does not change (`start` of a
+    /// running machine does nothing, as in nixpkgs).
+    async fn start_early(&mut self, script: &str) {
+        let targets = early_starts(
+            script,
+            &self
+                .machines
+                .iter()
+                .map(|m| m.name.clone())
+                .collect::<Vec<_>>(),
+        );
+        for i in targets {
+            if let Err(e) = self.machines[i].start(false).await {
+                // The script's own start reports it properly.
+                self.log.info(&format!("early start failed: {e}"));
+            }
+        }
+    }
+
     fn forward_lines<R>(&self, r: R) -> tokio::task::JoinHandle<()>
     where
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
@@ -400,6 +427,93 @@ impl Driver {
             }
             m.release();
         }
+    }
+}
+
+/// Which machines (indexes) a script's first statement starts: every one
+/// for `start_all()`, or the machine whose command comes first.
+pub fn early_starts(script: &str, names: &[String]) -> Vec<usize> {
+    // Methods that connect to (and so start) their machine in nixpkgs.
+    const STARTING: &[&str] = &[
+        "succeed",
+        "fail",
+        "execute",
+        "wait_for_unit",
+        "wait_until_succeeds",
+        "wait_until_fails",
+        "wait_for_file",
+        "wait_for_open_port",
+        "wait_for_closed_port",
+        "wait_for_open_unix_socket",
+        "systemctl",
+        "get_unit_info",
+        "connect",
+        "copy_from_host",
+        "copy_from_machine",
+        "sleep",
+        "start_job",
+        "stop_job",
+    ];
+    let Some(first) = script
+        .lines()
+        .map(str::trim_end)
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    else {
+        return Vec::new();
+    };
+    if first == "start_all()" {
+        return (0..names.len()).collect();
+    }
+    let pythonized = |n: &str| -> String {
+        n.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let Some((object, rest)) = first.split_once('.') else {
+        return Vec::new();
+    };
+    let method = rest.split('(').next().unwrap_or("");
+    if !rest.contains('(') || !STARTING.contains(&method) {
+        return Vec::new();
+    }
+    let found = if object == "machine" && names.len() == 1 {
+        Some(0)
+    } else {
+        names.iter().position(|n| pythonized(n) == object)
+    };
+    found.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_first_statement_that_starts_machines_starts_them_early() {
+        let names = vec!["client".to_string(), "my-server".to_string()];
+        assert_eq!(
+            early_starts("# a test\n\nstart_all()\nx", &names),
+            vec![0, 1]
+        );
+        assert_eq!(early_starts("my_server.succeed('true')", &names), vec![1]);
+        assert_eq!(
+            early_starts("client.start(allow_reboot=True)", &names),
+            Vec::<usize>::new()
+        );
+        assert_eq!(
+            early_starts("import os\nstart_all()", &names),
+            Vec::<usize>::new()
+        );
+        assert_eq!(early_starts("  start_all()", &names), Vec::<usize>::new());
+        let one = vec!["m".to_string()];
+        assert_eq!(early_starts("machine.wait_for_unit('x')", &one), vec![0]);
+        assert_eq!(early_starts("machine.is_up()", &one), Vec::<usize>::new());
     }
 }
 

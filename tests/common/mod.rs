@@ -37,17 +37,23 @@ pub fn guests() -> PathBuf {
     )
 }
 
-/// The `tiny` guest (busybox + bash initramfs) as an image node.
-pub fn tiny(name: &str, vlans: Vec<u32>) -> MachineSpec {
+/// An image node of one of the built guests.
+fn image(
+    name: &str,
+    initrd: &str,
+    disk: Option<&str>,
+    memory: u32,
+    vlans: Vec<u32>,
+) -> MachineSpec {
     let g = guests();
     MachineSpec {
         name: name.into(),
         start_script: None,
         image: Some(ImageSpec {
             kernel: g.join("vmlinuz"),
-            initrd: g.join("tiny/initrd"),
-            disk: None,
-            memory: 256,
+            initrd: g.join(initrd),
+            disk: disk.map(|d| g.join(d)),
+            memory,
             cpus: 1,
             kernel_params: String::new(),
             qemu_flags: vec![],
@@ -56,23 +62,20 @@ pub fn tiny(name: &str, vlans: Vec<u32>) -> MachineSpec {
     }
 }
 
+/// The `tiny` guest (busybox + bash initramfs) as an image node.
+pub fn tiny(name: &str, vlans: Vec<u32>) -> MachineSpec {
+    image(name, "tiny/initrd", None, 256, vlans)
+}
+
 /// The `systemd` guest (debootstrapped Debian on qcow2) as an image node.
 pub fn systemd(name: &str, vlans: Vec<u32>) -> MachineSpec {
-    let g = guests();
-    MachineSpec {
-        name: name.into(),
-        start_script: None,
-        image: Some(ImageSpec {
-            kernel: g.join("vmlinuz"),
-            initrd: g.join("systemd/initrd"),
-            disk: Some(g.join("systemd/base.qcow2")),
-            memory: 512,
-            cpus: 1,
-            kernel_params: String::new(),
-            qemu_flags: vec![],
-            vlans,
-        }),
-    }
+    image(
+        name,
+        "systemd/initrd",
+        Some("systemd/base.qcow2"),
+        512,
+        vlans,
+    )
 }
 
 /// Options for a run of these machines, output into a fresh temp dir.
