@@ -302,3 +302,24 @@ async fn start_scripts_in_the_nixos_shape_run_like_images() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn reboot_waits_for_the_new_boot_on_the_same_console() {
+    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+    let m = &mut d.machines[0];
+    m.start(true).await.unwrap();
+    m.execute("echo before > /tmp/marker", None, true)
+        .await
+        .unwrap();
+    let pid = m.qemu_pid().unwrap();
+    m.reboot().await.unwrap();
+    assert!(!m.is_up(), "is_up while the guest reboots");
+    // The next command waits for the new backdoor; /tmp (tmpfs) is fresh.
+    let o = m
+        .execute("cat /tmp/marker 2>/dev/null || echo gone", None, true)
+        .await
+        .unwrap();
+    assert_eq!(o.output, b"gone\n");
+    assert!(m.is_up());
+    assert_eq!(m.qemu_pid(), Some(pid), "the same QEMU (allow_reboot)");
+}

@@ -168,6 +168,9 @@ struct Running {
     exited: watch::Receiver<Option<ExitStatus>>,
     shell_listener: UnixListener,
     shell: Option<Shell>,
+    /// The shell connection of a guest that is rebooting: QEMU keeps the
+    /// chardev connected, and the new boot's backdoor announces itself on it.
+    rebooting: Option<Shell>,
     monitor_listener: UnixListener,
     monitor: Option<Monitor>,
     qmp: Option<Qmp>,
@@ -406,6 +409,7 @@ impl Machine {
             exited,
             shell_listener,
             shell: None,
+            rebooting: None,
             monitor_listener,
             monitor: None,
             qmp: None,
@@ -516,9 +520,15 @@ impl Machine {
         let dead = async move {
             let _ = exited.wait_for(|s| s.is_some()).await;
         };
+        let previous = r.rebooting.take();
         let attempt = async {
-            let (stream, _) = r.shell_listener.accept().await.map_err(ShellError::Io)?;
-            let mut shell = Shell::new(stream);
+            let mut shell = match previous {
+                Some(s) => s,
+                None => {
+                    let (stream, _) = r.shell_listener.accept().await.map_err(ShellError::Io)?;
+                    Shell::new(stream)
+                }
+            };
             shell.wait_for_marker().await?;
             Ok::<Shell, ShellError>(shell)
         };
@@ -815,9 +825,13 @@ impl Machine {
 
     /// Presses Ctrl+Alt+Delete; the next command waits for the new boot.
     pub async fn reboot(&mut self) -> Result<(), MachineError> {
+        self.connect().await?;
         self.send_monitor_command("sendkey ctrl-alt-delete").await?;
         if let Some(r) = self.running.as_mut() {
-            r.shell = None;
+            if let Some(mut shell) = r.shell.take() {
+                shell.reset();
+                r.rebooting = Some(shell);
+            }
         }
         Ok(())
     }
@@ -1049,6 +1063,30 @@ impl Machine {
         copy_tree(&from, &dest).map_err(self.io_err("copying out of the shared directory"))?;
         let _ = std::fs::remove_dir_all(self.shared_dir().join(&inter));
         Ok(dest)
+    }
+
+    /// Types the terminal's input into the serial console until EOF
+    /// (Ctrl-D); the console's output reaches the terminal through the log.
+    pub async fn console_interact(&mut self) -> Result<(), MachineError> {
+        use tokio::io::AsyncReadExt;
+        self.log.machine(
+            &self.name,
+            "interactive serial console: input goes to the console, Ctrl-D ends it",
+        );
+        self.log.set_serial_stdout(true);
+        let mut stdin = tokio::io::stdin();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = stdin
+                .read(&mut buf)
+                .await
+                .map_err(self.io_err("reading the terminal"))?;
+            if n == 0 {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            self.send_console(&text).await?;
+        }
     }
 
     /// Runs an interactive shell on the terminal until EOF (Ctrl-D).

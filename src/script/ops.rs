@@ -437,6 +437,10 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
                 .await?;
             Ok(json!(p).into())
         }
+        "console_interact" => {
+            m.console_interact().await?;
+            Ok(unit())
+        }
         "shell_interact" => {
             m.shell_interact().await?;
             Ok(unit())
