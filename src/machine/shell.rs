@@ -8,8 +8,7 @@
 //!
 //! ```text
 //! host  → guest: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture>
-//! guest → host : <nonce>\n                       (the command started)
-//!                <nonce> <status> <done|timeout|cancel> <0|1>\n
+//! guest → host : <nonce> <status> <done|timeout|cancel> <0|1>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<nonce> c\n`,
 //!                the host answering `more.` or `done.` after each
 //! ```
@@ -128,13 +127,11 @@ __vmt_deadline() {
   __vmt_dl=$(( __vmt_t + $1 * 1000 ))
 }
 __vmt_exec() {
-  printf '%s\n' "$1"
   __vmt_deadline "$2"
   __vmt_try "$__vmt_dl" "$3"
   __vmt_reply "$1"
 }
 __vmt_until() {
-  printf '%s\n' "$1"
   __vmt_deadline "$2"
   while :; do
     __vmt_try "$__vmt_dl" 1
@@ -319,7 +316,7 @@ impl Shell {
 
     /// Reads a framed answer for `nonce`.
     async fn read_answer(&mut self, nonce: &str) -> Result<Outcome, ShellError> {
-        self.read_until(format!("{nonce}\n").as_bytes()).await?;
+        // Anything before the header (nothing, normally) is skipped.
         self.read_until(format!("{nonce} ").as_bytes()).await?;
         let head = self.read_until(b"\n").await?;
         let head = String::from_utf8_lossy(&head).to_string();
@@ -492,7 +489,7 @@ mod tests {
                 .unwrap();
             let n = line.split_whitespace().nth(2).unwrap().to_string();
             let mut acks = Vec::new();
-            let mut answer = format!("noise before\n{n}\n{n} 3 done 1\n").into_bytes();
+            let mut answer = format!("noise before\n{n} 3 done 1\n").into_bytes();
             for chunk in payload.chunks(CHUNK) {
                 answer.extend_from_slice(chunk);
                 answer.extend_from_slice(format!("\n{n} c\n").as_bytes());
