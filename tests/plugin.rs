@@ -8,8 +8,8 @@
 //!
 //! - `eval_*`: evaluation only; run anywhere Nix is.
 //! - `boot_*`: boot the tiny Debian guest (`tests/guests/build.sh`, or
-//!   `$NIX_VMTEST_GUESTS_DIR`) inside the build sandbox; skipped, saying so,
-//!   when the guests are not built.
+//!   `$NIX_VMTEST_GUESTS`) inside the build sandbox; they fail when the
+//!   guests are not built.
 #![cfg(feature = "nix-plugin")]
 
 use std::path::{Path, PathBuf};
@@ -345,30 +345,38 @@ fn eval_minimal_test_instantiates_to_the_documented_derivation() {
 // ---------------------------------------------------------------------------
 // Boot tests: need the driver and the guests.
 
-fn guests() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS_DIR") {
-        return Some(d.into());
+/// The built test guests; a missing build fails the test (no silent skip).
+fn guests() -> PathBuf {
+    if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS") {
+        return d.into();
     }
     let out = Command::new(repo().join("tests/guests/build.sh"))
         .arg("--print-dir")
         .output()
-        .ok()?;
-    if !out.status.success() {
-        return None;
-    }
-    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last()?.trim());
-    dir.join("vmlinuz").exists().then_some(dir)
+        .expect("running tests/guests/build.sh --print-dir");
+    assert!(
+        out.status.success(),
+        "the test guests are not built: run tests/guests/build.sh ({})",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let dir = PathBuf::from(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim(),
+    );
+    assert!(
+        dir.join("vmlinuz").exists(),
+        "{} has no vmlinuz",
+        dir.display()
+    );
+    dir
 }
 
 macro_rules! need_guests {
     () => {
-        match guests() {
-            Some(g) => g,
-            None => {
-                eprintln!("SKIPPED: the test guests are not built (tests/guests/build.sh)");
-                return;
-            }
-        }
+        guests()
     };
 }
 
@@ -479,10 +487,11 @@ fn boot_failing_script_line_is_in_the_log() {
 #[test]
 fn boot_start_script_node() {
     let guests = need_guests!();
-    if !guests.join("run-tiny-vm").exists() {
-        eprintln!("SKIPPED: {} has no run-tiny-vm", guests.display());
-        return;
-    }
+    assert!(
+        guests.join("run-tiny-vm").exists(),
+        "{} has no run-tiny-vm",
+        guests.display()
+    );
     let dir = scratch();
     let (out, _) = build_boot(
         dir.path(),
