@@ -209,11 +209,11 @@ impl Driver {
             start_script: None,
             image: None,
         };
+        let keep = self.opts.keep_state || keep_state;
         let m = self
             .add_machine(spec, node, String::new(), Some(start_command.to_string()))
             .map_err(|e| e.to_string())?;
-        m.release();
-        let _ = keep_state;
+        m.set_keep_state(keep);
         Ok(name)
     }
 

@@ -112,9 +112,11 @@ fn run(args: Args, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
         log.tee_to(f)
             .map_err(|e| format!("cannot write the log file {}: {e}", f.display()))?;
     }
+    // Absolute: QEMU (screendump) resolves paths from its own directory.
+    let cwd = std::env::current_dir()?;
     let out_dir = match args.output_directory {
-        Some(d) => d,
-        None => std::env::current_dir()?,
+        Some(d) => cwd.join(d),
+        None => cwd,
     };
     let opts = RunOptions {
         spec,

@@ -174,6 +174,8 @@ struct Running {
     monitor_listener: UnixListener,
     monitor: Option<Monitor>,
     qmp: Option<Qmp>,
+    /// QMP is connected as soon as QEMU runs, so no event is missed.
+    qmp_connecting: Option<tokio::sync::oneshot::Receiver<Result<Qmp, MonitorError>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -240,6 +242,11 @@ impl Machine {
     /// The machine's console lines.
     pub fn console(&self) -> &Console {
         &self.console
+    }
+
+    /// Keeps (or not) the disk overlay between starts (`keep_machine_state`).
+    pub fn set_keep_state(&mut self, keep: bool) {
+        self.cfg.keep_state = keep;
     }
 
     /// The machine's configuration.
@@ -401,6 +408,11 @@ impl Machine {
             // Keep the sender until the receiver is gone so the status stays readable.
             tx.closed().await;
         }));
+        let (qmp_tx, qmp_rx) = tokio::sync::oneshot::channel();
+        let qmp_path = qmp_path.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = qmp_tx.send(Qmp::connect(&qmp_path, Duration::from_secs(60)).await);
+        }));
         self.log
             .machine(&self.name, &format!("QEMU running (pid {pgid})"));
         self.running = Some(Running {
@@ -413,6 +425,7 @@ impl Machine {
             monitor_listener,
             monitor: None,
             qmp: None,
+            qmp_connecting: Some(qmp_rx),
             tasks,
         });
         Ok(())
@@ -894,11 +907,11 @@ impl Machine {
 
     async fn qmp(&mut self) -> Result<&mut Qmp, MachineError> {
         let name = self.name.clone();
-        let path = self.path("qmp");
         let r = self.running()?;
-        if r.qmp.is_none() {
-            let q = Qmp::connect(&path, Duration::from_secs(10))
+        if let Some(rx) = r.qmp_connecting.take() {
+            let q = rx
                 .await
+                .map_err(|_| MachineError::NotRunning { name: name.clone() })?
                 .map_err(|source| MachineError::Monitor {
                     name: name.clone(),
                     source,

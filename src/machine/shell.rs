@@ -18,9 +18,9 @@
 //! swallows the next command line that the host may already have sent (with
 //! the newline delimiter bash reads a tty in blocks and keeps the rest).
 //!
-//! The command runs in one forked subshell with stdin `/dev/null` and stdout
-//! in a fresh file; the shell learns it ended when that subshell closes its
-//! end of a FIFO, so a detached child that keeps stdout open cannot hang the
+//! The command runs in a forked subshell with stdin `/dev/null` and stdout
+//! in a fresh file; the shell learns it ended when the subshell around it
+//! closes its end of a FIFO (which the command itself never holds), so a detached child that keeps stdout open cannot hang the
 //! call (nixpkgs #144875), and no `timeout`/`base64` processes are started per
 //! command. Output is sent raw (the console is in raw mode) and delimited by a
 //! random 128-bit nonce, so it is exact and binary-safe.
@@ -84,7 +84,9 @@ __vmt_try() {
   if (( ++__vmt_n % 200 == 0 )); then rm -f "$__vmt_dir"/o.*; fi
   __vmt_out=/dev/null
   [[ $2 == 1 ]] && __vmt_out=$__vmt_dir/o.$__vmt_n
-  { exec 3>"$__vmt_dir/done"; eval "$__vmt_cmd" 3>&-; } </dev/null >"$__vmt_out" &
+  # The inner subshell runs the command without the FIFO's write end (a
+  # redirection on `eval` would leave bash's saved copy to its children).
+  { exec 3>"$__vmt_dir/done"; ( exec 3>&-; eval "$__vmt_cmd" ); } </dev/null >"$__vmt_out" &
   pid=$!
   exec {r}<"$__vmt_dir/done"
   __vmt_why=

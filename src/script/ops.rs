@@ -269,7 +269,8 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
         }
         "is_up" => Ok(json!(m.is_up()).into()),
         "execute" => {
-            let command = str_arg(a, "command", op)?;
+            let command = user_command(str_arg(a, "command", op)?);
+            let command = command.as_str();
             let timeout = timeout_arg(a, "timeout", None)?;
             let out = m
                 .execute(command, timeout, bool_arg(a, "check_output", true))
@@ -280,7 +281,8 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             })
         }
         "wait_until" => {
-            let command = str_arg(a, "command", op)?;
+            let command = user_command(str_arg(a, "command", op)?);
+            let command = command.as_str();
             let want = bool_arg(a, "want_success", true);
             let mode = if want {
                 UntilMode::Succeed
@@ -449,6 +451,11 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             "unknown machine operation {other:?}"
         ))),
     }
+}
+
+/// A test author's command, run as nixpkgs runs it: `set -euo pipefail` first.
+fn user_command(command: &str) -> String {
+    format!("set -euo pipefail; {command}")
 }
 
 /// A guest command that succeeds when `addr:port` accepts TCP connections.

@@ -180,7 +180,7 @@ add_busybox "$t"
 add_program "$t" /usr/bin/bash
 add_program "$t" /usr/bin/pgrep
 ln -s pgrep "$t/bin/pkill"
-add_modules "$t" virtio_pci virtio_console virtio_net virtio_blk virtio-rng 9pnet_virtio 9p
+add_modules "$t" virtio_pci virtio_console virtio_net virtio_blk virtio-rng 9pnet_virtio 9p bochs
 ln -s bin/busybox "$t/init"
 install -m 644 "$here/tiny/inittab" "$t/etc/inittab"
 install -m 755 "$here/tiny/rc" "$t/etc/rc"
