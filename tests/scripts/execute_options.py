@@ -1,0 +1,42 @@
+# nodes: machine=tiny
+# expect: pass
+# execute(command, check_return, check_output, timeout) and succeed/fail
+# with several commands.
+import time
+
+start_all()
+t.assertEqual(machine.execute("echo out; echo err >&2; exit 3"), (3, "out\n"))
+t.assertEqual(machine.execute("echo out; exit 3", check_return=False), (-1, "out\n"))
+t.assertEqual(machine.execute("echo out", check_output=False), (-2, ""))
+t.assertEqual(machine.execute("exit 0", check_return=False, check_output=False)[0] in (-1, -2), True)
+
+with subtest("timeout"):
+    t0 = time.monotonic()
+    status, out = machine.execute("echo before; sleep 100; echo after", timeout=3)
+    t.assertLess(time.monotonic() - t0, 60)
+    t.assertNotEqual(status, 0)
+    t.assertNotIn("after", out)
+    t.assertEqual(machine.succeed("echo next command works"), "next command works\n")
+    try:
+        machine.succeed("sleep 100", timeout=2)
+    except AssertionError as e:
+        log.info(f"succeed timeout: {type(e).__name__}: {e}")
+    else:
+        raise Exception("succeed(timeout=2) did not raise")
+
+with subtest("succeed / fail with several commands"):
+    t.assertEqual(machine.succeed("echo a", "echo b"), "a\nb\n")
+    t.assertEqual(machine.fail("false", "exit 7"), "")
+    try:
+        machine.fail("false", "true")
+    except AssertionError as e:
+        t.assertIn("unexpectedly succeeded", str(e))
+    else:
+        raise Exception("fail() with a succeeding command did not raise")
+
+with subtest("the shell: bash, set -euo pipefail (as nixpkgs), exact output"):
+    machine.sleep(1)
+    t.assertEqual(machine.succeed("printf 'no newline'"), "no newline")
+    t.assertEqual(machine.execute("false | true")[0], 1)
+    t.assertNotEqual(machine.execute("echo $UNSET_VARIABLE")[0], 0)
+    t.assertEqual(machine.succeed("echo $BASH_VERSION | cut -c1").strip().isdigit(), True)

@@ -1,0 +1,36 @@
+# nodes: machine=tiny
+# expect: pass
+# expect-log: Checking polling condition 'marker file is present'
+# expect-log: Polling condition succeeded: marker file is present
+# expect-no-log: Polling condition failed
+# polling_condition as a decorator (with arguments and without) and as a
+# context manager: checked before the commands inside the block; .wait().
+start_all()
+machine.succeed("touch /tmp/alive")
+
+
+@polling_condition(seconds_interval=0.5, description="marker file is present")
+def alive():
+    machine.succeed("test -e /tmp/alive")
+
+
+@polling_condition
+def always_true():
+    "nothing goes wrong"
+    return True
+
+
+t.assertEqual(alive.description, "marker file is present")
+t.assertEqual(alive.seconds_interval, 0.5)
+t.assertEqual(always_true.description, "nothing goes wrong")
+
+with alive, always_true:
+    for i in range(5):
+        machine.succeed(f"echo round {i}")
+    machine.wait_until_succeeds("test -e /tmp/alive", timeout=60)
+    machine.wait_for_file("/tmp/alive", timeout=60)
+
+# .wait(): blocks until the condition holds.
+machine.succeed("rm /tmp/alive; (sleep 3; touch /tmp/alive) >/dev/null 2>&1 &")
+alive.wait(timeout=120)
+machine.succeed("test -e /tmp/alive")
