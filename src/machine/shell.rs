@@ -7,7 +7,7 @@
 //! frames every command as
 //!
 //! ```text
-//! host  → guest: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture>
+//! host  → guest: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture> <isolate>
 //! guest → host : <nonce> <status> <done|timeout|cancel> <0|1>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<nonce> c\n`,
 //!                the host answering `more.` or `done.` after each
@@ -78,21 +78,33 @@ __vmt_now() {
   __vmt_t=${EPOCHREALTIME//[!0-9]/}
 }
 __vmt_try() {
-  local pid r line
+  local pid r line kills=0
   # Free the last output now (a detached child may still hold it open).
   [[ $__vmt_out == "$__vmt_dir"/* ]] && : > "$__vmt_out"
   if (( ++__vmt_n % 200 == 0 )); then rm -f "$__vmt_dir"/o.*; fi
   __vmt_out=/dev/null
   [[ $2 == 1 ]] && __vmt_out=$__vmt_dir/o.$__vmt_n
-  # The inner subshell runs the command without the FIFO's write end (a
-  # redirection on `eval` would leave bash's saved copy to its children).
-  { exec 3>"$__vmt_dir/done"; ( exec 3>&-; eval "$__vmt_cmd" ); } </dev/null >"$__vmt_out" &
+  if [[ $3 == 1 ]]; then
+    # A command that may leave background subshells runs in an inner
+    # subshell that never holds the FIFO's write end (bash keeps a saved
+    # copy of a redirected fd, and forked subshells inherit it).
+    { exec 3>"$__vmt_dir/done"; ( exec 3>&-; eval "$__vmt_cmd" ); } </dev/null >"$__vmt_out" &
+  else
+    { exec 3>"$__vmt_dir/done"; eval "$__vmt_cmd" 3>&-; } </dev/null >"$__vmt_out" &
+  fi
   pid=$!
   exec {r}<"$__vmt_dir/done"
   __vmt_why=
   while :; do
     read -t 0.2 -u "$r" line
     (( $? <= 128 )) && break
+    if [[ -n $__vmt_why ]]; then
+      # Killed, but something that escaped the kill still holds the FIFO:
+      # give up on it after a second.
+      (( ++kills > 5 )) && break
+      __vmt_kill "$pid"
+      continue
+    fi
     __vmt_now
     if [[ -n $1 ]] && (( __vmt_t >= $1 )); then
       __vmt_why=timeout; __vmt_kill "$pid"
@@ -130,13 +142,13 @@ __vmt_deadline() {
 }
 __vmt_exec() {
   __vmt_deadline "$2"
-  __vmt_try "$__vmt_dl" "$3"
+  __vmt_try "$__vmt_dl" "$3" "$4"
   __vmt_reply "$1"
 }
 __vmt_until() {
   __vmt_deadline "$2"
   while :; do
-    __vmt_try "$__vmt_dl" 1
+    __vmt_try "$__vmt_dl" 1 1
     [[ -n $__vmt_why ]] && break
     case $3 in
       succeed) (( __vmt_st == 0 )) && break ;;
@@ -228,6 +240,18 @@ pub struct Shell {
 /// Single-quotes a string for bash.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Whether a command may start background jobs (`&` other than in `&&`,
+/// `>&`, `<&`, `&>`): those run one subshell deeper in the guest, which
+/// costs a fork; everything else runs in one.
+pub fn may_background(command: &str) -> bool {
+    command
+        .replace("&&", "")
+        .replace(">&", "")
+        .replace("<&", "")
+        .replace("&>", "")
+        .contains('&')
 }
 
 fn nonce() -> String {
@@ -388,10 +412,11 @@ impl Shell {
                 timeout,
                 capture,
             } => format!(
-                "__vmt_cmd={}; __vmt_exec {n} {} {}\n",
+                "__vmt_cmd={}; __vmt_exec {n} {} {} {}\n",
                 shell_quote(command),
                 timeout_arg(timeout),
-                u8::from(capture)
+                u8::from(capture),
+                u8::from(may_background(command))
             ),
             Request::Until {
                 command,
@@ -467,6 +492,14 @@ impl Shell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_commands_with_a_lone_ampersand_may_background() {
+        assert!(may_background("sleep 600 &"));
+        assert!(may_background("(sleep 1; touch f) & echo x"));
+        assert!(!may_background("a && b 2>&1 >&2 &>/dev/null"));
+        assert!(!may_background("true"));
+    }
 
     #[test]
     fn quoting_survives_single_quotes_and_newlines() {
