@@ -526,6 +526,47 @@ fn boot_driver_attribute_runs_the_test_by_hand() {
     assert!(run.status.success(), "{}", text(&run));
 }
 
+/// `.driverInteractive` builds and its `bin/nixos-test-driver` is a Python
+/// REPL with the machines bound: a command typed into it boots the machine
+/// and prints the guest's answer.
+#[test]
+fn boot_driver_interactive_is_a_repl_with_the_machines() {
+    use std::io::Write;
+    let guests = need_guests!();
+    let dir = scratch();
+    let mut cmd = nix("nix-build", &[]);
+    cmd.current_dir(dir.path())
+        .arg(repo().join("tests/nix/boot.nix"))
+        .args(["--argstr", "guests"])
+        .arg(&guests)
+        .args(["-A", "driverInteractive", "-o", "driver-interactive"]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let wrapper = dir.path().join("driver-interactive/bin/nixos-test-driver");
+    let mut repl = Command::new(&wrapper)
+        .current_dir(dir.path())
+        .args(["-o", "repl-out"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    repl.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"print('answer:', machine.succeed('echo $((6 * 7))').strip())\n")
+        .unwrap();
+    drop(repl.stdin.take());
+    let out = repl.wait_with_output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("answer: 42"), "{all}");
+    assert!(
+        all.contains("test_script()"),
+        "the banner names test_script(): {all}"
+    );
+}
+
 /// `nix flake check` on an offline flake whose check is a vmTest.
 #[test]
 fn boot_flake_check() {
