@@ -152,13 +152,15 @@ impl TestSpec {
     }
 
     /// Builds the description from nixpkgs-style `--start-scripts` and `--vlans`.
+    /// A relative script path is taken from the current directory (QEMU
+    /// runs in the machine's state directory, where it would not resolve).
     pub fn from_start_scripts(scripts: &[PathBuf], vlans: &[u32]) -> Result<TestSpec, SpecError> {
         let machines = scripts
             .iter()
             .map(|s| {
                 Ok(MachineSpec {
                     name: name_from_start_script(s)?,
-                    start_script: Some(s.clone()),
+                    start_script: Some(std::path::absolute(s).unwrap_or_else(|_| s.clone())),
                     image: None,
                 })
             })

@@ -1,8 +1,11 @@
-//! The driver's command line without booting anything: `--check`, and bad
-//! input that must be refused with a message naming the thing and the fix.
+//! The driver's command line: `--check`, bad input that must be refused
+//! with a message naming the thing and the fix (none of these boot), and a
+//! start script given by a relative path, as one types it by hand (boots).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+mod common;
 
 fn dir(name: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cli-{name}"));
@@ -95,4 +98,31 @@ fn bad_input_is_refused_with_the_name_and_the_fix() {
     let (code, text) = driver(&["--accel", "xen", "t.py"], &d);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("auto") && text.contains("tcg"), "{text}");
+}
+
+/// `--start-scripts ./run-machine-vm` from the directory holding it: the
+/// path is taken from the driver's directory, not the machine's state dir.
+#[test]
+fn a_relative_start_script_boots() {
+    let d = dir("relative");
+    let tiny = std::fs::read_to_string(common::guests().join("run-tiny-vm")).unwrap();
+    assert!(tiny.contains("\nNAME=tiny\n"), "run-tiny-vm sets NAME=tiny");
+    let script = d.join("run-machine-vm");
+    std::fs::write(&script, tiny.replace("\nNAME=tiny\n", "\nNAME=machine\n")).unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&script)
+        .status()
+        .unwrap();
+    std::fs::write(
+        d.join("t.py"),
+        "print('answer:', machine.succeed('echo $((6 * 7))').strip())\n",
+    )
+    .unwrap();
+    let (code, text) = driver(
+        &["--start-scripts", "./run-machine-vm", "-o", "out", "t.py"],
+        &d,
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("answer: 42"), "{text}");
 }
