@@ -138,6 +138,20 @@ async fn reaches(m: &mut Machine, ip: &str) -> bool {
     sh(m, &format!("ping -c1 -W2 {ip}")).await.0 == 0
 }
 
+/// Pings each `(from, to, expected)` pair and fails listing every pair
+/// whose answer differed, under the heading `what`.
+async fn expect_reach(d: &mut Driver, what: &str, cases: &[(usize, &str, bool)]) {
+    let mut wrong = vec![];
+    for &(i, to, want) in cases {
+        let got = reaches(&mut d.machines[i], to).await;
+        if got != want {
+            let from = &d.machines[i].name;
+            wrong.push(format!("{from} -> {to}: reached={got}, expected {want}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{what}: {wrong:#?}");
+}
+
 /// One ping run: packets sent and received, and the RTTs in ms.
 struct Pings {
     sent: u32,
@@ -225,131 +239,85 @@ async fn vlans_and_faults() {
     ] {
         assert!(hosts.lines().any(|l| l == line), "{line:?} in {hosts}");
     }
-    let cases: Vec<(usize, &str, &str, bool)> = vec![
-        (a, "a", "b", true),
-        (a, "a", b1.as_str(), true),
-        (a, "a", d1.as_str(), true),
-        (a, "a", b2.as_str(), false), // b's VLAN 2 address: no route from VLAN 1 only
-        (a, "a", c2.as_str(), false),
-        (b, "b", "a", true),
-        (b, "b", "c", true),
-        (b, "b", d1.as_str(), true),
-        (c, "c", "b", false), // "b" is b's VLAN 1 address, which c cannot reach
-        (c, "c", b2.as_str(), true),
-        (c, "c", a1.as_str(), false),
-        (c, "c", d1.as_str(), false),
-        (dd, "d", "a", true),
-        (dd, "d", b1.as_str(), true),
-        (dd, "d", c2.as_str(), false),
-    ];
-    let mut wrong = vec![];
-    for (i, from, to, want) in &cases {
-        let got = reaches(&mut d.machines[*i], to).await;
-        if got != *want {
-            wrong.push(format!("{from} -> {to}: reached={got}, expected {want}"));
-        }
-    }
-    assert!(wrong.is_empty(), "reachability: {wrong:#?}");
+    #[rustfmt::skip]
+    expect_reach(&mut d, "reachability", &[
+        (a, "b", true),
+        (a, &b1, true),
+        (a, &d1, true),
+        (a, &b2, false), // b's VLAN 2 address: no route from VLAN 1 only
+        (a, &c2, false),
+        (b, "a", true),
+        (b, "c", true),
+        (b, &d1, true),
+        (c, "b", false), // "b" is b's VLAN 1 address, which c cannot reach
+        (c, &b2, true),
+        (c, &a1, false),
+        (c, &d1, false),
+        (dd, "a", true),
+        (dd, &b1, true),
+        (dd, &c2, false),
+    ]).await;
     // Not only routing: a given an address in c's subnet still cannot
     // reach c, because VLAN 1 and VLAN 2 are separate switches.
     succeed(&mut d.machines[a], "ip addr add 192.168.2.101/24 dev eth0").await;
     succeed(&mut d.machines[c], "ip addr add 192.168.1.103/24 dev eth0").await;
-    assert!(
-        !reaches(&mut d.machines[a], &c2).await,
-        "a reached c over VLAN 1"
-    );
-    assert!(
-        !reaches(&mut d.machines[c], &a1).await,
-        "c reached a over VLAN 2"
-    );
-    assert!(
-        !reaches(&mut d.machines[c], &d1).await,
-        "c reached d over VLAN 2"
-    );
+    #[rustfmt::skip]
+    expect_reach(&mut d, "separate switches", &[
+        (a, &c2, false),
+        (c, &a1, false),
+        (c, &d1, false),
+    ]).await;
     succeed(&mut d.machines[a], "ip addr del 192.168.2.101/24 dev eth0").await;
     succeed(&mut d.machines[c], "ip addr del 192.168.1.103/24 dev eth0").await;
-    println!(
-        "reachability ({} pairs): {:.1}s",
-        cases.len(),
-        t.elapsed().as_secs_f64()
-    );
+    println!("reachability: {:.1}s", t.elapsed().as_secs_f64());
 
     // --- 3. block / unblock. ----------------------------------------------
     let t = Instant::now();
     let before = d.vlans[&1].stats().dropped.link_down;
     d.set_links(b, false); // both of b's links (VLAN 1 and 2)
-    assert!(
-        !reaches(&mut d.machines[a], &b1).await,
-        "a reached blocked b"
-    );
-    assert!(
-        !reaches(&mut d.machines[c], &b2).await,
-        "c reached blocked b"
-    );
-    assert!(
-        !reaches(&mut d.machines[b], &d1).await,
-        "blocked b reached d"
-    );
-    // Others on the VLAN are unaffected.
-    assert!(
-        reaches(&mut d.machines[a], &d1).await,
-        "a -> d while b is blocked"
-    );
+    #[rustfmt::skip]
+    expect_reach(&mut d, "b blocked", &[
+        (a, &b1, false),
+        (c, &b2, false),
+        (b, &d1, false),
+        (a, &d1, true), // others on the VLAN are unaffected
+    ]).await;
     assert!(d.vlans[&1].stats().dropped.link_down > before);
     d.set_links(b, true);
-    assert!(
-        reaches(&mut d.machines[a], &b1).await,
-        "a -> b after unblock"
-    );
-    assert!(
-        reaches(&mut d.machines[c], &b2).await,
-        "c -> b after unblock"
-    );
-    assert!(
-        reaches(&mut d.machines[b], &d1).await,
-        "b -> d after unblock"
-    );
+    #[rustfmt::skip]
+    expect_reach(&mut d, "b unblocked", &[
+        (a, &b1, true),
+        (c, &b2, true),
+        (b, &d1, true),
+    ]).await;
     println!("block/unblock: {:.1}s", t.elapsed().as_secs_f64());
 
     // --- 4. partition / heal on VLAN 1: {a, d} | {b}. -------------------
     let t = Instant::now();
     d.vlans[&1].partition(vec![vec![mac(1, 1), mac(1, 4)], vec![mac(1, 2)]]);
-    assert!(
-        reaches(&mut d.machines[a], &d1).await,
-        "a -> d within a group"
-    );
-    assert!(
-        reaches(&mut d.machines[dd], &a1).await,
-        "d -> a within a group"
-    );
-    assert!(
-        !reaches(&mut d.machines[a], &b1).await,
-        "a reached b across groups"
-    );
-    assert!(
-        !reaches(&mut d.machines[dd], &b1).await,
-        "d reached b across groups"
-    );
-    assert!(
-        !reaches(&mut d.machines[b], &a1).await,
-        "b reached a across groups"
-    );
-    // VLAN 2 is not partitioned.
-    assert!(reaches(&mut d.machines[b], &c2).await, "b -> c on VLAN 2");
+    #[rustfmt::skip]
+    expect_reach(&mut d, "partition {a, d} | {b}", &[
+        (a, &d1, true),
+        (dd, &a1, true),
+        (a, &b1, false),
+        (dd, &b1, false),
+        (b, &a1, false),
+        (b, &c2, true), // VLAN 2 is not partitioned
+    ]).await;
     // Unlisted MACs form one group: [a] listed, b and d together.
     d.vlans[&1].partition(vec![vec![mac(1, 1)]]);
-    assert!(
-        reaches(&mut d.machines[b], &d1).await,
-        "b -> d, both unlisted"
-    );
-    assert!(
-        !reaches(&mut d.machines[dd], &a1).await,
-        "d reached listed a"
-    );
+    #[rustfmt::skip]
+    expect_reach(&mut d, "partition {a} | the rest", &[
+        (b, &d1, true),
+        (dd, &a1, false),
+    ]).await;
     d.vlans[&1].heal();
-    assert!(reaches(&mut d.machines[a], &b1).await, "a -> b after heal");
-    assert!(reaches(&mut d.machines[b], &a1).await, "b -> a after heal");
-    assert!(reaches(&mut d.machines[dd], &a1).await, "d -> a after heal");
+    #[rustfmt::skip]
+    expect_reach(&mut d, "healed", &[
+        (a, &b1, true),
+        (b, &a1, true),
+        (dd, &a1, true),
+    ]).await;
     assert!(d.vlans[&1].stats().dropped.partitioned > 0);
     println!("partition/heal: {:.1}s", t.elapsed().as_secs_f64());
 

@@ -502,21 +502,27 @@ fn boot_start_script_node() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Builds `attr` (`driver` or `driverInteractive`) of the boot test with
+/// the real nix-build; returns its `bin/nixos-test-driver`.
+fn build_driver_attr(dir: &Path, guests: &Path, attr: &str) -> PathBuf {
+    let mut cmd = nix("nix-build", &[]);
+    cmd.current_dir(dir)
+        .arg(repo().join("tests/nix/boot.nix"))
+        .args(["--argstr", "guests"])
+        .arg(guests)
+        .args(["-A", attr, "-o", attr]);
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    dir.join(attr).join("bin/nixos-test-driver")
+}
+
 /// `.driver` builds in the sandbox and its `bin/nixos-test-driver` runs the
 /// test by hand.
 #[test]
 fn boot_driver_attribute_runs_the_test_by_hand() {
     let guests = need_guests!();
     let dir = scratch();
-    let mut cmd = nix("nix-build", &[]);
-    cmd.current_dir(dir.path())
-        .arg(repo().join("tests/nix/boot.nix"))
-        .args(["--argstr", "guests"])
-        .arg(&guests)
-        .args(["-A", "driver", "-o", "driver"]);
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let wrapper = dir.path().join("driver/bin/nixos-test-driver");
+    let wrapper = build_driver_attr(dir.path(), &guests, "driver");
     assert!(wrapper.is_file());
     let run = Command::new(&wrapper)
         .current_dir(dir.path())
@@ -534,15 +540,7 @@ fn boot_driver_interactive_is_a_repl_with_the_machines() {
     use std::io::Write;
     let guests = need_guests!();
     let dir = scratch();
-    let mut cmd = nix("nix-build", &[]);
-    cmd.current_dir(dir.path())
-        .arg(repo().join("tests/nix/boot.nix"))
-        .args(["--argstr", "guests"])
-        .arg(&guests)
-        .args(["-A", "driverInteractive", "-o", "driver-interactive"]);
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let wrapper = dir.path().join("driver-interactive/bin/nixos-test-driver");
+    let wrapper = build_driver_attr(dir.path(), &guests, "driverInteractive");
     let mut repl = Command::new(&wrapper)
         .current_dir(dir.path())
         .args(["-o", "repl-out"])
