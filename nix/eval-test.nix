@@ -518,6 +518,18 @@ let
       # The plugin cannot take these; the library's own derivation can.
       needsLibraryPath = config.enableOCR || (rawDefs [ "extraPythonPackages" ]) != [ ] || config.extraDriverArgs != [ ];
       viaBuiltin = useBuiltin && (builtins ? vmTest) && !needsLibraryPath;
+      # What the plugin's run finds in PATH: QEMU and python3 from nixpkgs
+      # when there is one, else the host's (Debian's) programs.
+      builtinHostPath =
+        if hostPkgs != null then
+          concatStringsSep ":" (
+            map (p: "${p}/bin") [
+              (if config.qemu.package != null then config.qemu.package else hostPkgs.qemu_test)
+              hostPkgs.python3
+            ]
+          )
+        else
+          hostPath;
 
       built =
         if viaBuiltin then
@@ -530,6 +542,7 @@ let
               skipTypeCheck
               ;
             inherit vlans;
+            hostPath = builtinHostPath;
             testScript = testScriptString;
             nodes = listToAttrs (map (n: { name = n; value = builtinNode n; }) nodeNames);
           }

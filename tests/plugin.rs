@@ -502,6 +502,26 @@ fn boot_start_script_node() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// `hostPath` becomes the run's PATH, and its store paths are inputs:
+/// the python3 the driver starts is the one in hostPath's derivation.
+#[test]
+fn boot_host_path_gives_the_run_its_programs() {
+    let guests = need_guests!();
+    let dir = scratch();
+    let (out, _) = build_boot(
+        dir.path(),
+        &guests,
+        &[("marker", &unique_marker()), ("hostPython", "true")],
+        &[],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("python3 from hostPath"),
+        "the run did not use hostPath's python3: {}",
+        text(&out)
+    );
+}
+
 /// Builds `attr` (`driver` or `driverInteractive`) of the boot test with
 /// the real nix-build; returns its `bin/nixos-test-driver`.
 fn build_driver_attr(dir: &Path, guests: &Path, attr: &str) -> PathBuf {

@@ -21,6 +21,7 @@ pub const ACCEPTED: &[&str] = &[
     "skipTypeCheck",
     "vlans",
     "meta",
+    "hostPath",
 ];
 
 /// Attributes an image node takes.
@@ -72,6 +73,10 @@ pub struct VmTest {
     pub required_system_features: Vec<String>,
     /// Skip the undefined-name check (the syntax is always checked).
     pub skip_lint: bool,
+    /// `PATH` for the run (where QEMU and python3 are), e.g.
+    /// `"${pkgs.qemu_test}/bin:${pkgs.python3}/bin"`; `None`: the host's
+    /// `/usr/bin:/bin` (Debian's QEMU and Python, via extra-sandbox-paths).
+    pub host_path: Option<Text>,
 }
 
 /// Where the arguments come from: the store directory (`/nix/store`).
@@ -585,6 +590,27 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
     let skip_lint = flag("skipLint")?;
     flag("skipTypeCheck")?;
 
+    let host_path = match attrs.get("hostPath") {
+        None => None,
+        Some(NixValue::String { v, ctx }) if !v.is_empty() => Some(Text {
+            text: v.clone(),
+            context: ctx.iter().cloned().collect(),
+        }),
+        Some(other) => {
+            let got = match other {
+                NixValue::String { .. } => "an empty string".to_string(),
+                _ => other.describe(),
+            };
+            return Err(err(
+                "hostPath",
+                pos.get("hostPath"),
+                format!(
+                    "must be a PATH string such as \"${{pkgs.qemu_test}}/bin:${{pkgs.python3}}/bin\", got {got}"
+                ),
+            ));
+        }
+    };
+
     let vlans = match attrs.get("vlans") {
         None => Vec::new(),
         Some(v) => vlan_list("vlans", pos.get("vlans"), v)?,
@@ -602,6 +628,7 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         global_timeout,
         required_system_features,
         skip_lint,
+        host_path,
     })
 }
 

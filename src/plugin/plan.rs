@@ -18,7 +18,8 @@
 //! args     = [ "-o" $out "--junit-xml" $out/junit.xml "--global-timeout" N
 //!              "--nodes-json" ${.driver}/share/nix-vmtest/nodes.json
 //!              ${.driver}/share/nix-vmtest/test-script "--log-file" $out/log ]
-//! PATH=/usr/bin:/bin, NIX_VMTEST_PYTHON=/usr/bin/python3, globalTimeout, vmTestName
+//! PATH=hostPath, or PATH=/usr/bin:/bin and NIX_VMTEST_PYTHON=/usr/bin/python3
+//! globalTimeout, vmTestName
 //! requiredSystemFeatures = [ "nixos-test" "kvm" ]   (overridable)
 //! ```
 //!
@@ -123,8 +124,17 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
         "requiredSystemFeatures".into(),
         list(test.required_system_features.iter().cloned()),
     );
-    run.insert("PATH".into(), plain("/usr/bin:/bin"));
-    run.insert("NIX_VMTEST_PYTHON".into(), plain("/usr/bin/python3"));
+    match &test.host_path {
+        // QEMU and python3 from the store (the driver takes python3 from PATH).
+        Some(p) => {
+            run.insert("PATH".into(), text(&p.text, &p.context));
+        }
+        // The host's (Debian's) QEMU and Python, via extra-sandbox-paths.
+        None => {
+            run.insert("PATH".into(), plain("/usr/bin:/bin"));
+            run.insert("NIX_VMTEST_PYTHON".into(), plain("/usr/bin/python3"));
+        }
+    }
 
     json!({
         "test": { "attrs": Value::Object(run) },
@@ -159,6 +169,7 @@ mod tests {
             global_timeout: 60,
             required_system_features: vec!["nixos-test".into(), "kvm".into()],
             skip_lint: false,
+            host_path: None,
         };
         let host = Host {
             driver: "/nix/store/ddd-nix-vmtest-0.1.0",
@@ -189,5 +200,30 @@ mod tests {
         );
         assert_eq!(drv["args"]["list"][0]["s"], "--write-wrapper");
         assert_eq!(drv["vmTestInteractive"]["s"], "1");
+
+        // Without hostPath the run uses the host's QEMU and Python.
+        assert_eq!(run["PATH"]["s"], "/usr/bin:/bin");
+        assert_eq!(run["NIX_VMTEST_PYTHON"]["s"], "/usr/bin/python3");
+        // With it, PATH is hostPath (with its store paths as inputs) and
+        // python3 comes from that PATH.
+        let with_path = VmTest {
+            host_path: Some(Text {
+                text: "/nix/store/qqq-qemu/bin:/nix/store/ppp-python3/bin".into(),
+                context: [
+                    "/nix/store/ppp-python3".to_string(),
+                    "/nix/store/qqq-qemu".to_string(),
+                ]
+                .into(),
+            }),
+            ..test
+        };
+        let p = plan(&with_path, &host);
+        let run = &p["test"]["attrs"];
+        assert_eq!(
+            run["PATH"]["s"],
+            "/nix/store/qqq-qemu/bin:/nix/store/ppp-python3/bin"
+        );
+        assert_eq!(run["PATH"]["ctx"][1], "/nix/store/qqq-qemu");
+        assert!(run.get("NIX_VMTEST_PYTHON").is_none());
     }
 }

@@ -261,6 +261,24 @@ if [ -n "$plugin" ] && [ -f "$plugin" ]; then
             bad "$t instantiates to a .drv through the plugin" "$(printf '%s\n' "$out" | quiet)"
         fi
     done
+    # The run's PATH: QEMU and python3 of the test's nixpkgs, or the host's.
+    run_path() {
+        local drv
+        drv=$(nix-instantiate "${popts[@]}" -E "let f = import $here/fixtures.nix { useBuiltin = true; }; in f.vmtest.runTest (f.twoNodes { $1 })" 2>/dev/null | tail -n 1) \
+            && grep -o '("PATH","[^"]*")' "$drv"
+    }
+    p=$(run_path "hostPkgs = import $here/fake-nixpkgs { };")
+    if printf '%s' "$p" | grep -q -- '-fake-qemu_test/bin:/nix/store/[a-z0-9]*-fake-python3/bin"'; then
+        ok "with nixpkgs, the plugin's run takes QEMU and python3 from it (hostPath)"
+    else
+        bad "with nixpkgs, the plugin's run takes QEMU and python3 from it (hostPath)" "PATH entry: ${p:-none}"
+    fi
+    p=$(run_path '')
+    if [ "$p" = '("PATH","/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")' ]; then
+        ok "without nixpkgs, the plugin's run uses the host's programs"
+    else
+        bad "without nixpkgs, the plugin's run uses the host's programs" "PATH entry: ${p:-none}"
+    fi
 else
     echo "== builtins.vmTest: skipped (set NIX_VMTEST_PLUGIN to the plugin's .so)"
 fi

@@ -23,6 +23,16 @@ let
         builder = "/bin/sh";
       };
     python3Packages = { };
+    qemu_test = derivation {
+      name = "fake-qemu_test";
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+    };
+    python3 = derivation {
+      name = "fake-python3";
+      system = "x86_64-linux";
+      builder = "/bin/sh";
+    };
     testers = {
       existing = true;
     };
