@@ -490,6 +490,26 @@ pub fn early_starts(script: &str, names: &[String]) -> Vec<usize> {
     found.into_iter().collect()
 }
 
+/// Resolves when the driver is asked to stop (SIGTERM, SIGHUP, and SIGINT
+/// unless the REPL owns Ctrl-C); names the signal.
+async fn stop_signal(interactive: bool) -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = hup.recv() => return "SIGHUP",
+            _ = int.recv() => if !interactive { return "SIGINT" },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,25 +534,5 @@ mod tests {
         let one = vec!["m".to_string()];
         assert_eq!(early_starts("machine.wait_for_unit('x')", &one), vec![0]);
         assert_eq!(early_starts("machine.is_up()", &one), Vec::<usize>::new());
-    }
-}
-
-/// Resolves when the driver is asked to stop (SIGTERM, SIGHUP, and SIGINT
-/// unless the REPL owns Ctrl-C); names the signal.
-async fn stop_signal(interactive: bool) -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut hup), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return "SIGTERM",
-            _ = hup.recv() => return "SIGHUP",
-            _ = int.recv() => if !interactive { return "SIGINT" },
-        }
     }
 }

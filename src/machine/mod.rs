@@ -366,16 +366,15 @@ impl Machine {
                 .filter(|(v, _)| image.vlans.contains(v))
                 .cloned()
                 .collect();
-            let mut argv = qemu::image_command(
-                &self.cfg.qemu,
-                image,
+            let shared_dir = self.shared_dir();
+            let run = qemu::ImageRun {
                 overlay,
-                &self.shared_dir(),
-                &sockets,
-                self.cfg.node,
-                &self.cfg.network_params,
-                self.cfg.accel,
-            );
+                shared_dir: &shared_dir,
+                vlan_sockets: &sockets,
+                node: self.cfg.node,
+                network_params: &self.cfg.network_params,
+            };
+            let mut argv = qemu::image_command(&self.cfg.qemu, image, &run, self.cfg.accel);
             argv.extend(driver_args);
             argv
         } else {

@@ -135,17 +135,29 @@ pub fn driver_args(paths: &Paths<'_>, allow_reboot: bool, accel: Accel) -> Vec<S
     args
 }
 
+/// What an image node's QEMU is made of, besides the image itself.
+pub struct ImageRun<'a> {
+    /// The per-machine qcow2 overlay over the image's disk, if it has one.
+    pub overlay: Option<&'a Path>,
+    /// The host directory shared as 9p tag `shared`.
+    pub shared_dir: &'a Path,
+    /// The switch socket of each VLAN the node is on.
+    pub vlan_sockets: &'a [(u32, PathBuf)],
+    /// 1-based node number (for the MAC addresses).
+    pub node: u32,
+    /// `vmtest.*` kernel parameters.
+    pub network_params: &'a str,
+}
+
 /// The QEMU command for an image node (a start script brings its own).
-pub fn image_command(
-    qemu: &Path,
-    image: &ImageSpec,
-    overlay: Option<&Path>,
-    shared_dir: &Path,
-    vlan_sockets: &[(u32, PathBuf)],
-    node: u32,
-    network_params: &str,
-    accel: Accel,
-) -> Vec<String> {
+pub fn image_command(qemu: &Path, image: &ImageSpec, run: &ImageRun, accel: Accel) -> Vec<String> {
+    let ImageRun {
+        overlay,
+        shared_dir,
+        vlan_sockets,
+        node,
+        network_params,
+    } = *run;
     let mut cmd = vec![
         qemu.display().to_string(),
         "-machine".into(),
