@@ -94,6 +94,65 @@ pub fn private_temp_dir(base: &Path, prefix: &str) -> std::io::Result<PathBuf> {
     Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
 }
 
+/// The file in a state directory that names the driver owning it:
+/// `<pid> <process start time in clock ticks since boot>`.
+const OWNER_FILE: &str = "owner";
+
+/// A process's start time (field 22 of `/proc/<pid>/stat`), which tells a
+/// live driver from a later process that got its pid; `None` if it is gone.
+fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; after its ')' they are plain.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// Writes [`OWNER_FILE`] into `dir`, naming this process.
+fn claim(dir: &Path) -> std::io::Result<()> {
+    let me = std::process::id();
+    let start = process_start_time(me).unwrap_or(0);
+    std::fs::write(dir.join(OWNER_FILE), format!("{me} {start}\n"))
+}
+
+/// Removes the state directories (`nix-vmtest.*` under `base`) of drivers
+/// that are gone: a SIGKILLed driver cannot clean up after itself (its QEMU
+/// processes die with it), so the next run does. A directory without an
+/// owner file, or whose owner still runs, is left alone. Returns what was
+/// removed.
+pub fn sweep_stale_state(base: &Path) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if !is_dir
+            || !entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("nix-vmtest.")
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let mut fields = owner.split_whitespace().map(str::parse::<u64>);
+        let (Some(Ok(pid)), Some(Ok(start))) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let alive = u32::try_from(pid)
+            .ok()
+            .and_then(process_start_time)
+            .is_some_and(|s| start == 0 || s == start);
+        if !alive && std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
 /// The directory temporary files go to: `$TMPDIR` or `/tmp`.
 pub fn temp_base() -> PathBuf {
     std::env::var_os("TMPDIR")
@@ -108,8 +167,15 @@ impl Driver {
     pub async fn new(opts: RunOptions, log: Log) -> Result<Driver, DriverError> {
         let spec = opts.spec.clone().normalize()?;
         let base = temp_base();
-        let state_dir =
-            private_temp_dir(&base, "nix-vmtest.").map_err(|source| DriverError::StateDir {
+        for dir in sweep_stale_state(&base) {
+            log.info(&format!(
+                "removed {}, left behind by a driver that was killed",
+                dir.display()
+            ));
+        }
+        let state_dir = private_temp_dir(&base, "nix-vmtest.")
+            .and_then(|dir| claim(&dir).map(|()| dir))
+            .map_err(|source| DriverError::StateDir {
                 dir: base.clone(),
                 source,
             })?;
@@ -513,6 +579,36 @@ async fn stop_signal(interactive: bool) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_state_dirs_of_dead_owners_are_swept() {
+        let base = tempfile::tempdir().unwrap();
+        let make = |name: &str, owner: Option<String>| {
+            let d = base.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("vlan1.sock"), "").unwrap();
+            if let Some(o) = owner {
+                std::fs::write(d.join(OWNER_FILE), o).unwrap();
+            }
+            d
+        };
+        // A pid above pid_max (4194304 at most) is never a live process.
+        let dead = make("nix-vmtest.dead01", Some("4194305 12345\n".into()));
+        let me = std::process::id();
+        let mine = format!("{me} {}\n", process_start_time(me).unwrap());
+        let live = make("nix-vmtest.live01", Some(mine));
+        // Our pid, but another start time: a pid reused after the owner died.
+        let reused = make("nix-vmtest.reuse1", Some(format!("{me} 1\n")));
+        let unowned = make("nix-vmtest.unown1", None);
+        let other = make("something-else", Some("4194305 1\n".into()));
+        let removed = sweep_stale_state(base.path());
+        assert_eq!(
+            removed.iter().collect::<std::collections::BTreeSet<_>>(),
+            [&dead, &reused].into_iter().collect()
+        );
+        assert!(!dead.exists() && !reused.exists());
+        assert!(live.exists() && unowned.exists() && other.exists());
+    }
 
     #[test]
     fn only_a_first_statement_that_starts_machines_starts_them_early() {

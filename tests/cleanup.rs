@@ -192,7 +192,7 @@ fn a_failing_script_reports_its_line_and_leaves_nothing() {
 }
 
 #[test]
-fn sigkill_of_the_driver_still_takes_qemu_down() {
+fn sigkill_of_the_driver_takes_qemu_down_and_the_next_run_sweeps_its_state() {
     let (child, run) = start("kill", &ready_then("machine.succeed('sleep 600')\n"), &[]);
     run.wait_ready();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
@@ -206,6 +206,38 @@ fn sigkill_of_the_driver_still_takes_qemu_down() {
         pids_with(&run.marker).is_empty(),
         "QEMU outlived a SIGKILLed driver"
     );
-    // Nothing can remove files after SIGKILL; the next run does not care.
+    // Nothing can remove files at SIGKILL: the state directory is still
+    // there, and the next run with the same TMPDIR removes it.
+    let left = state_dirs(&run.tmp);
+    assert_eq!(left.len(), 1, "the killed driver's state dir: {left:?}");
+    let next_script = run.script.with_file_name("next.py");
+    std::fs::write(&next_script, "print('no machine started')\n").unwrap();
+    let next = Command::new(env!("CARGO_BIN_EXE_nixos-test-driver"))
+        .arg("--nodes-json")
+        .arg(run.script.with_file_name("nodes.json"))
+        .arg("-o")
+        .arg(&run.out)
+        .arg(&next_script)
+        .env("TMPDIR", &run.tmp)
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&next.stderr).into_owned() + &String::from_utf8_lossy(&next.stdout);
+    assert!(next.status.success(), "{log}");
+    assert!(
+        log.contains("left behind by a driver that was killed"),
+        "{log}"
+    );
+    assert_eq!(state_dirs(&run.tmp), Vec::<PathBuf>::new(), "{log}");
     let _ = std::fs::remove_dir_all(run.tmp.parent().unwrap());
+}
+
+/// The driver state directories (`nix-vmtest.*`) in `tmp`.
+fn state_dirs(tmp: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("nix-vmtest."))
+        .map(|e| e.path())
+        .collect()
 }
