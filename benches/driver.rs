@@ -128,15 +128,19 @@ async fn unit_wait_latency(m: &mut Machine, ours: bool, samples: usize) -> Durat
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        // Both readings are the guest's monotonic clock: when the unit
-        // became active, and (two round trips after the wait returned) now.
+        // Both readings are the guest's monotonic clock: now (read first,
+        // one command's round trip after the wait returned, as in
+        // file_wait_latency) and when the unit became active.
         let mono = m
-            .execute("systemctl show -p ActiveEnterTimestampMonotonic --value slow.service; cat /proc/uptime", None, true)
+            .execute(
+                "cat /proc/uptime; systemctl show -p ActiveEnterTimestampMonotonic --value slow.service",
+                None,
+                true,
+            )
             .await
             .unwrap();
         let mono = String::from_utf8_lossy(&mono.output).to_string();
         let mut lines = mono.lines();
-        let entered: f64 = lines.next().unwrap().trim().parse::<f64>().unwrap() / 1e6;
         let uptime: f64 = lines
             .next()
             .unwrap()
@@ -145,8 +149,8 @@ async fn unit_wait_latency(m: &mut Machine, ours: bool, samples: usize) -> Durat
             .unwrap()
             .parse()
             .unwrap();
-        // The uptime was read two round trips after the wait returned.
-        let lat = uptime - entered - 2.0 * rtt.as_secs_f64();
+        let entered: f64 = lines.next().unwrap().trim().parse::<f64>().unwrap() / 1e6;
+        let lat = uptime - entered - rtt.as_secs_f64();
         v.push(Duration::from_secs_f64(lat.max(0.0)));
     }
     median(v)

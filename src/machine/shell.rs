@@ -242,16 +242,20 @@ pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// Whether a command may start background jobs (`&` other than in `&&`,
-/// `>&`, `<&`, `&>`): those run one subshell deeper in the guest, which
-/// costs a fork; everything else runs in one.
+/// Whether a command may leave asynchronous subshells behind (`&` other
+/// than in `&&`, `>&`, `<&`, `&>`; `coproc`; process substitution): those
+/// run one subshell deeper in the guest, which costs a fork; everything
+/// else runs in one.
 pub fn may_background(command: &str) -> bool {
-    command
-        .replace("&&", "")
-        .replace(">&", "")
-        .replace("<&", "")
-        .replace("&>", "")
-        .contains('&')
+    command.contains("coproc")
+        || command.contains(">(")
+        || command.contains("<(")
+        || command
+            .replace("&&", "")
+            .replace(">&", "")
+            .replace("<&", "")
+            .replace("&>", "")
+            .contains('&')
 }
 
 fn nonce() -> String {
@@ -497,6 +501,9 @@ mod tests {
     fn only_commands_with_a_lone_ampersand_may_background() {
         assert!(may_background("sleep 600 &"));
         assert!(may_background("(sleep 1; touch f) & echo x"));
+        assert!(may_background("coproc sleep 600"));
+        assert!(may_background("echo hi > >(sleep 600)"));
+        assert!(may_background("diff <(ls a) <(ls b)"));
         assert!(!may_background("a && b 2>&1 >&2 &>/dev/null"));
         assert!(!may_background("true"));
     }
