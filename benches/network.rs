@@ -43,6 +43,18 @@ async fn run(m: &mut Machine, cmd: &str) -> String {
     out
 }
 
+/// Waits (in the guest) until `cmd` succeeds; panics after `secs`.
+async fn wait_for(m: &mut Machine, what: &str, cmd: &str, secs: u64) {
+    m.wait_until(
+        what,
+        cmd,
+        UntilMode::Succeed,
+        Some(Duration::from_secs(secs)),
+    )
+    .await
+    .unwrap();
+}
+
 /// One transfer of `blocks` × 64 KiB from `tx` to `rx` (at `rx_ip`);
 /// returns MB/s (10^6 bytes per second), timed on the host from the start
 /// of the sending command to the receiver's byte count being written (both
@@ -59,14 +71,13 @@ async fn transfer(tx: &mut Machine, rx: &mut Machine, rx_ip: &str, blocks: u64) 
     )
     .await;
     // Listening: port 5000 = 0x1388 in state 0A (LISTEN), IPv4 or IPv6.
-    rx.wait_until(
+    wait_for(
+        rx,
         "nc to listen",
         "grep -q ':1388 0*:0000 0A' /proc/net/tcp /proc/net/tcp6",
-        UntilMode::Succeed,
-        Some(Duration::from_secs(30)),
+        30,
     )
-    .await
-    .unwrap();
+    .await;
     let t = Instant::now();
     run(
         tx,
@@ -75,14 +86,7 @@ async fn transfer(tx: &mut Machine, rx: &mut Machine, rx_ip: &str, blocks: u64) 
         &format!("dd if=/dev/zero bs=65536 count={blocks} 2>/dev/null > /dev/tcp/{rx_ip}/5000"),
     )
     .await;
-    rx.wait_until(
-        "the byte count",
-        "test -e /tmp/got",
-        UntilMode::Succeed,
-        Some(Duration::from_secs(300)),
-    )
-    .await
-    .unwrap();
+    wait_for(rx, "the byte count", "test -e /tmp/got", 300).await;
     let secs = t.elapsed().as_secs_f64();
     let got: u64 = run(rx, "cat /tmp/got").await.trim().parse().unwrap();
     assert_eq!(got, blocks * 65536, "{} received {got} bytes", rx.name);
@@ -190,15 +194,7 @@ fn main() {
         let s2_ip = "192.168.1.2";
         let v2_ip = "192.168.9.2";
         for (a, ip) in [(s1, s2_ip), (v1, v2_ip)] {
-            d.machines[a]
-                .wait_until(
-                    "ping",
-                    &format!("ping -c1 -W1 {ip}"),
-                    UntilMode::Succeed,
-                    Some(Duration::from_secs(60)),
-                )
-                .await
-                .unwrap();
+            wait_for(&mut d.machines[a], "ping", &format!("ping -c1 -W1 {ip}"), 60).await;
         }
         println!("both pairs answer pings");
         // Warm-up (ARP, TCP caches, page cache of dd/nc).
