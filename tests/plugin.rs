@@ -12,6 +12,8 @@
 //!   guests are not built.
 #![cfg(feature = "nix-plugin")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -345,38 +347,9 @@ fn eval_minimal_test_instantiates_to_the_documented_derivation() {
 // ---------------------------------------------------------------------------
 // Boot tests: need the driver and the guests.
 
-/// The built test guests; a missing build fails the test (no silent skip).
-fn guests() -> PathBuf {
-    if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS") {
-        return d.into();
-    }
-    let out = Command::new(repo().join("tests/guests/build.sh"))
-        .arg("--print-dir")
-        .output()
-        .expect("running tests/guests/build.sh --print-dir");
-    assert!(
-        out.status.success(),
-        "the test guests are not built: run tests/guests/build.sh ({})",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    let dir = PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .last()
-            .unwrap_or("")
-            .trim(),
-    );
-    assert!(
-        dir.join("vmlinuz").exists(),
-        "{} has no vmlinuz",
-        dir.display()
-    );
-    dir
-}
-
 macro_rules! need_guests {
     () => {
-        guests()
+        common::guests()
     };
 }
 

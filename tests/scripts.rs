@@ -26,6 +26,8 @@
 //!
 //! Missing guests are a failure, never a skip.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -143,47 +145,6 @@ fn parse_header(path: &Path) -> Result<Script, String> {
         return Err("no `# expect:` header".into());
     }
     Ok(s)
-}
-
-/// The guests' directory; panics (the test fails) when they are not built.
-fn guests() -> PathBuf {
-    let dir = if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS") {
-        PathBuf::from(d)
-    } else {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let out = Command::new("bash")
-            .arg(format!("{root}/tests/guests/build.sh"))
-            .arg("--print-dir")
-            .output()
-            .expect("running tests/guests/build.sh --print-dir");
-        assert!(
-            out.status.success(),
-            "the test guests are not built: run tests/guests/build.sh first, or set \
-             NIX_VMTEST_GUESTS ({})",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        PathBuf::from(
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or(""),
-        )
-    };
-    for f in [
-        "vmlinuz",
-        "tiny/initrd",
-        "systemd/initrd",
-        "systemd/base.qcow2",
-        "run-tiny-vm",
-    ] {
-        assert!(
-            dir.join(f).is_file(),
-            "the test guests in {} are incomplete: {f} is missing (run tests/guests/build.sh)",
-            dir.display()
-        );
-    }
-    dir
 }
 
 fn json_str(s: &str) -> String {
@@ -419,7 +380,7 @@ fn all_scripts() {
         )
     });
 
-    let g = guests();
+    let g = common::guests();
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scripts");
     fs::create_dir_all(&base).unwrap();
     let jobs: usize = std::env::var("NIX_VMTEST_SCRIPT_JOBS")

@@ -11,30 +11,47 @@ use nix_vmtest::log::Log;
 use nix_vmtest::machine::qemu::AccelChoice;
 use nix_vmtest::spec::{ImageSpec, MachineSpec, TestSpec};
 
-/// The directory holding the built guests. Fails loudly when they are not
-/// built: the tests never skip silently.
+/// The directory holding the built guests (`$NIX_VMTEST_GUESTS`, else
+/// what `tests/guests/build.sh --print-dir` names). Fails loudly when they
+/// are not built or incomplete: the tests never skip silently.
 pub fn guests() -> PathBuf {
-    if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS") {
-        return PathBuf::from(d);
+    let dir = if let Some(d) = std::env::var_os("NIX_VMTEST_GUESTS") {
+        PathBuf::from(d)
+    } else {
+        let root = env!("CARGO_MANIFEST_DIR");
+        let out = Command::new("bash")
+            .arg(format!("{root}/tests/guests/build.sh"))
+            .arg("--print-dir")
+            .output()
+            .expect("running tests/guests/build.sh --print-dir");
+        assert!(
+            out.status.success(),
+            "the test guests are not built: run tests/guests/build.sh first, or set \
+             NIX_VMTEST_GUESTS ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        PathBuf::from(
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .lines()
+                .last()
+                .unwrap_or(""),
+        )
+    };
+    for f in [
+        "vmlinuz",
+        "tiny/initrd",
+        "systemd/initrd",
+        "systemd/base.qcow2",
+        "run-tiny-vm",
+    ] {
+        assert!(
+            dir.join(f).is_file(),
+            "the test guests in {} are incomplete: {f} is missing (run tests/guests/build.sh)",
+            dir.display()
+        );
     }
-    let root = env!("CARGO_MANIFEST_DIR");
-    let out = Command::new("bash")
-        .arg(format!("{root}/tests/guests/build.sh"))
-        .arg("--print-dir")
-        .output()
-        .expect("running tests/guests/build.sh --print-dir");
-    assert!(
-        out.status.success(),
-        "the test guests are not built: run tests/guests/build.sh first ({})",
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    PathBuf::from(
-        String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .lines()
-            .last()
-            .unwrap(),
-    )
+    dir
 }
 
 /// An image node of one of the built guests.
