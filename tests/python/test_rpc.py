@@ -110,6 +110,17 @@ class RpcFraming(unittest.TestCase):
         with self.assertRaises(errors.ProtocolError):
             self.client.call("x")
 
+    def interrupted_wait_for_unit(self) -> None:
+        """Calls wait_for_unit and sends this process SIGINT 0.2 s later, as
+        Ctrl-C in the REPL does; the call must raise KeyboardInterrupt."""
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+            with self.assertRaises(KeyboardInterrupt):
+                self.client.call("wait_for_unit", "m", {"unit": "x"})
+        finally:
+            signal.signal(signal.SIGINT, old)
+
     def test_ctrl_c_sends_cancel_and_waits_for_reply(self) -> None:
         def slow(req):
             return NoReply()
@@ -121,13 +132,7 @@ class RpcFraming(unittest.TestCase):
 
         self.fake.handlers["wait_for_unit"] = slow
         self.fake.handlers["cancel"] = cancel
-        old = signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-            with self.assertRaises(KeyboardInterrupt):
-                self.client.call("wait_for_unit", "m", {"unit": "x"})
-        finally:
-            signal.signal(signal.SIGINT, old)
+        self.interrupted_wait_for_unit()
         wait_req, cancel_req = self.fake.requests[-2:]
         self.assertEqual(cancel_req["op"], "cancel")
         self.assertIsNone(cancel_req["machine"])
@@ -144,13 +149,7 @@ class RpcFraming(unittest.TestCase):
 
         self.fake.handlers["wait_for_unit"] = lambda req: NoReply()
         self.fake.handlers["cancel"] = cancel
-        old = signal.signal(signal.SIGINT, signal.default_int_handler)
-        try:
-            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-            with self.assertRaises(KeyboardInterrupt):
-                self.client.call("wait_for_unit", "m", {"unit": "x"})
-        finally:
-            signal.signal(signal.SIGINT, old)
+        self.interrupted_wait_for_unit()
         self.assertIs(self.client.call("is_up", "m", {}), False)
 
 
