@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! host  → guest: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture> <isolate>
+//!            or: __vmt_cmd='<command>'; __vmt_until <nonce> <timeout ms|-> <succeed|fail|settled> <isolate>
 //! guest → host : <nonce> <status> <done|timeout|cancel> <0|1>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<nonce> c\n`,
 //!                the host answering `more.` or `done.` after each
@@ -19,9 +20,12 @@
 //! the newline delimiter bash reads a tty in blocks and keeps the rest).
 //!
 //! The command runs in a forked subshell with stdin `/dev/null` and stdout
-//! in a fresh file; the shell learns it ended when the subshell around it
-//! closes its end of a FIFO (which the command itself never holds), so a detached child that keeps stdout open cannot hang the
-//! call (nixpkgs #144875), and no `timeout`/`base64` processes are started per
+//! in a fresh file; the shell learns it ended when that subshell closes its
+//! end of a FIFO. The command runs with the FIFO closed, and one that may
+//! leave asynchronous subshells (`<isolate>` = 1, see [`may_background`])
+//! runs one subshell deeper, since those would inherit bash's saved copy of
+//! it. So a detached child that keeps stdout open cannot hang the call
+//! (nixpkgs #144875), and no `timeout`/`base64` processes are started per
 //! command. Output is sent raw (the console is in raw mode) and delimited by a
 //! random 128-bit nonce, so it is exact and binary-safe.
 //!
@@ -148,7 +152,7 @@ __vmt_exec() {
 __vmt_until() {
   __vmt_deadline "$2"
   while :; do
-    __vmt_try "$__vmt_dl" 1 1
+    __vmt_try "$__vmt_dl" 1 "$4"
     [[ -n $__vmt_why ]] && break
     case $3 in
       succeed) (( __vmt_st == 0 )) && break ;;
@@ -433,9 +437,10 @@ impl Shell {
                     UntilMode::Settled => "settled",
                 };
                 format!(
-                    "__vmt_cmd={}; __vmt_until {n} {} {mode}\n",
+                    "__vmt_cmd={}; __vmt_until {n} {} {mode} {}\n",
                     shell_quote(command),
-                    timeout_arg(timeout)
+                    timeout_arg(timeout),
+                    u8::from(may_background(command))
                 )
             }
         };
