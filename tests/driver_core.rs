@@ -323,3 +323,44 @@ async fn reboot_waits_for_the_new_boot_on_the_same_console() {
     assert!(m.is_up());
     assert_eq!(m.qemu_pid(), Some(pid), "the same QEMU (allow_reboot)");
 }
+
+/// A unit wait listens to systemd through `systemd-stdio-bridge` on the
+/// console. Dropped midway (Ctrl-C in the interactive driver drops it
+/// like this), at its start or while it listens, it is ended before the
+/// next command: the bridge is gone and the shell answers exactly.
+#[tokio::test(flavor = "current_thread")]
+async fn a_unit_wait_cut_short_leaves_the_shell_usable() {
+    let mut d = common::driver(vec![common::systemd("machine", vec![])]).await;
+    let m = &mut d.machines[0];
+    let long = Some(Duration::from_secs(600));
+    m.wait_for_unit("multi-user.target", None, long)
+        .await
+        .unwrap();
+    for cut_after in [Duration::from_millis(5), Duration::from_millis(1500)] {
+        m.execute(
+            "systemctl stop slow.service; systemctl start --no-block slow.service",
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+        // slow.service takes 3 s to become active.
+        let cut =
+            tokio::time::timeout(cut_after, m.wait_for_unit("slow.service", None, long)).await;
+        assert!(cut.is_err(), "the wait ended within {cut_after:?}");
+        let o = m
+            .execute(
+                "echo ok; pgrep -c -f systemd-stdio-bridge || true",
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.output),
+            "ok\n0\n",
+            "after a cut at {cut_after:?}"
+        );
+        m.wait_for_unit("slow.service", None, long).await.unwrap();
+    }
+}

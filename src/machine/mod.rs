@@ -6,6 +6,7 @@
 //! monitor sockets before QEMU starts; `start()` returns at once; the first
 //! command waits for the backdoor's ready line.
 
+pub mod dbus;
 pub mod monitor;
 pub mod qemu;
 pub mod shell;
@@ -26,7 +27,7 @@ use crate::log::Log;
 use crate::spec::MachineSpec;
 use monitor::{Monitor, MonitorError, Qmp};
 use qemu::Accel;
-use shell::{Ending, Outcome, Request, Shell, ShellError, UntilMode};
+use shell::{Ending, Outcome, Request, Shell, ShellError, UnitWait, UntilMode};
 
 /// How many console lines a failure report shows.
 const TAIL_LINES: usize = 20;
@@ -583,11 +584,19 @@ impl Machine {
                 name: self.name.clone(),
             }),
             Ok(o) => Ok(o),
-            Err(ShellError::Closed) | Err(ShellError::Io(_)) => Err(self.death(doing).await),
-            Err(e) => Err(MachineError::Shell {
+            Err(e) => Err(self.shell_failed(e, doing).await),
+        }
+    }
+
+    /// The error for a failed shell call: the machine's death (with its
+    /// console tail) if the connection went away.
+    async fn shell_failed(&mut self, e: ShellError, doing: &str) -> MachineError {
+        match e {
+            ShellError::Closed | ShellError::Io(_) => self.death(doing).await,
+            e => MachineError::Shell {
                 name: self.name.clone(),
                 message: e.to_string(),
-            }),
+            },
         }
     }
 
@@ -701,6 +710,36 @@ impl Machine {
         user: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<(), MachineError> {
+        let what = format!("unit {unit} to become active");
+        let mut timeout = timeout;
+        if user.is_none() {
+            let started = Instant::now();
+            match self.unit_wait_bus(unit, timeout, &what).await? {
+                UnitWait::Active => return Ok(()),
+                UnitWait::Hopeless(message) => {
+                    return Err(MachineError::Failed {
+                        name: self.name.clone(),
+                        message,
+                    })
+                }
+                UnitWait::TimedOut(state) => {
+                    return Err(MachineError::Timeout {
+                        name: self.name.clone(),
+                        what,
+                        secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
+                        detail: format!(" (its last state was \"{state}\")"),
+                    })
+                }
+                UnitWait::Unavailable => {
+                    self.log.machine(
+                        &self.name,
+                        "systemd-stdio-bridge is not available in the guest; \
+                         polling `systemctl show` instead",
+                    );
+                    timeout = timeout.map(|t| t.saturating_sub(started.elapsed()));
+                }
+            }
+        }
         let q = shell::shell_quote(unit);
         let show = systemctl_command(&format!("show --property=ActiveState --value -- {q}"), user);
         let jobs = systemctl_command("list-jobs --full 2>&1", user);
@@ -713,14 +752,32 @@ impl Machine {
                if [ \"$s\" = inactive ]; then echo \"unit \\\"{u}\\\" is inactive and there are no pending jobs\"; exit 3; fi; fi; exit 1 ;; \
              *) exit 1 ;; esac"
         );
-        self.wait_until(
-            &format!("unit {unit} to become active"),
-            &check,
-            UntilMode::Settled,
-            timeout,
-        )
-        .await?;
+        self.wait_until(&what, &check, UntilMode::Settled, timeout)
+            .await?;
         Ok(())
+    }
+
+    /// A system unit wait that listens to systemd over D-Bus
+    /// ([`Shell::unit_wait`]).
+    async fn unit_wait_bus(
+        &mut self,
+        unit: &str,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<UnitWait, MachineError> {
+        self.connect().await?;
+        let name = self.name.clone();
+        let shell = self
+            .running()?
+            .shell
+            .as_mut()
+            .ok_or(MachineError::NotRunning { name })?;
+        match shell.unit_wait(unit, timeout).await {
+            Ok(w) => Ok(w),
+            Err(e) => Err(self
+                .shell_failed(e, &format!("while waiting for {what}"))
+                .await),
+        }
     }
 
     /// `systemctl show <unit>` as a map.

@@ -38,11 +38,14 @@
 //!
 //! Timeouts are enforced in the guest (the command's process tree is
 //! killed); waits (`wait_until_succeeds` and friends) loop in the guest with
-//! a 50 ms pause and no host round trip per try.
+//! a 50 ms pause and no host round trip per try. A system unit wait does
+//! not loop at all: it listens to systemd over D-Bus ([`Shell::unit_wait`]).
 
 use std::time::Duration;
 
 use memchr::memmem;
+
+use super::dbus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -149,6 +152,25 @@ __vmt_exec() {
   __vmt_try "$__vmt_dl" "$3" "$4"
   __vmt_reply "$1"
 }
+__vmt_bus_start() {
+  if [ -S /run/systemd/private ] && command -v systemd-stdio-bridge >/dev/null 2>&1 &&
+    { [ -p "$__vmt_dir/bus" ] || mkfifo "$__vmt_dir/bus"; }; then
+    systemd-stdio-bridge --bus-path=unix:path=/run/systemd/private <"$__vmt_dir/bus" 2>/dev/null &
+    __vmt_bus_pid=$!
+    # Read-write: opening never blocks, and a write never raises SIGPIPE
+    # if the bridge is gone.
+    exec {__vmt_bus}<>"$__vmt_dir/bus"
+    printf '%s bridge\n' "$1"
+  else
+    printf '%s no-bridge\n' "$1"
+  fi
+}
+__vmt_bus_stop() {
+  if [[ -n $__vmt_bus_pid ]]; then kill -KILL "$__vmt_bus_pid" 2>/dev/null; fi
+  if [[ -n $__vmt_bus ]]; then exec {__vmt_bus}>&-; fi
+  __vmt_bus= __vmt_bus_pid=
+  printf '%s bus-stopped\n' "$1"
+}
 __vmt_until() {
   __vmt_deadline "$2"
   while :; do
@@ -181,6 +203,21 @@ pub enum ShellError {
     Bootstrap(String),
     #[error("the guest's shell answered in an unexpected form: {0}")]
     Protocol(String),
+    /// Only inside [`Shell::unit_wait`], which then polls instead.
+    #[error("systemd-stdio-bridge in the guest stopped answering during a unit wait")]
+    BusGone,
+}
+
+/// The state of one D-Bus session.
+struct Bus {
+    serial: u32,
+    unit_path: Option<String>,
+    /// Job changes matter too (the unit is inactive: is a job pending?).
+    watch_jobs: bool,
+    /// A signal about the unit (or the jobs) arrived since the last look.
+    changed: bool,
+    /// The unit's `ActiveState` as the last signal that carried it said.
+    state: Option<String>,
 }
 
 /// How a framed command ended in the guest.
@@ -237,8 +274,59 @@ pub struct Shell {
     buf: Vec<u8>,
     /// Set once [`BOOTSTRAP`] has run in this boot of the guest.
     bootstrapped: bool,
-    /// A request whose answer was not read (its caller was cancelled).
-    pending: Option<String>,
+    /// What a cancelled call left running in the guest.
+    pending: Option<Pending>,
+}
+
+/// What a call that was cancelled midway left in the guest, to be ended
+/// before the next call.
+#[derive(Debug, Clone)]
+enum Pending {
+    /// A framed command or wait, or its output transfer.
+    Command,
+    /// A D-Bus session ([`Shell::unit_wait`]) with this nonce.
+    Bus(String),
+}
+
+/// How [`Shell::unit_wait`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnitWait {
+    /// The unit is active.
+    Active,
+    /// The unit cannot become active: it failed, or it is inactive and no
+    /// job is pending (nixpkgs' messages).
+    Hopeless(String),
+    /// The time ran out; the unit's last state.
+    TimedOut(String),
+    /// The guest cannot be asked over D-Bus (no `systemd-stdio-bridge`, no
+    /// systemd private socket, or the bridge went away): poll instead.
+    Unavailable,
+}
+
+/// systemd's manager object and interface.
+const SYSTEMD: &str = "/org/freedesktop/systemd1";
+const MANAGER: &str = "org.freedesktop.systemd1.Manager";
+
+/// How often a unit wait asks systemd again with no signal in between (a
+/// safety net: systemd sends every change to private-bus clients).
+const UNIT_RECHECK: Duration = Duration::from_secs(2);
+
+/// How long systemd may take to answer over the bridge before the bridge
+/// counts as gone (systemd re-executed, say) and the wait polls instead.
+const BUS_SILENCE: Duration = Duration::from_secs(10);
+
+/// Bytes as a `printf` format that writes exactly them (bash's `printf`
+/// turns `\xHH` into the byte; nothing else in the format is special).
+fn printf_format(bytes: &[u8]) -> String {
+    let mut f = String::with_capacity(bytes.len() * 4);
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"./_-:".contains(&b) {
+            f.push(b as char);
+        } else {
+            f.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    f
 }
 
 /// Single-quotes a string for bash.
@@ -393,15 +481,20 @@ impl Shell {
     /// guest still does for it and skips what it sent; after a boot,
     /// defines the helpers.
     async fn ready(&mut self) -> Result<(), ShellError> {
-        if self.pending.take().is_some() {
-            // `cancel` ends a running command, a wait, or a chunk transfer;
-            // if the guest was idle, bash runs it as an unknown command
-            // (an error on the serial console, nothing else).
-            let n = nonce();
-            self.stream
-                .write_all(format!("cancel.\nprintf '%s\\n' {n}-sync\n").as_bytes())
-                .await?;
-            self.read_until(format!("{n}-sync\n").as_bytes()).await?;
+        match self.pending.take() {
+            Some(Pending::Command) => {
+                // `cancel` ends a running command, a wait, or a chunk
+                // transfer; if the guest was idle, bash runs it as an
+                // unknown command (an error on the serial console, nothing
+                // else).
+                let n = nonce();
+                self.stream
+                    .write_all(format!("cancel.\nprintf '%s\\n' {n}-sync\n").as_bytes())
+                    .await?;
+                self.read_until(format!("{n}-sync\n").as_bytes()).await?;
+            }
+            Some(Pending::Bus(n)) => self.stop_bus(&n).await?,
+            None => {}
         }
         if !self.bootstrapped {
             self.bootstrap().await?;
@@ -444,9 +537,242 @@ impl Shell {
                 )
             }
         };
-        self.pending = Some(n.clone());
+        self.pending = Some(Pending::Command);
         self.stream.write_all(line.as_bytes()).await?;
         self.read_answer(&n).await
+    }
+
+    /// Waits until systemd says `unit` is active, listening to systemd
+    /// instead of asking it again and again: the guest runs
+    /// `systemd-stdio-bridge` on its private socket with stdout on this
+    /// console, and the driver writes D-Bus calls into the bridge through
+    /// a FIFO (one `printf` each, so bash never reads D-Bus bytes). systemd
+    /// sends every unit change to private-bus clients, so a change is seen
+    /// when it happens, and the guest does nothing in between.
+    ///
+    /// The checks are those of nixpkgs' `wait_for_unit`: `active` ends the
+    /// wait, `failed` is hopeless, and so is `inactive` when no job at all
+    /// is pending (asked again once, as nixpkgs does).
+    pub async fn unit_wait(
+        &mut self,
+        unit: &str,
+        timeout: Option<Duration>,
+    ) -> Result<UnitWait, ShellError> {
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        self.ready().await?;
+        let n = nonce();
+        self.pending = Some(Pending::Bus(n.clone()));
+        self.stream
+            .write_all(format!("__vmt_bus_start {n}\n").as_bytes())
+            .await?;
+        self.read_until(format!("{n} ").as_bytes()).await?;
+        if self.read_until(b"\n").await? != b"bridge" {
+            self.pending = None;
+            return Ok(UnitWait::Unavailable);
+        }
+        let result = match self.bus_session(unit, deadline).await {
+            Err(ShellError::BusGone) => Ok(UnitWait::Unavailable),
+            Err(e @ (ShellError::Closed | ShellError::Io(_))) => return Err(e),
+            r => r,
+        };
+        self.stop_bus(&n).await?;
+        result
+    }
+
+    /// Ends a D-Bus session: closing the FIFO ends the bridge.
+    async fn stop_bus(&mut self, n: &str) -> Result<(), ShellError> {
+        self.stream
+            .write_all(format!("__vmt_bus_stop {n}\n").as_bytes())
+            .await?;
+        self.read_until(format!("{n} bus-stopped\n").as_bytes())
+            .await?;
+        self.pending = None;
+        Ok(())
+    }
+
+    async fn bus_session(
+        &mut self,
+        unit: &str,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<UnitWait, ShellError> {
+        let mut bus = Bus {
+            serial: 0,
+            unit_path: None,
+            watch_jobs: false,
+            changed: false,
+            state: None,
+        };
+        self.bus_write(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").await?;
+        // The bridge answers `OK <guid>`, unless it could not connect to
+        // systemd and exited.
+        let Ok(hello) = tokio::time::timeout(BUS_SILENCE, self.read_until(b"\r\n")).await else {
+            return Ok(UnitWait::Unavailable);
+        };
+        let hello = hello?;
+        if !hello.starts_with(b"OK ") {
+            return Err(ShellError::Protocol(format!(
+                "systemd-stdio-bridge refused the connection: {}",
+                String::from_utf8_lossy(&hello)
+            )));
+        }
+        let path = match self
+            .bus_call(&mut bus, SYSTEMD, MANAGER, "LoadUnit", &[unit])
+            .await?
+        {
+            Ok(m) => m
+                .first_string()
+                .map_err(|e| ShellError::Protocol(e.to_string()))?,
+            Err(message) => {
+                return Ok(UnitWait::Hopeless(format!(
+                    "systemd cannot load unit \"{unit}\": {message}"
+                )))
+            }
+        };
+        bus.unit_path = Some(path.clone());
+        let mut asked_again = false;
+        loop {
+            // The state a signal brought, else systemd's answer now (which
+            // is newer than any signal that arrived before it).
+            let state = match bus.state.take() {
+                Some(state) => state,
+                None => {
+                    let state = self.bus_active_state(&mut bus, &path).await?;
+                    bus.state = None;
+                    state
+                }
+            };
+            bus.changed = false;
+            bus.watch_jobs = state == "inactive";
+            match state.as_str() {
+                "active" => return Ok(UnitWait::Active),
+                "failed" => {
+                    return Ok(UnitWait::Hopeless(format!(
+                        "unit \"{unit}\" reached state \"failed\""
+                    )))
+                }
+                "inactive" => {
+                    let jobs = self
+                        .bus_call(&mut bus, SYSTEMD, MANAGER, "ListJobs", &[])
+                        .await?
+                        .map_err(ShellError::Protocol)?;
+                    let none = jobs
+                        .array_is_empty()
+                        .map_err(|e| ShellError::Protocol(e.to_string()))?;
+                    if none {
+                        if asked_again {
+                            return Ok(UnitWait::Hopeless(format!(
+                                "unit \"{unit}\" is inactive and there are no pending jobs"
+                            )));
+                        }
+                        asked_again = true;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            asked_again = false;
+            // Wait for a change of the unit (or of the job queue, while it
+            // is inactive), the safety recheck, or the deadline.
+            let recheck = tokio::time::Instant::now() + UNIT_RECHECK;
+            while !bus.changed {
+                let until = deadline.map_or(recheck, |d| d.min(recheck));
+                match tokio::time::timeout_at(until, self.bus_message(&mut bus)).await {
+                    Ok(m) => {
+                        m?;
+                    }
+                    Err(_) if deadline.is_some_and(|d| d <= until) => {
+                        return Ok(UnitWait::TimedOut(state));
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+
+    /// `ActiveState` of the unit at `path`.
+    async fn bus_active_state(&mut self, bus: &mut Bus, path: &str) -> Result<String, ShellError> {
+        self.bus_call(
+            bus,
+            path,
+            "org.freedesktop.DBus.Properties",
+            "Get",
+            &["org.freedesktop.systemd1.Unit", "ActiveState"],
+        )
+        .await?
+        .map_err(ShellError::Protocol)?
+        .variant_string()
+        .map_err(|e| ShellError::Protocol(e.to_string()))
+    }
+
+    /// Writes bytes into the bridge.
+    async fn bus_write(&mut self, bytes: &[u8]) -> Result<(), ShellError> {
+        let line = format!("printf '{}' >&\"$__vmt_bus\"\n", printf_format(bytes));
+        self.stream.write_all(line.as_bytes()).await?;
+        Ok(())
+    }
+
+    /// Calls a method; the reply, or the D-Bus error's name and message.
+    async fn bus_call(
+        &mut self,
+        bus: &mut Bus,
+        path: &str,
+        interface: &str,
+        member: &str,
+        args: &[&str],
+    ) -> Result<Result<dbus::Message, String>, ShellError> {
+        bus.serial += 1;
+        let serial = bus.serial;
+        self.bus_write(&dbus::method_call(serial, path, interface, member, args))
+            .await?;
+        loop {
+            // The bridge is gone if systemd does not answer (it re-executed,
+            // say): the wait polls instead.
+            let m = tokio::time::timeout(BUS_SILENCE, self.bus_message(bus))
+                .await
+                .map_err(|_| ShellError::BusGone)??;
+            if m.reply_serial != Some(serial) {
+                continue;
+            }
+            return Ok(match m.kind {
+                dbus::Kind::Error => Err(format!(
+                    "{} ({})",
+                    m.first_string().unwrap_or_default(),
+                    m.error_name.as_deref().unwrap_or("unnamed D-Bus error")
+                )),
+                _ => Ok(m),
+            });
+        }
+    }
+
+    /// The next message from the bridge; a signal that concerns the wait
+    /// marks it as changed.
+    async fn bus_message(&mut self, bus: &mut Bus) -> Result<dbus::Message, ShellError> {
+        loop {
+            match dbus::message_len(&self.buf) {
+                Ok(Some(len)) if self.buf.len() >= len => {
+                    let m = dbus::parse(&self.buf[..len])
+                        .map_err(|e| ShellError::Protocol(e.to_string()))?;
+                    self.buf.drain(..len);
+                    if m.kind == dbus::Kind::Signal {
+                        let about_unit = m.path.is_some() && m.path == bus.unit_path;
+                        let about_jobs = bus.watch_jobs
+                            && matches!(m.member.as_deref(), Some("JobNew" | "JobRemoved"));
+                        bus.changed |= about_unit || about_jobs;
+                        if about_unit {
+                            if let Some(state) = m
+                                .changed_string("org.freedesktop.systemd1.Unit", "ActiveState")
+                                .map_err(|e| ShellError::Protocol(e.to_string()))?
+                            {
+                                bus.state = Some(state);
+                            }
+                        }
+                    }
+                    return Ok(m);
+                }
+                Ok(_) => self.fill().await?,
+                Err(e) => return Err(ShellError::Protocol(e.to_string())),
+            }
+        }
     }
 
     /// Runs `command` framed the way nixpkgs' Python driver does
@@ -562,5 +888,170 @@ mod tests {
         assert_eq!(out.status, 3);
         assert_eq!(out.output, expected);
         assert_eq!(out.ending, Ending::Done);
+    }
+
+    /// Undoes [`printf_format`] (what bash's `printf` does with it).
+    fn unprintf(f: &str) -> Vec<u8> {
+        let b = f.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' {
+                let hex = std::str::from_utf8(&b[i + 2..i + 4]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn printf_formats_give_back_every_byte() {
+        let all: Vec<u8> = (0..=255u8).collect();
+        let f = printf_format(&all);
+        assert!(
+            !f.contains('%') && !f.contains('\''),
+            "nothing printf or the quoting would read: {f}"
+        );
+        assert_eq!(unprintf(&f), all);
+    }
+
+    /// A fake guest for unit waits: answers the bash side of the session
+    /// and plays systemd with the given `ActiveState` answers to `Get`,
+    /// `ListJobs` always empty; after the first `Get` it sends `signals`
+    /// (states carried by `PropertiesChanged`). Returns the calls it saw.
+    async fn fake_bus_guest(
+        mut guest: UnixStream,
+        gets: Vec<&'static str>,
+        signals: Vec<&'static str>,
+    ) -> Vec<String> {
+        use super::dbus::fake;
+        const PATH: &str = "/org/freedesktop/systemd1/unit/slow_2eservice";
+        let mut reader = tokio::io::BufReader::new(&mut guest);
+        let mut calls = Vec::new();
+        let mut gets = gets.into_iter();
+        let mut signals = Some(signals);
+        loop {
+            let mut line = String::new();
+            tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+                .await
+                .unwrap();
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let answer: Vec<u8> = match words[0] {
+                "__vmt_bus_start" => format!("{} bridge\n", words[1]).into_bytes(),
+                "__vmt_bus_stop" => {
+                    let done = format!("{} bus-stopped\n", words[1]);
+                    reader.get_mut().write_all(done.as_bytes()).await.unwrap();
+                    return calls;
+                }
+                "printf" => {
+                    let f = line.split('\'').nth(1).unwrap();
+                    let bytes = unprintf(f);
+                    if bytes.starts_with(b"\0AUTH") {
+                        b"OK 0123456789abcdef\r\n".to_vec()
+                    } else {
+                        let m = dbus::parse(&bytes).unwrap();
+                        let member = m.member.clone().unwrap();
+                        calls.push(member.clone());
+                        match member.as_str() {
+                            "LoadUnit" => fake::reply_path(m.serial, PATH),
+                            "ListJobs" => fake::reply_no_jobs(m.serial),
+                            _ => {
+                                let mut a = fake::reply_variant(m.serial, gets.next().unwrap());
+                                for s in signals.take().unwrap_or_default() {
+                                    a.extend(fake::active_state_signal(PATH, s));
+                                }
+                                a
+                            }
+                        }
+                    }
+                }
+                other => panic!("unexpected line {other:?}"),
+            };
+            reader.get_mut().write_all(&answer).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_unit_wait_ends_on_the_signal_that_says_active() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut shell = Shell::new(host);
+        shell.bootstrapped = true;
+        let fake = tokio::spawn(fake_bus_guest(
+            guest,
+            vec!["activating"],
+            vec!["activating", "active"],
+        ));
+        let w = shell
+            .unit_wait("slow.service", Some(Duration::from_secs(30)))
+            .await;
+        assert_eq!(w.unwrap(), UnitWait::Active);
+        // One `Get`: the signals said the rest.
+        assert_eq!(fake.await.unwrap(), ["LoadUnit", "Get"]);
+        assert!(shell.pending.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_inactive_unit_with_no_job_is_hopeless_after_a_second_look() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut shell = Shell::new(host);
+        shell.bootstrapped = true;
+        let fake = tokio::spawn(fake_bus_guest(guest, vec!["inactive", "inactive"], vec![]));
+        let w = shell.unit_wait("slow.service", None).await.unwrap();
+        assert_eq!(
+            w,
+            UnitWait::Hopeless(
+                "unit \"slow.service\" is inactive and there are no pending jobs".into()
+            )
+        );
+        assert_eq!(
+            fake.await.unwrap(),
+            ["LoadUnit", "Get", "ListJobs", "Get", "ListJobs"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_unit_wait_times_out_with_the_last_state() {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut shell = Shell::new(host);
+        shell.bootstrapped = true;
+        let fake = tokio::spawn(fake_bus_guest(
+            guest,
+            vec!["activating"],
+            vec!["deactivating"],
+        ));
+        let w = shell
+            .unit_wait("slow.service", Some(Duration::from_millis(300)))
+            .await
+            .unwrap();
+        assert_eq!(w, UnitWait::TimedOut("deactivating".into()));
+        assert_eq!(fake.await.unwrap(), ["LoadUnit", "Get"]);
+    }
+
+    #[tokio::test]
+    async fn without_the_bridge_the_wait_is_unavailable() {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let mut shell = Shell::new(host);
+        shell.bootstrapped = true;
+        let fake = tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(&mut guest);
+            let mut line = String::new();
+            tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
+                .await
+                .unwrap();
+            let n = line.split_whitespace().nth(1).unwrap().to_string();
+            reader
+                .get_mut()
+                .write_all(format!("{n} no-bridge\n").as_bytes())
+                .await
+                .unwrap();
+        });
+        let w = shell.unit_wait("slow.service", None).await.unwrap();
+        fake.await.unwrap();
+        assert_eq!(w, UnitWait::Unavailable);
+        assert!(shell.pending.is_none());
     }
 }
