@@ -88,12 +88,66 @@ async fn commands_report_exact_status_and_output() {
     assert_eq!(o.output, b"done\n");
 }
 
+/// The driver stops commands through its control port (a virtio serial
+/// port the guest listens on).
 #[tokio::test(flavor = "current_thread")]
 async fn timeouts_and_detached_children_never_hang() {
     let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
     let m = &mut d.machines[0];
     m.connect().await.unwrap();
+    assert_eq!(control_ports(m).await, 1);
+    timeouts_and_detached_children(m).await;
+}
 
+/// A start script that drops the control port from the driver's options:
+/// the guest then watches its commands itself, with the same results.
+#[tokio::test(flavor = "current_thread")]
+async fn without_the_control_port_the_guest_stops_commands_itself() {
+    use nix_vmtest::spec::MachineSpec;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-ctl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("run-noctl-vm");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/usr/bin/env bash\n\
+             # Drop -chardev/-device options of the control port (and their flag).\n\
+             args=()\n\
+             for a in \"$@\"; do\n  \
+               if [[ $a == *vmtctl* ]]; then unset 'args[-1]'; else args+=(\"$a\"); fi\n\
+             done\n\
+             exec {} \"${{args[@]}}\"\n",
+            common::guests().join("run-tiny-vm").display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spec = MachineSpec {
+        name: "noctl".into(),
+        start_script: Some(script),
+        image: None,
+    };
+    let mut d = common::driver(vec![spec]).await;
+    let m = &mut d.machines[0];
+    m.connect().await.unwrap();
+    assert_eq!(control_ports(m).await, 0);
+    timeouts_and_detached_children(m).await;
+}
+
+/// How many control ports the guest sees.
+async fn control_ports(m: &mut nix_vmtest::machine::Machine) -> usize {
+    let o = m
+        .execute("cat /sys/class/virtio-ports/*/name", None, true)
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&o.output)
+        .lines()
+        .filter(|l| *l == "org.nix-vmtest.ctl")
+        .count()
+}
+
+async fn timeouts_and_detached_children(m: &mut nix_vmtest::machine::Machine) {
     // A per-command timeout kills the command (and its children) and says 124.
     let t = Instant::now();
     let o = m
@@ -170,6 +224,63 @@ async fn timeouts_and_detached_children_never_hang() {
     )
     .await
     .unwrap();
+
+    // A try that outlives the wait's deadline is stopped too.
+    let t = Instant::now();
+    let o = m
+        .wait_until(
+            "a stuck try",
+            "sleep 1000",
+            UntilMode::Succeed,
+            Some(Duration::from_secs(2)),
+        )
+        .await;
+    assert!(matches!(o, Err(MachineError::Timeout { .. })), "{o:?}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+
+    // A call dropped midway (Ctrl-C in the interactive driver) is stopped
+    // before the next command runs.
+    for (what, command) in [
+        ("a command", "sleep 1000"),
+        ("a wait", "sleep 1000 && false"),
+    ] {
+        let call = async {
+            if what == "a wait" {
+                m.wait_until(what, command, UntilMode::Succeed, None)
+                    .await
+                    .map(|_| ())
+            } else {
+                m.execute(command, None, true).await.map(|_| ())
+            }
+        };
+        let cut = tokio::time::timeout(Duration::from_secs(1), call).await;
+        assert!(cut.is_err(), "{what} ended by itself");
+        let t = Instant::now();
+        let o = m
+            .execute("pgrep -f 'sleep 1000' || echo gone", None, true)
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&o.output).trim(), "gone", "{what}");
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    }
+
+    // coproc and process substitution leave asynchronous subshells.
+    let t = Instant::now();
+    let o = m
+        .execute(
+            "coproc sleep 600; cat <(echo sub)",
+            Some(Duration::from_secs(60)),
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!((o.status, o.output.as_slice()), (0, &b"sub\n"[..]));
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let o = m
+        .execute("pkill -f 'sleep [16]'; echo ok", None, true)
+        .await
+        .unwrap();
+    assert_eq!(o.output, b"ok\n");
 }
 
 #[tokio::test(flavor = "current_thread")]

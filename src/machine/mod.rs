@@ -168,6 +168,7 @@ struct Running {
     stdin: Option<ChildStdin>,
     exited: watch::Receiver<Option<ExitStatus>>,
     shell_listener: UnixListener,
+    ctl_listener: UnixListener,
     shell: Option<Shell>,
     /// The shell connection of a guest that is rebooting: QEMU keeps the
     /// chardev connected, and the new boot's backdoor announces itself on it.
@@ -306,17 +307,21 @@ impl Machine {
         let shell_path = self.path("shell");
         let monitor_path = self.path("monitor");
         let qmp_path = self.path("qmp");
-        for p in [&shell_path, &monitor_path, &qmp_path] {
+        let ctl_path = self.path("ctl");
+        for p in [&shell_path, &monitor_path, &qmp_path, &ctl_path] {
             let _ = std::fs::remove_file(p);
         }
         let shell_listener = UnixListener::bind(&shell_path)
             .map_err(self.io_err("listening on the shell socket"))?;
+        let ctl_listener = UnixListener::bind(&ctl_path)
+            .map_err(self.io_err("listening on the control socket"))?;
         let monitor_listener = UnixListener::bind(&monitor_path)
             .map_err(self.io_err("listening on the monitor socket"))?;
         let paths = qemu::Paths {
             monitor: &monitor_path,
             qmp: &qmp_path,
             shell: &shell_path,
+            ctl: &ctl_path,
         };
         let driver_args = qemu::driver_args(&paths, allow_reboot, self.cfg.accel);
         let disk = self.path(&format!("{}.qcow2", self.name));
@@ -420,6 +425,7 @@ impl Machine {
             stdin,
             exited,
             shell_listener,
+            ctl_listener,
             shell: None,
             rebooting: None,
             monitor_listener,
@@ -539,7 +545,16 @@ impl Machine {
                 Some(s) => s,
                 None => {
                     let (stream, _) = r.shell_listener.accept().await.map_err(ShellError::Io)?;
-                    Shell::new(stream)
+                    let mut shell = Shell::new(stream);
+                    // QEMU connects its chardevs together when it starts; a
+                    // start script that drops the control port still works,
+                    // with the guest watching its commands itself.
+                    if let Ok(Ok((ctl, _))) =
+                        tokio::time::timeout(Duration::from_secs(1), r.ctl_listener.accept()).await
+                    {
+                        shell.set_ctl(ctl);
+                    }
+                    shell
                 }
             };
             shell.wait_for_marker().await?;

@@ -102,7 +102,12 @@ pub struct Paths<'a> {
     pub monitor: &'a Path,
     pub qmp: &'a Path,
     pub shell: &'a Path,
+    /// The control port (stops a running command; see `Shell`).
+    pub ctl: &'a Path,
 }
+
+/// The name of the guest's control port (`/sys/class/virtio-ports/*/name`).
+pub const CTL_PORT: &str = "org.nix-vmtest.ctl";
 
 /// The options the driver appends to every start script, as nixpkgs' driver
 /// does, plus the accelerator: a later `-machine accel=tcg` overrides the
@@ -119,6 +124,10 @@ pub fn driver_args(paths: &Paths<'_>, allow_reboot: bool, accel: Accel) -> Vec<S
         "virtio-serial".to_string(),
         "-device".to_string(),
         "virtconsole,chardev=shell".to_string(),
+        "-chardev".to_string(),
+        format!("socket,id=vmtctl,path={}", paths.ctl.display()),
+        "-device".to_string(),
+        format!("virtserialport,chardev=vmtctl,name={CTL_PORT}"),
         "-device".to_string(),
         "virtio-rng-pci".to_string(),
         "-serial".to_string(),
@@ -283,10 +292,14 @@ mod tests {
             monitor: Path::new("/s/monitor"),
             qmp: Path::new("/s/qmp"),
             shell: Path::new("/s/shell"),
+            ctl: Path::new("/s/ctl"),
         };
         let args = driver_args(&p, false, Accel::Tcg);
         let joined = args.join(" ");
         assert!(joined.contains("-chardev socket,id=shell,path=/s/shell"));
+        assert!(joined.contains(
+            "-chardev socket,id=vmtctl,path=/s/ctl -device virtserialport,chardev=vmtctl,name=org.nix-vmtest.ctl"
+        ));
         assert!(
             joined.ends_with("-no-reboot -machine accel=tcg"),
             "{joined}"

@@ -7,7 +7,8 @@
 //! frames every command as
 //!
 //! ```text
-//! host  → guest: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture> <isolate>
+//! host  → guest: __vmt_cmd='<command>'; __vmt_run <nonce> <capture>
+//!            or: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture> <isolate>
 //!            or: __vmt_cmd='<command>'; __vmt_until <nonce> <timeout ms|-> <succeed|fail|settled> <isolate>
 //! guest → host : <nonce> <status> <done|timeout|cancel> <0|1>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<nonce> c\n`,
@@ -19,15 +20,29 @@
 //! swallows the next command line that the host may already have sent (with
 //! the newline delimiter bash reads a tty in blocks and keeps the rest).
 //!
-//! The command runs in a forked subshell with stdin `/dev/null` and stdout
-//! in a fresh file; the shell learns it ended when that subshell closes its
-//! end of a FIFO. The command runs with the FIFO closed, and one that may
-//! leave asynchronous subshells (`<isolate>` = 1, see [`may_background`])
-//! runs one subshell deeper, since those would inherit bash's saved copy of
-//! it. So a detached child that keeps stdout open cannot hang the call
-//! (nixpkgs #144875), and no `timeout`/`base64` processes are started per
-//! command. Output is sent raw (the console is in raw mode) and delimited by a
-//! random 128-bit nonce, so it is exact and binary-safe.
+//! A command runs in a forked subshell with stdin `/dev/null` and stdout in
+//! a fresh file, so a detached child that keeps stdout open cannot hang the
+//! call (nixpkgs #144875), and no `timeout`/`base64`/`bash -c` processes
+//! are started per command. Output is sent raw (the console is in raw mode)
+//! and delimited by a random 128-bit nonce, so it is exact and binary-safe.
+//!
+//! Who stops a command that runs too long (a timeout, or Ctrl-C in the
+//! interactive driver):
+//! - Normally the host. The driver gives QEMU a second port, a
+//!   `virtserialport` named `org.nix-vmtest.ctl`; the bootstrap starts a
+//!   listener on it in the guest (blocked in `read`, so idle), and
+//!   `__vmt_run` just waits for the subshell: one fork per command, nothing
+//!   else. At the deadline the host writes `<id>.` on the port; the listener
+//!   kills the shell's children (the command's tree), signals the shell (a
+//!   wait loop ends), and answers `<id> done`, after which the host reads
+//!   the killed command's answer.
+//! - Without the port (a start script that drops the driver's options), the
+//!   guest itself: `__vmt_exec` runs the command in the background and reads
+//!   a FIFO whose write end the subshell holds, 200 ms at a time, checking
+//!   the deadline and `cancel.` in between. The command runs with the FIFO
+//!   closed, and one that may leave asynchronous subshells (`<isolate>` = 1,
+//!   see [`may_background`]) runs one subshell deeper, since those would
+//!   inherit bash's saved copy of it.
 //!
 //! Why chunks with acknowledgements: QEMU's `virtconsole` drops console
 //! data when the host socket's buffer is full (QEMU's `flush_buf` does not
@@ -36,10 +51,11 @@
 //! chunk fits the socket buffer, so nothing is lost however late the driver
 //! reads.
 //!
-//! Timeouts are enforced in the guest (the command's process tree is
-//! killed); waits (`wait_until_succeeds` and friends) loop in the guest with
-//! a 50 ms pause and no host round trip per try. A system unit wait does
-//! not loop at all: it listens to systemd over D-Bus ([`Shell::unit_wait`]).
+//! Waits (`wait_until_succeeds` and friends) loop in the guest with a 50 ms
+//! pause and no host round trip per try; the guest checks their deadline
+//! between tries, and the host stops a try that outlives it by a second. A
+//! system unit wait does not loop at all: it listens to systemd over D-Bus
+//! ([`Shell::unit_wait`]).
 
 use std::time::Duration;
 
@@ -67,6 +83,47 @@ __vmt_init() {
   [ -n "$__vmt_dir" ] && mkfifo "$__vmt_dir/done" "$__vmt_dir/tick" || return 1
   exec {__vmt_tick}<>"$__vmt_dir/tick"
   __vmt_n=0
+  __vmt_ctl_start
+}
+__vmt_ctl_start() {
+  local p name
+  if [[ -n $__vmt_listener ]] && kill -0 "$__vmt_listener" 2>/dev/null; then return; fi
+  __vmt_listener=
+  for p in /sys/class/virtio-ports/*; do
+    [ -r "$p/name" ] && read -r name <"$p/name" && [ "$name" = org.nix-vmtest.ctl ] &&
+      [ -c "/dev/${p##*/}" ] || continue
+    __vmt_listen "/dev/${p##*/}" &
+    __vmt_listener=$!
+    trap '__vmt_stop=1' USR1
+    return
+  done
+}
+__vmt_listen() {
+  local c req kids k
+  exec {c}<>"$1" || return
+  while read -r -d . -u "$c" req; do
+    kids=()
+    read -r -a kids </proc/$$/task/$$/children
+    for k in "${kids[@]}"; do
+      [[ $k == "$BASHPID" ]] || __vmt_kill "$k"
+    done
+    kill -USR1 $$ 2>/dev/null
+    printf '%s done\n' "$req" >&"$c"
+  done
+}
+__vmt_fresh_out() {
+  # Free the last output once it is spent (a detached child may still
+  # hold it open).
+  if [[ -n $__vmt_spent ]]; then : > "$__vmt_out"; __vmt_spent=; fi
+  if (( ++__vmt_n % 200 == 0 )); then rm -f "$__vmt_dir"/o.*; fi
+  __vmt_out=/dev/null
+  [[ $1 == 1 ]] && __vmt_out=$__vmt_dir/o.$__vmt_n
+}
+__vmt_run() {
+  __vmt_fresh_out "$2"
+  ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_out"
+  __vmt_st=$? __vmt_why=
+  __vmt_reply "$1"
 }
 __vmt_kill() {
   local p kids
@@ -86,11 +143,13 @@ __vmt_now() {
 }
 __vmt_try() {
   local pid r line kills=0
-  # Free the last output now (a detached child may still hold it open).
-  [[ $__vmt_out == "$__vmt_dir"/* ]] && : > "$__vmt_out"
-  if (( ++__vmt_n % 200 == 0 )); then rm -f "$__vmt_dir"/o.*; fi
-  __vmt_out=/dev/null
-  [[ $2 == 1 ]] && __vmt_out=$__vmt_dir/o.$__vmt_n
+  __vmt_fresh_out "$2"
+  if [[ -n $__vmt_listener ]]; then
+    # The host stops a command through the control port.
+    ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_out"
+    __vmt_st=$? __vmt_why=
+    return
+  fi
   if [[ $3 == 1 ]]; then
     # A command that may leave background subshells runs in an inner
     # subshell that never holds the FIFO's write end (bash keeps a saved
@@ -124,7 +183,8 @@ __vmt_try() {
   __vmt_st=$?
 }
 __vmt_reply() {
-  if [ -s "$__vmt_out" ]; then
+  if [[ -s $__vmt_out ]]; then
+    __vmt_spent=1
     printf '%s %s %s 1\n' "$1" "$__vmt_st" "${__vmt_why:-done}"
     __vmt_send "$1"
   else
@@ -173,9 +233,11 @@ __vmt_bus_stop() {
 }
 __vmt_until() {
   __vmt_deadline "$2"
+  __vmt_stop=
   while :; do
     __vmt_try "$__vmt_dl" 1 "$4"
     [[ -n $__vmt_why ]] && break
+    [[ -n $__vmt_stop ]] && { __vmt_why=cancel; break; }
     case $3 in
       succeed) (( __vmt_st == 0 )) && break ;;
       fail) (( __vmt_st != 0 )) && break ;;
@@ -184,7 +246,9 @@ __vmt_until() {
     __vmt_now
     if [[ -n $__vmt_dl ]] && (( __vmt_t >= __vmt_dl )); then __vmt_why=timeout; break; fi
     read -t 0.05 -u "$__vmt_tick"
-    if __vmt_cancelled; then __vmt_why=cancel; break; fi
+    if [[ -n $__vmt_stop ]] || __vmt_cancelled; then __vmt_why=cancel; break; fi
+    # This try's output is not sent: free it.
+    __vmt_spent=1
   done
   __vmt_reply "$1"
 }
@@ -276,7 +340,26 @@ pub struct Shell {
     bootstrapped: bool,
     /// What a cancelled call left running in the guest.
     pending: Option<Pending>,
+    /// The control port (`virtserialport` named [`super::qemu::CTL_PORT`]).
+    ctl: Option<Ctl>,
+    /// The guest listens on the control port: commands run without a
+    /// watcher in the guest, and the host stops them through the port.
+    guest_ctl: bool,
 }
+
+/// The host end of the control port: `<id>.` asks the guest's listener to
+/// kill whatever the backdoor shell runs now; it answers `<id> done`.
+struct Ctl {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// How long the guest's listener may take to stop a command.
+const CTL_ANSWER: Duration = Duration::from_secs(10);
+
+/// How long after its deadline a wait's try is stopped from the host (the
+/// guest checks the deadline itself between tries).
+const UNTIL_GRACE: Duration = Duration::from_secs(1);
 
 /// What a call that was cancelled midway left in the guest, to be ended
 /// before the next call.
@@ -369,7 +452,43 @@ impl Shell {
             buf: Vec::with_capacity(64 * 1024),
             bootstrapped: false,
             pending: None,
+            ctl: None,
+            guest_ctl: false,
         }
+    }
+
+    /// Adds the control port's connection.
+    pub fn set_ctl(&mut self, stream: UnixStream) {
+        self.ctl = Some(Ctl {
+            stream,
+            buf: Vec::new(),
+        });
+    }
+
+    /// Has the guest's listener kill the running command (if any), and
+    /// waits until it has.
+    async fn ctl_kill(&mut self) -> Result<(), ShellError> {
+        let ctl = self
+            .ctl
+            .as_mut()
+            .ok_or_else(|| ShellError::Protocol("no control port".into()))?;
+        let id = nonce();
+        ctl.stream.write_all(format!("{id}.").as_bytes()).await?;
+        let done = format!("{id} done\n");
+        let answer = async {
+            loop {
+                if let Some(i) = memmem::find(&ctl.buf, done.as_bytes()) {
+                    ctl.buf.drain(..i + done.len());
+                    return Ok(());
+                }
+                if ctl.stream.read_buf(&mut ctl.buf).await? == 0 {
+                    return Err(ShellError::Closed);
+                }
+            }
+        };
+        tokio::time::timeout(CTL_ANSWER, answer)
+            .await
+            .map_err(|_| ShellError::NoAnswer(CTL_ANSWER))?
     }
 
     async fn fill(&mut self) -> Result<(), ShellError> {
@@ -387,14 +506,20 @@ impl Shell {
     /// Reads until `needle` has arrived; returns the bytes before it and
     /// drops it and them from the buffer.
     async fn read_until(&mut self, needle: &[u8]) -> Result<Vec<u8>, ShellError> {
+        let end = self.wait_for(needle).await?;
+        let before = self.buf[..end].to_vec();
+        self.buf.drain(..end + needle.len());
+        Ok(before)
+    }
+
+    /// Reads until `needle` has arrived and returns where it starts, taking
+    /// nothing out of the buffer (so it can be cancelled and called again).
+    async fn wait_for(&mut self, needle: &[u8]) -> Result<usize, ShellError> {
         let finder = memmem::Finder::new(needle);
         let mut from = 0;
         loop {
             if let Some(i) = finder.find(&self.buf[from..]) {
-                let end = from + i;
-                let before = self.buf[..end].to_vec();
-                self.buf.drain(..end + needle.len());
-                return Ok(before);
+                return Ok(from + i);
             }
             from = self.buf.len().saturating_sub(needle.len());
             self.fill().await?;
@@ -408,6 +533,7 @@ impl Shell {
         // The rest of the marker line.
         let _ = self.read_until(b"\n").await?;
         self.bootstrapped = false;
+        self.guest_ctl = false;
         self.pending = None;
         Ok(before)
     }
@@ -415,23 +541,29 @@ impl Shell {
     /// Forgets the shell's state after the guest rebooted.
     pub fn reset(&mut self) {
         self.bootstrapped = false;
+        self.guest_ctl = false;
         self.pending = None;
         self.buf.clear();
+        if let Some(ctl) = self.ctl.as_mut() {
+            ctl.buf.clear();
+        }
     }
 
     async fn bootstrap(&mut self) -> Result<(), ShellError> {
         let n = nonce();
         let script = format!(
-            "{BOOTSTRAP}\nif __vmt_init; then printf '%s ok\\n' {n}; else printf '%s failed\\n' {n}; fi\n"
+            "{BOOTSTRAP}\nif __vmt_init; then printf '%s ok%s\\n' {n} \"${{__vmt_listener:+ ctl}}\"; \
+             else printf '%s failed\\n' {n}; fi\n"
         );
         self.stream.write_all(script.as_bytes()).await?;
         let before = self.read_until(format!("{n} ").as_bytes()).await?;
         let status = self.read_until(b"\n").await?;
-        if status != b"ok" {
+        if !status.starts_with(b"ok") {
             return Err(ShellError::Bootstrap(
                 String::from_utf8_lossy(&before).trim().to_string(),
             ));
         }
+        self.guest_ctl = status == b"ok ctl" && self.ctl.is_some();
         self.bootstrapped = true;
         Ok(())
     }
@@ -483,6 +615,9 @@ impl Shell {
     async fn ready(&mut self) -> Result<(), ShellError> {
         match self.pending.take() {
             Some(Pending::Command) => {
+                if self.guest_ctl {
+                    self.ctl_kill().await?;
+                }
                 // `cancel` ends a running command, a wait, or a chunk
                 // transfer; if the guest was idle, bash runs it as an
                 // unknown command (an error on the serial console, nothing
@@ -507,7 +642,22 @@ impl Shell {
     pub async fn run(&mut self, req: Request<'_>) -> Result<Outcome, ShellError> {
         self.ready().await?;
         let n = nonce();
+        // With the control port, the host stops a command at its deadline
+        // (a wait's tries: a little after; the guest checks it between
+        // tries), and a command costs the guest one fork and nothing else.
+        let kill_after = match req {
+            Request::Exec { timeout, .. } => timeout,
+            Request::Until { timeout, .. } => timeout.map(|t| t + UNTIL_GRACE),
+        }
+        .filter(|_| self.guest_ctl);
         let line = match req {
+            Request::Exec {
+                command, capture, ..
+            } if self.guest_ctl => format!(
+                "__vmt_cmd={}; __vmt_run {n} {}\n",
+                shell_quote(command),
+                u8::from(capture)
+            ),
             Request::Exec {
                 command,
                 timeout,
@@ -539,7 +689,20 @@ impl Shell {
         };
         self.pending = Some(Pending::Command);
         self.stream.write_all(line.as_bytes()).await?;
-        self.read_answer(&n).await
+        let mut killed = false;
+        if let Some(after) = kill_after {
+            let head = format!("{n} ");
+            let ended = tokio::time::timeout(after, self.wait_for(head.as_bytes())).await;
+            if ended.is_err() {
+                self.ctl_kill().await?;
+                killed = true;
+            }
+        }
+        let mut out = self.read_answer(&n).await?;
+        if killed {
+            out.ending = Ending::Timeout;
+        }
+        Ok(out)
     }
 
     /// Waits until systemd says `unit` is active, listening to systemd
