@@ -147,6 +147,35 @@ async fn control_ports(m: &mut nix_vmtest::machine::Machine) -> usize {
         .count()
 }
 
+/// Runs a command that must end by itself well before its 60 s timeout;
+/// its status and output.
+async fn returns_quickly(m: &mut nix_vmtest::machine::Machine, command: &str) -> (i32, Vec<u8>) {
+    let t = Instant::now();
+    let o = m
+        .execute(command, Some(Duration::from_secs(60)), true)
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "`{command}` took {:?}",
+        t.elapsed()
+    );
+    (o.status, o.output)
+}
+
+/// Asserts that no process in the guest matches `pattern` (`pgrep -f`).
+async fn assert_gone(m: &mut nix_vmtest::machine::Machine, pattern: &str) {
+    let o = m
+        .execute(&format!("pgrep -f '{pattern}' || echo gone"), None, true)
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.output).trim(),
+        "gone",
+        "{pattern}"
+    );
+}
+
 async fn timeouts_and_detached_children(m: &mut nix_vmtest::machine::Machine) {
     // A per-command timeout kills the command (and its children) and says 124.
     let t = Instant::now();
@@ -161,24 +190,11 @@ async fn timeouts_and_detached_children(m: &mut nix_vmtest::machine::Machine) {
     assert_eq!(o.status, 124);
     assert_eq!(o.output, b"started\n");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let o = m
-        .execute("pgrep -f 'sleep 1000' || echo gone", None, true)
-        .await
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.output).trim(), "gone");
+    assert_gone(m, "sleep 1000").await;
 
     // nixpkgs #144875: a background child that keeps stdout open.
-    let t = Instant::now();
-    let o = m
-        .execute(
-            "sleep 600 & echo launched",
-            Some(Duration::from_secs(60)),
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!((o.status, o.output.as_slice()), (0, &b"launched\n"[..]));
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let o = returns_quickly(m, "sleep 600 & echo launched").await;
+    assert_eq!(o, (0, b"launched\n".to_vec()));
     // ...and its later output does not leak into the next command's.
     m.execute("(sleep 1; echo late) &", None, true)
         .await
@@ -256,31 +272,19 @@ async fn timeouts_and_detached_children(m: &mut nix_vmtest::machine::Machine) {
         let cut = tokio::time::timeout(Duration::from_secs(1), call).await;
         assert!(cut.is_err(), "{what} ended by itself");
         let t = Instant::now();
-        let o = m
-            .execute("pgrep -f 'sleep 1000' || echo gone", None, true)
-            .await
-            .unwrap();
-        assert_eq!(String::from_utf8_lossy(&o.output).trim(), "gone", "{what}");
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        assert_gone(m, "sleep 1000").await;
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{what}: {:?}",
+            t.elapsed()
+        );
     }
 
     // coproc and process substitution leave asynchronous subshells.
-    let t = Instant::now();
-    let o = m
-        .execute(
-            "coproc sleep 600; cat <(echo sub)",
-            Some(Duration::from_secs(60)),
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!((o.status, o.output.as_slice()), (0, &b"sub\n"[..]));
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
-    let o = m
-        .execute("pkill -f 'sleep [16]'; echo ok", None, true)
-        .await
-        .unwrap();
-    assert_eq!(o.output, b"ok\n");
+    let o = returns_quickly(m, "coproc sleep 600; cat <(echo sub)").await;
+    assert_eq!(o, (0, b"sub\n".to_vec()));
+    m.execute("pkill -f 'sleep 600'", None, true).await.unwrap();
+    assert_gone(m, "sleep 600").await;
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -448,13 +452,7 @@ async fn a_unit_wait_cut_short_leaves_the_shell_usable() {
         .await
         .unwrap();
     for cut_after in [Duration::from_millis(5), Duration::from_millis(1500)] {
-        m.execute(
-            "systemctl stop slow.service; systemctl start --no-block slow.service",
-            None,
-            true,
-        )
-        .await
-        .unwrap();
+        common::restart_slow_service(m).await;
         // slow.service takes 3 s to become active.
         let cut =
             tokio::time::timeout(cut_after, m.wait_for_unit("slow.service", None, long)).await;

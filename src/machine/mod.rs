@@ -586,15 +586,19 @@ impl Machine {
         }
     }
 
-    async fn run(&mut self, req: Request<'_>, doing: &str) -> Result<Outcome, MachineError> {
+    /// The backdoor shell, once the guest has booted far enough to give it.
+    async fn shell(&mut self) -> Result<&mut Shell, MachineError> {
         self.connect().await?;
-        let r = self.running()?;
-        let Some(shell) = r.shell.as_mut() else {
-            return Err(MachineError::NotRunning {
-                name: self.name.clone(),
-            });
-        };
-        match shell.run(req).await {
+        let name = self.name.clone();
+        self.running()?
+            .shell
+            .as_mut()
+            .ok_or(MachineError::NotRunning { name })
+    }
+
+    async fn run(&mut self, req: Request<'_>, doing: &str) -> Result<Outcome, MachineError> {
+        let result = self.shell().await?.run(req).await;
+        match result {
             Ok(o) if o.ending == Ending::Cancel => Err(MachineError::Cancelled {
                 name: self.name.clone(),
             }),
@@ -654,20 +658,15 @@ impl Machine {
         command: &str,
         timeout_secs: u64,
     ) -> Result<(i32, Vec<u8>), MachineError> {
-        self.connect().await?;
-        let name = self.name.clone();
-        let shell = self
-            .running()?
-            .shell
-            .as_mut()
-            .ok_or(MachineError::NotRunning { name: name.clone() })?;
-        shell
+        let result = self
+            .shell()
+            .await?
             .run_nixpkgs_framing(command, timeout_secs)
-            .await
-            .map_err(|e| MachineError::Shell {
-                name,
-                message: e.to_string(),
-            })
+            .await;
+        result.map_err(|e| MachineError::Shell {
+            name: self.name.clone(),
+            message: e.to_string(),
+        })
     }
 
     /// Runs `command` in the guest until the condition holds; the guest
@@ -780,14 +779,8 @@ impl Machine {
         timeout: Option<Duration>,
         what: &str,
     ) -> Result<UnitWait, MachineError> {
-        self.connect().await?;
-        let name = self.name.clone();
-        let shell = self
-            .running()?
-            .shell
-            .as_mut()
-            .ok_or(MachineError::NotRunning { name })?;
-        match shell.unit_wait(unit, timeout).await {
+        let result = self.shell().await?.unit_wait(unit, timeout).await;
+        match result {
             Ok(w) => Ok(w),
             Err(e) => Err(self
                 .shell_failed(e, &format!("while waiting for {what}"))

@@ -1012,17 +1012,12 @@ mod tests {
     /// with two chunks of output and noise before the answer.
     #[tokio::test]
     async fn framing_is_exact_for_binary_output_in_chunks() {
-        let (host, mut guest) = UnixStream::pair().unwrap();
-        let mut shell = Shell::new(host);
-        shell.bootstrapped = true;
+        let (mut shell, mut guest) = bootstrapped_pair();
         let payload: Vec<u8> = (0..CHUNK + 10).map(|i| (i % 251) as u8).collect();
         let expected = payload.clone();
         let fake = tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(&mut guest);
-            let mut line = String::new();
-            tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
-                .await
-                .unwrap();
+            let line = next_line(&mut reader).await;
             let n = line.split_whitespace().nth(2).unwrap().to_string();
             let mut acks = Vec::new();
             let mut answer = format!("noise before\n{n} 3 done 1\n").into_bytes();
@@ -1051,6 +1046,24 @@ mod tests {
         assert_eq!(out.status, 3);
         assert_eq!(out.output, expected);
         assert_eq!(out.ending, Ending::Done);
+    }
+
+    /// The next line the host sent to a fake guest.
+    async fn next_line(reader: &mut (impl tokio::io::AsyncBufRead + Unpin)) -> String {
+        let mut line = String::new();
+        tokio::io::AsyncBufReadExt::read_line(reader, &mut line)
+            .await
+            .unwrap();
+        line
+    }
+
+    /// A shell connected to a fake guest, as if bootstrapped (without a
+    /// control port).
+    fn bootstrapped_pair() -> (Shell, UnixStream) {
+        let (host, guest) = UnixStream::pair().unwrap();
+        let mut shell = Shell::new(host);
+        shell.bootstrapped = true;
+        (shell, guest)
     }
 
     /// Undoes [`printf_format`] (what bash's `printf` does with it).
@@ -1098,10 +1111,7 @@ mod tests {
         let mut gets = gets.into_iter();
         let mut signals = Some(signals);
         loop {
-            let mut line = String::new();
-            tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
-                .await
-                .unwrap();
+            let line = next_line(&mut reader).await;
             let words: Vec<&str> = line.split_whitespace().collect();
             let answer: Vec<u8> = match words[0] {
                 "__vmt_bus_start" => format!("{} bridge\n", words[1]).into_bytes(),
@@ -1140,9 +1150,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_unit_wait_ends_on_the_signal_that_says_active() {
-        let (host, guest) = UnixStream::pair().unwrap();
-        let mut shell = Shell::new(host);
-        shell.bootstrapped = true;
+        let (mut shell, guest) = bootstrapped_pair();
         let fake = tokio::spawn(fake_bus_guest(
             guest,
             vec!["activating"],
@@ -1159,9 +1167,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_inactive_unit_with_no_job_is_hopeless_after_a_second_look() {
-        let (host, guest) = UnixStream::pair().unwrap();
-        let mut shell = Shell::new(host);
-        shell.bootstrapped = true;
+        let (mut shell, guest) = bootstrapped_pair();
         let fake = tokio::spawn(fake_bus_guest(guest, vec!["inactive", "inactive"], vec![]));
         let w = shell.unit_wait("slow.service", None).await.unwrap();
         assert_eq!(
@@ -1178,9 +1184,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_unit_wait_times_out_with_the_last_state() {
-        let (host, guest) = UnixStream::pair().unwrap();
-        let mut shell = Shell::new(host);
-        shell.bootstrapped = true;
+        let (mut shell, guest) = bootstrapped_pair();
         let fake = tokio::spawn(fake_bus_guest(
             guest,
             vec!["activating"],
@@ -1196,15 +1200,10 @@ mod tests {
 
     #[tokio::test]
     async fn without_the_bridge_the_wait_is_unavailable() {
-        let (host, mut guest) = UnixStream::pair().unwrap();
-        let mut shell = Shell::new(host);
-        shell.bootstrapped = true;
+        let (mut shell, mut guest) = bootstrapped_pair();
         let fake = tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(&mut guest);
-            let mut line = String::new();
-            tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)
-                .await
-                .unwrap();
+            let line = next_line(&mut reader).await;
             let n = line.split_whitespace().nth(1).unwrap().to_string();
             reader
                 .get_mut()

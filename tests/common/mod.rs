@@ -131,3 +131,15 @@ pub async fn driver_quiet(machines: Vec<MachineSpec>) -> Driver {
         .await
         .expect("setting up the driver")
 }
+
+/// Restarts the systemd guest's `slow.service` without waiting: it becomes
+/// active about 3 s later.
+pub async fn restart_slow_service(m: &mut nix_vmtest::machine::Machine) {
+    m.execute(
+        "systemctl stop slow.service; systemctl start --no-block slow.service",
+        None,
+        true,
+    )
+    .await
+    .unwrap();
+}
