@@ -9,7 +9,10 @@
 //! - `execute` with 2 MiB of output: ours vs nixpkgs' framing;
 //! - wait latency (a file appears → `wait_for_file` returns), ours vs a 1 s poll;
 //! - wait latency (a unit becomes active → `wait_for_unit` returns), ours vs
-//!   a 1 s `systemctl show` poll, on the systemd guest;
+//!   a 1 s `systemctl show` poll, on the systemd guest: systemd's
+//!   `ActiveEnterTimestamp` and the moment the wait returned, both on the
+//!   host's clock (the guest's clock is placed on it by the quickest of five
+//!   round trips before each sample);
 //! - driver process start → QEMU spawned, and the driver's peak memory
 //!   (VmHWM) over a whole test run of the real binary.
 //!
@@ -113,10 +116,29 @@ async fn file_wait_latency(m: &mut Machine, ours: bool, samples: usize) -> Durat
     median(v)
 }
 
+/// Where the guest's realtime clock (µs) stands at a host instant: the
+/// reading of the quickest of five round trips, taken at its midpoint.
+async fn guest_clock(m: &mut Machine) -> (Instant, i64) {
+    let mut best: Option<(Duration, Instant, i64)> = None;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let g = guest_now_us(m).await;
+        let rtt = t0.elapsed();
+        if best.map_or(true, |(r, _, _)| rtt < r) {
+            best = Some((rtt, t0 + rtt / 2, g));
+        }
+    }
+    let (_, at, g) = best.unwrap();
+    (at, g)
+}
+
+/// How long after `slow.service` became active (systemd's
+/// `ActiveEnterTimestamp`, guest realtime µs) the wait returned to the
+/// host: both put on the host's clock through [`guest_clock`].
 async fn unit_wait_latency(m: &mut Machine, ours: bool, samples: usize) -> Duration {
-    let rtt = round_trip(m).await;
     let mut v = Vec::new();
     for _ in 0..samples {
+        let (host_at, guest_at) = guest_clock(m).await;
         common::restart_slow_service(m).await;
         if ours {
             m.wait_for_unit("slow.service", None, Some(Duration::from_secs(60)))
@@ -131,31 +153,25 @@ async fn unit_wait_latency(m: &mut Machine, ours: bool, samples: usize) -> Durat
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
-        // Both readings are the guest's monotonic clock: now (read first,
-        // by a builtin, so one command's round trip after the wait
-        // returned, as in file_wait_latency) and when the unit became
-        // active.
-        let mono = m
+        let returned = Instant::now();
+        let o = m
             .execute(
-                "read -r up _ </proc/uptime; echo $up; systemctl show -p ActiveEnterTimestampMonotonic --value slow.service",
+                "busctl get-property org.freedesktop.systemd1 \
+                 /org/freedesktop/systemd1/unit/slow_2eservice \
+                 org.freedesktop.systemd1.Unit ActiveEnterTimestamp",
                 None,
                 true,
             )
             .await
             .unwrap();
-        let mono = String::from_utf8_lossy(&mono.output).to_string();
-        let mut lines = mono.lines();
-        let uptime: f64 = lines
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
+        // "t <µs since the epoch>"
+        let entered: i64 = String::from_utf8_lossy(&o.output)
+            .trim()
+            .trim_start_matches("t ")
             .parse()
             .unwrap();
-        let entered: f64 = lines.next().unwrap().trim().parse::<f64>().unwrap() / 1e6;
-        let lat = uptime - entered - rtt.as_secs_f64();
-        v.push(Duration::from_secs_f64(lat.max(0.0)));
+        let became_active = host_at + Duration::from_micros((entered - guest_at).max(0) as u64);
+        v.push(returned.saturating_duration_since(became_active));
     }
     median(v)
 }

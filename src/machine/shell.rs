@@ -60,10 +60,10 @@
 use std::time::Duration;
 
 use memchr::memmem;
-
-use super::dbus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+
+use super::dbus;
 
 /// The size of one output chunk (must match `bs=` in [`BOOTSTRAP`]).
 const CHUNK: usize = 131072;
@@ -369,6 +369,8 @@ enum Pending {
     Command,
     /// A D-Bus session ([`Shell::unit_wait`]) with this nonce.
     Bus(String),
+    /// A D-Bus session whose end was asked for; its answer is unread.
+    BusStopping(String),
 }
 
 /// How [`Shell::unit_wait`] ended.
@@ -628,7 +630,20 @@ impl Shell {
                     .await?;
                 self.read_until(format!("{n}-sync\n").as_bytes()).await?;
             }
-            Some(Pending::Bus(n)) => self.stop_bus(&n).await?,
+            Some(Pending::Bus(n)) => {
+                self.send_bus_stop(&n).await?;
+                self.read_until(format!("{n} bus-stopped\n").as_bytes())
+                    .await?;
+                self.pending = None;
+            }
+            Some(Pending::BusStopping(n)) => {
+                // Kept until the answer is read, in case this call is
+                // cancelled too.
+                self.pending = Some(Pending::BusStopping(n.clone()));
+                self.read_until(format!("{n} bus-stopped\n").as_bytes())
+                    .await?;
+                self.pending = None;
+            }
             None => {}
         }
         if !self.bootstrapped {
@@ -738,18 +753,18 @@ impl Shell {
             Err(e @ (ShellError::Closed | ShellError::Io(_))) => return Err(e),
             r => r,
         };
-        self.stop_bus(&n).await?;
+        // The wait returns now; the next call reads the guest's answer.
+        self.send_bus_stop(&n).await?;
         result
     }
 
-    /// Ends a D-Bus session: closing the FIFO ends the bridge.
-    async fn stop_bus(&mut self, n: &str) -> Result<(), ShellError> {
+    /// Asks the guest to end a D-Bus session (it kills the bridge); the
+    /// next call waits for its answer.
+    async fn send_bus_stop(&mut self, n: &str) -> Result<(), ShellError> {
         self.stream
             .write_all(format!("__vmt_bus_stop {n}\n").as_bytes())
             .await?;
-        self.read_until(format!("{n} bus-stopped\n").as_bytes())
-            .await?;
-        self.pending = None;
+        self.pending = Some(Pending::BusStopping(n.to_string()));
         Ok(())
     }
 
@@ -1162,6 +1177,10 @@ mod tests {
         assert_eq!(w.unwrap(), UnitWait::Active);
         // One `Get`: the signals said the rest.
         assert_eq!(fake.await.unwrap(), ["LoadUnit", "Get"]);
+        // The wait returned before the guest confirmed the end of the
+        // session; the next call reads that first.
+        assert!(matches!(shell.pending, Some(Pending::BusStopping(_))));
+        shell.ready().await.unwrap();
         assert!(shell.pending.is_none());
     }
 
