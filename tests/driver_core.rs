@@ -177,6 +177,26 @@ async fn assert_gone(m: &mut nix_vmtest::machine::Machine, pattern: &str) {
 }
 
 async fn timeouts_and_detached_children(m: &mut nix_vmtest::machine::Machine) {
+    // Commands and waits see no positional parameters, as in `bash -c`;
+    // output that is not kept is not sent.
+    let o = m.execute("echo \"$#:$*\"", None, true).await.unwrap();
+    assert_eq!(o.output, b"0:\n");
+    let o = m
+        .execute("echo \"$#:$*\"; exit 4", None, false)
+        .await
+        .unwrap();
+    assert_eq!((o.status, o.output.len()), (4, 0));
+    let o = m
+        .wait_until(
+            "no arguments",
+            "[ $# -eq 0 ] && echo none",
+            UntilMode::Succeed,
+            Some(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((o.status, o.output.as_slice()), (0, &b"none\n"[..]));
+
     // A per-command timeout kills the command (and its children) and says 124.
     let t = Instant::now();
     let o = m

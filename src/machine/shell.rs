@@ -7,13 +7,20 @@
 //! frames every command as
 //!
 //! ```text
-//! host  → guest: __vmt_cmd='<command>'; __vmt_run <nonce> <capture>
-//!            or: __vmt_cmd='<command>'; __vmt_exec <nonce> <timeout ms|-> <capture> <isolate>
-//!            or: __vmt_cmd='<command>'; __vmt_until <nonce> <timeout ms|-> <succeed|fail|settled> <isolate>
-//! guest → host : <nonce> <status> <done|timeout|cancel> <0|1>\n
-//!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<nonce> c\n`,
+//! host  → guest: __vmt_run <n> '<command>' [/dev/null]
+//!            or: __vmt_exec <n> <timeout ms|-> <isolate> '<command>' [/dev/null]
+//!            or: __vmt_until <n> <timeout ms|-> <succeed|fail|settled> <isolate> '<command>'
+//! guest → host : <key><n> <status> <done|timeout|cancel> <0|1>\n
+//!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<key><n> c\n`,
 //!                the host answering `more.` or `done.` after each
 //! ```
+//!
+//! `<n>` numbers the commands of a boot, and `<key>` is a random string the
+//! bootstrap was given: the command line stays short (bash reads it from
+//! the console a byte at a time, 5–10 µs each under TCG), and the
+//! delimiters stay unguessable. `/dev/null` as the last argument means the
+//! output is not kept. The command runs with no positional parameters, as
+//! with `bash -c`.
 //!
 //! The guest reads acknowledgements (and `cancel.`) with `read -d .`: a
 //! delimiter other than newline makes bash read byte by byte, so it never
@@ -75,14 +82,14 @@ pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
 pub const BOOTSTRAP: &str = r#"
 __vmt_init() {
   local d
-  __vmt_dir=
+  __vmt_key=$1 __vmt_dir=
   for d in /run /dev/shm /tmp; do
     [ -d "$d" ] && [ -w "$d" ] || continue
     __vmt_dir=$(mktemp -d "$d/.nix-vmtest.XXXXXX" 2>/dev/null) && break
   done
   [ -n "$__vmt_dir" ] && mkfifo "$__vmt_dir/done" "$__vmt_dir/tick" || return 1
   exec {__vmt_tick}<>"$__vmt_dir/tick"
-  __vmt_n=0
+  __vmt_n=0 __vmt_out=$__vmt_dir/o.0 __vmt_spent=
   __vmt_ctl_start
 }
 __vmt_ctl_start() {
@@ -111,19 +118,26 @@ __vmt_listen() {
     printf '%s done\n' "$req" >&"$c"
   done
 }
-__vmt_fresh_out() {
-  # Free the last output once it is spent (a detached child may still
-  # hold it open).
-  if [[ -n $__vmt_spent ]]; then : > "$__vmt_out"; __vmt_spent=; fi
+__vmt_next() {
+  # After an answer: the next command writes to a fresh file (a detached
+  # child may still hold the last one open), and a spent one is emptied.
+  if [[ -n $__vmt_spent ]]; then : >"$__vmt_out"; __vmt_spent=; fi
   if (( ++__vmt_n % 200 == 0 )); then rm -f "$__vmt_dir"/o.*; fi
-  __vmt_out=/dev/null
-  [[ $1 == 1 ]] && __vmt_out=$__vmt_dir/o.$__vmt_n
+  __vmt_out=$__vmt_dir/o.$__vmt_n
 }
 __vmt_run() {
-  __vmt_fresh_out "$2"
-  ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_out"
-  __vmt_st=$? __vmt_why=
-  __vmt_reply "$1"
+  # <id> <command> [/dev/null]: the command runs once, in a subshell that
+  # sees no positional parameters; the host stops it if need be.
+  __vmt_id=$1 __vmt_cmd=$2 __vmt_to=${3:-$__vmt_out}
+  set --
+  ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_to"
+  __vmt_st=$?
+  if [[ -s $__vmt_to ]]; then
+    __vmt_why=; __vmt_reply
+  else
+    printf '%s%s %s done 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st"
+  fi
+  __vmt_next
 }
 __vmt_kill() {
   local p kids
@@ -142,21 +156,22 @@ __vmt_now() {
   __vmt_t=${EPOCHREALTIME//[!0-9]/}
 }
 __vmt_try() {
+  # Runs the command once (deadline: $__vmt_dl); no positional parameters,
+  # so the command sees none.
   local pid r line kills=0
-  __vmt_fresh_out "$2"
   if [[ -n $__vmt_listener ]]; then
     # The host stops a command through the control port.
-    ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_out"
+    ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_to"
     __vmt_st=$? __vmt_why=
     return
   fi
-  if [[ $3 == 1 ]]; then
+  if [[ $__vmt_iso == 1 ]]; then
     # A command that may leave background subshells runs in an inner
     # subshell that never holds the FIFO's write end (bash keeps a saved
     # copy of a redirected fd, and forked subshells inherit it).
-    { exec 3>"$__vmt_dir/done"; ( exec 3>&-; eval "$__vmt_cmd" ); } </dev/null >"$__vmt_out" &
+    { exec 3>"$__vmt_dir/done"; ( exec 3>&-; eval "$__vmt_cmd" ); } </dev/null >"$__vmt_to" &
   else
-    { exec 3>"$__vmt_dir/done"; eval "$__vmt_cmd" 3>&-; } </dev/null >"$__vmt_out" &
+    { exec 3>"$__vmt_dir/done"; eval "$__vmt_cmd" 3>&-; } </dev/null >"$__vmt_to" &
   fi
   pid=$!
   exec {r}<"$__vmt_dir/done"
@@ -172,7 +187,7 @@ __vmt_try() {
       continue
     fi
     __vmt_now
-    if [[ -n $1 ]] && (( __vmt_t >= $1 )); then
+    if [[ -n $__vmt_dl ]] && (( __vmt_t >= __vmt_dl )); then
       __vmt_why=timeout; __vmt_kill "$pid"
     elif __vmt_cancelled; then
       __vmt_why=cancel; __vmt_kill "$pid"
@@ -183,19 +198,19 @@ __vmt_try() {
   __vmt_st=$?
 }
 __vmt_reply() {
-  if [[ -s $__vmt_out ]]; then
+  if [[ -s $__vmt_to ]]; then
     __vmt_spent=1
-    printf '%s %s %s 1\n' "$1" "$__vmt_st" "${__vmt_why:-done}"
-    __vmt_send "$1"
+    printf '%s%s %s %s 1\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
+    __vmt_send
   else
-    printf '%s %s %s 0\n' "$1" "$__vmt_st" "${__vmt_why:-done}"
+    printf '%s%s %s %s 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
   fi
 }
 __vmt_send() {
   local i=0 ack
   while :; do
-    dd if="$__vmt_out" bs=131072 skip=$i count=1 2>/dev/null
-    printf '\n%s c\n' "$1"
+    dd if="$__vmt_to" bs=131072 skip=$i count=1 2>/dev/null
+    printf '\n%s%s c\n' "$__vmt_key" "$__vmt_id"
     read -r -d . -u 0 ack || break
     [[ $ack == more ]] || break
     i=$((i + 1))
@@ -208,9 +223,12 @@ __vmt_deadline() {
   __vmt_dl=$(( __vmt_t + $1 * 1000 ))
 }
 __vmt_exec() {
+  # <id> <timeout ms|-> <isolate 0|1> <command> [/dev/null]
+  __vmt_id=$1 __vmt_iso=$3 __vmt_cmd=$4 __vmt_to=${5:-$__vmt_out}
   __vmt_deadline "$2"
-  __vmt_try "$__vmt_dl" "$3" "$4"
-  __vmt_reply "$1"
+  __vmt_try
+  __vmt_reply
+  __vmt_next
 }
 __vmt_bus_start() {
   if [ -S /run/systemd/private ] && command -v systemd-stdio-bridge >/dev/null 2>&1 &&
@@ -232,10 +250,12 @@ __vmt_bus_stop() {
   printf '%s bus-stopped\n' "$1"
 }
 __vmt_until() {
+  # <id> <timeout ms|-> <succeed|fail|settled> <isolate 0|1> <command>
+  __vmt_id=$1 __vmt_iso=$4 __vmt_cmd=$5 __vmt_stop=
   __vmt_deadline "$2"
-  __vmt_stop=
   while :; do
-    __vmt_try "$__vmt_dl" 1 "$4"
+    __vmt_to=$__vmt_out
+    __vmt_try
     [[ -n $__vmt_why ]] && break
     [[ -n $__vmt_stop ]] && { __vmt_why=cancel; break; }
     case $3 in
@@ -249,8 +269,10 @@ __vmt_until() {
     if [[ -n $__vmt_stop ]] || __vmt_cancelled; then __vmt_why=cancel; break; fi
     # This try's output is not sent: free it.
     __vmt_spent=1
+    __vmt_next
   done
-  __vmt_reply "$1"
+  __vmt_reply
+  __vmt_next
 }
 "#;
 
@@ -345,6 +367,11 @@ pub struct Shell {
     /// The guest listens on the control port: commands run without a
     /// watcher in the guest, and the host stops them through the port.
     guest_ctl: bool,
+    /// Random per bootstrap; with a command's serial number it marks the
+    /// command's answer and output chunks (the command line itself carries
+    /// only the serial: the guest reads it a byte at a time).
+    key: String,
+    serial: u64,
 }
 
 /// The host end of the control port: `<id>.` asks the guest's listener to
@@ -439,6 +466,16 @@ fn nonce() -> String {
     format!("vmt{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
+/// The last argument of a command line whose output is not kept (stdout
+/// goes there instead of a fresh file).
+fn discard(capture: bool) -> &'static str {
+    if capture {
+        ""
+    } else {
+        " /dev/null"
+    }
+}
+
 fn timeout_arg(t: Option<Duration>) -> String {
     match t {
         Some(t) => t.as_millis().to_string(),
@@ -456,6 +493,8 @@ impl Shell {
             pending: None,
             ctl: None,
             guest_ctl: false,
+            key: String::new(),
+            serial: 0,
         }
     }
 
@@ -553,8 +592,9 @@ impl Shell {
 
     async fn bootstrap(&mut self) -> Result<(), ShellError> {
         let n = nonce();
+        let key = format!("{}-", nonce());
         let script = format!(
-            "{BOOTSTRAP}\nif __vmt_init; then printf '%s ok%s\\n' {n} \"${{__vmt_listener:+ ctl}}\"; \
+            "{BOOTSTRAP}\nif __vmt_init {key}; then printf '%s ok%s\\n' {n} \"${{__vmt_listener:+ ctl}}\"; \
              else printf '%s failed\\n' {n}; fi\n"
         );
         self.stream.write_all(script.as_bytes()).await?;
@@ -566,6 +606,7 @@ impl Shell {
             ));
         }
         self.guest_ctl = status == b"ok ctl" && self.ctl.is_some();
+        self.key = key;
         self.bootstrapped = true;
         Ok(())
     }
@@ -656,7 +697,8 @@ impl Shell {
     /// future midway is safe: the next call cancels and drains it.
     pub async fn run(&mut self, req: Request<'_>) -> Result<Outcome, ShellError> {
         self.ready().await?;
-        let n = nonce();
+        self.serial += 1;
+        let id = self.serial;
         // With the control port, the host stops a command at its deadline
         // (a wait's tries: a little after; the guest checks it between
         // tries), and a command costs the guest one fork and nothing else.
@@ -669,20 +711,20 @@ impl Shell {
             Request::Exec {
                 command, capture, ..
             } if self.guest_ctl => format!(
-                "__vmt_cmd={}; __vmt_run {n} {}\n",
+                "__vmt_run {id} {}{}\n",
                 shell_quote(command),
-                u8::from(capture)
+                discard(capture)
             ),
             Request::Exec {
                 command,
                 timeout,
                 capture,
             } => format!(
-                "__vmt_cmd={}; __vmt_exec {n} {} {} {}\n",
-                shell_quote(command),
+                "__vmt_exec {id} {} {} {}{}\n",
                 timeout_arg(timeout),
-                u8::from(capture),
-                u8::from(may_background(command))
+                u8::from(may_background(command)),
+                shell_quote(command),
+                discard(capture)
             ),
             Request::Until {
                 command,
@@ -695,10 +737,10 @@ impl Shell {
                     UntilMode::Settled => "settled",
                 };
                 format!(
-                    "__vmt_cmd={}; __vmt_until {n} {} {mode} {}\n",
-                    shell_quote(command),
+                    "__vmt_until {id} {} {mode} {} {}\n",
                     timeout_arg(timeout),
-                    u8::from(may_background(command))
+                    u8::from(may_background(command)),
+                    shell_quote(command)
                 )
             }
         };
@@ -706,14 +748,14 @@ impl Shell {
         self.stream.write_all(line.as_bytes()).await?;
         let mut killed = false;
         if let Some(after) = kill_after {
-            let head = format!("{n} ");
+            let head = format!("{}{id} ", self.key);
             let ended = tokio::time::timeout(after, self.wait_for(head.as_bytes())).await;
             if ended.is_err() {
                 self.ctl_kill().await?;
                 killed = true;
             }
         }
-        let mut out = self.read_answer(&n).await?;
+        let mut out = self.read_answer(&format!("{}{id}", self.key)).await?;
         if killed {
             out.ending = Ending::Timeout;
         }
@@ -1033,7 +1075,8 @@ mod tests {
         let fake = tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(&mut guest);
             let line = next_line(&mut reader).await;
-            let n = line.split_whitespace().nth(2).unwrap().to_string();
+            assert!(line.starts_with("__vmt_exec "), "{line}");
+            let n = format!("{KEY}{}", line.split_whitespace().nth(1).unwrap());
             let mut acks = Vec::new();
             let mut answer = format!("noise before\n{n} 3 done 1\n").into_bytes();
             for chunk in payload.chunks(CHUNK) {
@@ -1072,12 +1115,16 @@ mod tests {
         line
     }
 
+    /// The key of [`bootstrapped_pair`]'s shell.
+    const KEY: &str = "vmtkey-";
+
     /// A shell connected to a fake guest, as if bootstrapped (without a
     /// control port).
     fn bootstrapped_pair() -> (Shell, UnixStream) {
         let (host, guest) = UnixStream::pair().unwrap();
         let mut shell = Shell::new(host);
         shell.bootstrapped = true;
+        shell.key = KEY.into();
         (shell, guest)
     }
 
