@@ -40,6 +40,30 @@ async fn commands_report_exact_status_and_output() {
     let all: Vec<u8> = (0..=255u8).collect();
     assert_eq!(o.output, all);
 
+    // Output of at most 4 KiB without a NUL is sent without a dd in the
+    // guest: every other byte value, blanks and backslashes, and the edge.
+    let o = m
+        .execute(
+            "i=1; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done",
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    assert_eq!(o.output, (1..=255u8).collect::<Vec<u8>>());
+    let o = m
+        .execute("printf '  lead\\\\x\\n\\tmid \\r\\n\\n\\n'", None, true)
+        .await
+        .unwrap();
+    assert_eq!(o.output, b"  lead\\x\n\tmid \r\n\n\n");
+    for n in [4096, 4097] {
+        let o = m
+            .execute(&format!("head -c {n} /dev/zero | tr '\\0' x"), None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.output, vec![b'x'; n]);
+    }
+
     // 10 MB of output, checked byte for byte against a digest made in the guest.
     let o = m
         .execute(

@@ -80,7 +80,7 @@ class Logger:
         return message
 
     def log(self, message: str, attributes: Optional[Dict[str, str]] = None) -> None:
-        self.rpc.call("log", None, {"message": self._prefix(str(message), attributes)})
+        self.rpc.notify("log", None, {"message": self._prefix(str(message), attributes)})
 
     def debug(self, message: str, attributes: Optional[Dict[str, str]] = None, **kw: Any) -> None:
         self.log(message, attributes or kw or None)
@@ -109,11 +109,11 @@ class Logger:
     @contextlib.contextmanager
     def nested(self, message: str, attributes: Optional[Dict[str, str]] = None) -> Iterator[None]:
         """A nested, timed block: ``log_begin`` … ``log_end``."""
-        self.rpc.call("log_begin", None, {"message": self._prefix(str(message), attributes)})
+        self.rpc.notify("log_begin", None, {"message": self._prefix(str(message), attributes)})
         try:
             yield
         finally:
-            self.rpc.call("log_end", None, {})
+            self.rpc.notify("log_end", None, {})
 
     @contextlib.contextmanager
     def subtest(self, name: str, attributes: Optional[Dict[str, str]] = None) -> Iterator[None]:

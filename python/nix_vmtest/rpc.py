@@ -55,6 +55,14 @@ class Client:
         """Send one request and return the reply's ``ok`` value."""
         return self.call_bytes(op, machine, args)[0]
 
+    def notify(self, op: str, machine: Optional[str] = None, args: Optional[Dict[str, Any]] = None) -> None:
+        """Send a request that gets no reply (log lines): the driver handles
+        requests in order, so it is done before any later call."""
+        self._send(
+            {"id": self._new_id(), "op": op, "machine": machine,
+             "args": args if args is not None else {}, "noreply": True}
+        )
+
     def call_bytes(
         self, op: str, machine: Optional[str] = None, args: Optional[Dict[str, Any]] = None
     ) -> Tuple[Any, Optional[bytes]]:

@@ -207,7 +207,14 @@ __vmt_reply() {
   fi
 }
 __vmt_send() {
-  local i=0 ack
+  local i=0 ack small
+  # Output under 4 KiB without a NUL byte is sent without starting a dd:
+  # `read` stops at a NUL or after 4097 bytes, and fails only at the end.
+  if ! LC_ALL=C IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
+    printf '%s\n%s%s c\n' "$small" "$__vmt_key" "$__vmt_id"
+    read -r -d . -u 0 ack
+    return
+  fi
   while :; do
     dd if="$__vmt_to" bs=131072 skip=$i count=1 2>/dev/null
     printf '\n%s%s c\n' "$__vmt_key" "$__vmt_id"

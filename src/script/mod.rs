@@ -24,6 +24,10 @@ pub struct Call {
     pub machine: Option<String>,
     #[serde(default)]
     pub args: Value,
+    /// Log lines: the script does not wait for them, so no answer is sent
+    /// (a failure is logged instead).
+    #[serde(default)]
+    pub noreply: bool,
 }
 
 /// A successful answer: a JSON value and, for command output, raw bytes.
@@ -129,6 +133,15 @@ pub async fn serve(driver: &mut Driver, stream: UnixStream) {
                 }
             }
         };
+        if call.noreply {
+            if let Err(e) = result {
+                driver.log.info(&format!(
+                    "script protocol: `{}` failed: {}",
+                    call.op, e.message
+                ));
+            }
+            continue;
+        }
         if write.write_all(&encode(id, result)).await.is_err() {
             break;
         }

@@ -6,6 +6,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -37,6 +38,22 @@ def encode_reply(rid: Any, result: Any) -> bytes:
     return (json.dumps({"id": rid, "ok": result}) + "\n").encode()
 
 
+class CountingSocket:
+    """The client's end: counts the request lines sent, so that the fake can
+    wait for requests that get no reply (log lines) before it is asked."""
+
+    def __init__(self, sock: socket.socket, fake: "FakeDriver") -> None:
+        self._sock, self._fake = sock, fake
+
+    def sendall(self, data: bytes) -> None:
+        with self._fake.count_lock:
+            self._fake.sent += data.count(b"\n")
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 class FakeDriver:
     def __init__(
         self,
@@ -58,19 +75,31 @@ class FakeDriver:
         self.commands: Dict[str, Any] = {}  # command -> (status, bytes) or callable(req)
         self.handlers: Dict[str, Callable[[Dict[str, Any]], Any]] = {}
         self.send_lock = threading.Lock()
+        self.count_lock = threading.Lock()
+        self.sent = 0  # request lines the client sent through CountingSocket
+        self.received = 0  # request lines read (`requests` may be cleared)
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     # what the client sent
+    def caught_up(self, timeout: float = 5.0) -> None:
+        """Waits until every request the client sent has been recorded."""
+        deadline = time.monotonic() + timeout
+        while self.received < self.sent and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     def ops(self, exclude_logs: bool = False) -> List[str]:
+        self.caught_up()
         logs = {"log", "log_begin", "log_end"}
         return [r["op"] for r in self.requests if not (exclude_logs and r["op"] in logs)]
 
     def of(self, op: str) -> List[Dict[str, Any]]:
+        self.caught_up()
         return [r for r in self.requests if r["op"] == op]
 
     def log_lines(self) -> List[str]:
+        self.caught_up()
         out = []
         for r in self.requests:
             if r["op"] == "log":
@@ -130,9 +159,10 @@ class FakeDriver:
             for line in f:
                 req = json.loads(line)
                 self.requests.append(req)
+                self.received += 1
                 handler = self.handlers.get(req["op"], self._default)
                 result = handler(req)
-                if isinstance(result, NoReply):
+                if isinstance(result, NoReply) or req.get("noreply"):
                     continue
                 self.send_reply(req["id"], result)
         except (OSError, ValueError):
@@ -144,7 +174,7 @@ class FakeDriver:
 def make_client(fake: FakeDriver) -> Any:
     from nix_vmtest.rpc import Client
 
-    return Client(fake.client_sock)
+    return Client(CountingSocket(fake.client_sock, fake))
 
 
 def make_driver(fake: FakeDriver, source: str = "", path: str = "<test>") -> Any:
