@@ -15,8 +15,9 @@
 //!   `ActiveEnterTimestamp` and the moment the wait returned, both on the
 //!   host's clock (the guest's clock is placed on it by the quickest of five
 //!   round trips before each sample);
-//! - driver process start → QEMU spawned, and the driver's peak memory
-//!   (VmHWM) over a whole test run of the real binary.
+//! - `succeed("true")` and `succeed("echo hi")` as a test script sees them
+//!   (the real binary, medians of 100), driver process start → QEMU
+//!   spawned, and the driver's peak memory (VmHWM) over that run.
 //!
 //! Set `NIX_VMTEST_BENCH_QUICK=1` for fewer samples.
 
@@ -194,9 +195,20 @@ fn driver_binary() -> std::path::PathBuf {
     bin
 }
 
-/// Runs the real binary on a small script; returns (exec → QEMU spawned,
-/// the driver's peak RSS in kB as its own /proc reports it).
-fn binary_run() -> (Duration, u64) {
+/// What [`binary_run`] measures.
+struct BinaryRun {
+    /// Driver process start → QEMU spawned.
+    spawn: Duration,
+    /// The driver's peak RSS in kB, as its own /proc reports it.
+    hwm_kb: u64,
+    /// Medians, in ms, of `succeed("true")` and `succeed("echo hi")` as the
+    /// test script sees them (100 calls each).
+    script_true_ms: f64,
+    script_echo_ms: f64,
+}
+
+/// Runs the real binary on a small script.
+fn binary_run() -> BinaryRun {
     let g = common::guests();
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bench-binary");
     let _ = std::fs::remove_dir_all(&dir);
@@ -209,6 +221,13 @@ fn binary_run() -> (Duration, u64) {
     std::fs::write(
         dir.join("script.py"),
         "start_all()\nmachine.succeed('head -c 1000000 /dev/zero')\n\
+         import time\n\
+         def median(cmd):\n    \
+             v = []\n    \
+             for _ in range(100):\n        \
+                 t = time.monotonic(); machine.succeed(cmd); v.append(time.monotonic() - t)\n    \
+             return sorted(v)[50] * 1000\n\
+         print(f'SCRIPT-MEDIANS: {median(\"true\")} {median(\"echo hi\")}')\n\
          hwm = [l for l in open(f'/proc/{os.getppid()}/status') if l.startswith('VmHWM')][0]\n\
          print('DRIVER-' + hwm.strip())\n",
     )
@@ -250,8 +269,20 @@ fn binary_run() -> (Duration, u64) {
         .find_map(|l| l.split("DRIVER-VmHWM:").nth(1))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM line");
+    let medians: Vec<f64> = log
+        .lines()
+        .find_map(|l| l.split("SCRIPT-MEDIANS:").nth(1))
+        .expect("SCRIPT-MEDIANS line")
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
     let _ = std::fs::remove_dir_all(&dir);
-    (spawned, hwm)
+    BinaryRun {
+        spawn: spawned,
+        hwm_kb: hwm,
+        script_true_ms: medians[0],
+        script_echo_ms: medians[1],
+    }
 }
 
 fn main() {
@@ -361,10 +392,14 @@ fn main() {
         );
         drop(d);
     });
-    let (spawn, hwm) = binary_run();
-    println!("driver process start -> QEMU spawned: {}", ms(spawn));
+    let run = binary_run();
+    println!(
+        "from a test script, median of 100:   succeed(\"true\") {:.2} ms  succeed(\"echo hi\") {:.2} ms",
+        run.script_true_ms, run.script_echo_ms
+    );
+    println!("driver process start -> QEMU spawned: {}", ms(run.spawn));
     println!(
         "driver peak memory (VmHWM):           {:.1} MB",
-        hwm as f64 / 1024.0
+        run.hwm_kb as f64 / 1024.0
     );
 }
