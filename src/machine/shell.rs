@@ -706,6 +706,8 @@ impl Shell {
         self.ready().await?;
         self.serial += 1;
         let id = self.serial;
+        // What marks this command's answer and output chunks.
+        let mark = format!("{}{id}", self.key);
         // With the control port, the host stops a command at its deadline
         // (a wait's tries: a little after; the guest checks it between
         // tries), and a command costs the guest one fork and nothing else.
@@ -755,14 +757,14 @@ impl Shell {
         self.stream.write_all(line.as_bytes()).await?;
         let mut killed = false;
         if let Some(after) = kill_after {
-            let head = format!("{}{id} ", self.key);
+            let head = format!("{mark} ");
             let ended = tokio::time::timeout(after, self.wait_for(head.as_bytes())).await;
             if ended.is_err() {
                 self.ctl_kill().await?;
                 killed = true;
             }
         }
-        let mut out = self.read_answer(&format!("{}{id}", self.key)).await?;
+        let mut out = self.read_answer(&mark).await?;
         if killed {
             out.ending = Ending::Timeout;
         }
