@@ -58,17 +58,16 @@ class Client:
     def notify(self, op: str, machine: Optional[str] = None, args: Optional[Dict[str, Any]] = None) -> None:
         """Send a request that gets no reply (log lines): the driver handles
         requests in order, so it is done before any later call."""
-        self._send(
-            {"id": self._new_id(), "op": op, "machine": machine,
-             "args": args if args is not None else {}, "noreply": True}
-        )
+        request = self._request(self._new_id(), op, machine, args)
+        request["noreply"] = True
+        self._send(request)
 
     def call_bytes(
         self, op: str, machine: Optional[str] = None, args: Optional[Dict[str, Any]] = None
     ) -> Tuple[Any, Optional[bytes]]:
         """Send one request; return ``(ok value, raw bytes or None)``."""
         rid = self._new_id()
-        self._send({"id": rid, "op": op, "machine": machine, "args": args if args is not None else {}})
+        self._send(self._request(rid, op, machine, args))
         try:
             msg, data = self._wait(rid)
         except KeyboardInterrupt:
@@ -79,6 +78,12 @@ class Client:
         return msg.get("ok"), data
 
     # -- internals ------------------------------------------------------
+    @staticmethod
+    def _request(
+        rid: int, op: str, machine: Optional[str], args: Optional[Dict[str, Any]]
+    ) -> Dict[str, Any]:
+        return {"id": rid, "op": op, "machine": machine, "args": args if args is not None else {}}
+
     def _new_id(self) -> int:
         with self._id_lock:
             rid = self._next_id
