@@ -8,6 +8,8 @@
 //!   (`timeout T bash -c '...' | (base64 -w 0; echo)` + `echo ${PIPESTATUS[0]}`),
 //!   in blocks of back-to-back calls of one kind, so that any work left to
 //!   the guest after an answer is paid by the next call of the same kind;
+//!   next to it, one bare bash fork `( : )` timed in the guest in the same
+//!   turns: the floor for any protocol that forks a subshell per command;
 //! - `execute` with 2 MiB of output: ours vs nixpkgs' framing;
 //! - wait latency (a file appears → `wait_for_file` returns), ours vs a 1 s poll;
 //! - wait latency (a unit becomes active → `wait_for_unit` returns), ours vs
@@ -56,6 +58,23 @@ async fn nixpkgs_execute(m: &mut Machine, cmd: &str) -> (i32, Vec<u8>) {
     m.run_nixpkgs_framing(cmd, 900)
         .await
         .expect("nixpkgs framing")
+}
+
+/// The floor under any protocol that runs a command in its own bash
+/// subshell: `BLOCK` bare `( : )` forks, each timed on the guest's clock.
+async fn bare_forks(m: &mut Machine) -> Vec<Duration> {
+    let cmd = format!(
+        "for ((i = 0; i < {BLOCK}; i++)); do a=${{EPOCHREALTIME/./}}; ( : ); \
+         b=${{EPOCHREALTIME/./}}; echo $((b - a)); done"
+    );
+    let o = m.execute(&cmd, None, true).await.unwrap();
+    assert_eq!(o.status, 0);
+    let v: Vec<Duration> = String::from_utf8_lossy(&o.output)
+        .lines()
+        .map(|l| Duration::from_micros(l.parse().unwrap()))
+        .collect();
+    assert_eq!(v.len(), BLOCK);
+    v
 }
 
 /// Guest wall clock in microseconds.
@@ -315,6 +334,7 @@ fn main() {
         // lands on the next call, which must be one of the same kind.
         let mut ours = Vec::new();
         let mut theirs = Vec::new();
+        let mut forks = Vec::new();
         while ours.len() < calls {
             for i in 0..=BLOCK {
                 let t = Instant::now();
@@ -332,6 +352,7 @@ fn main() {
                 }
                 assert_eq!(st, 0);
             }
+            forks.extend(bare_forks(m).await);
         }
         let (o, n) = (median(ours), median(theirs));
         let ratio = n.as_secs_f64() / o.as_secs_f64();
@@ -340,6 +361,12 @@ fn main() {
             ms(o),
             ms(n),
             verdict(ratio >= 5.0)
+        );
+        let fork = median(forks);
+        println!(
+            "one bare bash fork in the guest:      {}  (`( : )`, guest clock, same turns; ours is that plus {})",
+            ms(fork),
+            ms(o.saturating_sub(fork))
         );
 
         let big = "head -c 2097152 /dev/urandom";
