@@ -106,7 +106,7 @@ class Client:
             with self._cond:
                 self._discard.add(cid)
             try:
-                self._send({"id": cid, "op": "cancel", "machine": None, "args": {"id": rid}})
+                self._send(self._request(cid, "cancel", None, {"id": rid}))
                 self._wait(rid)
                 return
             except KeyboardInterrupt:
