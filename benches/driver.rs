@@ -357,7 +357,7 @@ fn main() {
         let (o, n) = (median(ours), median(theirs));
         let ratio = n.as_secs_f64() / o.as_secs_f64();
         println!(
-            "succeed(\"true\") median, {calls} calls:   ours {}  nixpkgs framing {}  ratio {ratio:.1}x  (goal >= 5x: {})",
+            "succeed(\"true\") median, {calls} calls:   ours {}  nixpkgs framing {}  ratio {ratio:.2}x  (goal >= 5x: {})",
             ms(o),
             ms(n),
             verdict(ratio >= 5.0)
