@@ -10,6 +10,9 @@
 //!   the guest after an answer is paid by the next call of the same kind;
 //!   next to it, one bare bash fork `( : )` timed in the guest in the same
 //!   turns: the floor for any protocol that forks a subshell per command;
+//! - guest page faults per `succeed("true")`, ours and nixpkgs' (counted by
+//!   the guest's kernel, so host load does not move them), and ours again
+//!   400 calls later;
 //! - `execute` with 2 MiB of output: ours vs nixpkgs' framing;
 //! - wait latency (a file appears → `wait_for_file` returns), ours vs a 1 s poll;
 //! - wait latency (a unit becomes active → `wait_for_unit` returns), ours vs
@@ -75,6 +78,42 @@ async fn bare_forks(m: &mut Machine) -> Vec<Duration> {
         .collect();
     assert_eq!(v.len(), BLOCK);
     v
+}
+
+/// Minor page faults per call in the guest, from the backdoor shell's
+/// kernel counters (`/proc/$$/stat`: its own, and its children's once
+/// waited for), over `n` calls of our framing or nixpkgs': `(shell,
+/// commands)`. Unlike time, these counts do not move with host load; the
+/// two reads of the counters add about one call's faults to the sum.
+async fn faults_per_call(m: &mut Machine, n: usize, ours: bool) -> (f64, f64) {
+    async fn counters(m: &mut Machine) -> (f64, f64) {
+        let o = m
+            .execute(
+                "read -r -a s </proc/$$/stat; echo \"${s[9]} ${s[10]}\"",
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.output).to_string();
+        let mut it = text.split_whitespace().map(|w| w.parse::<f64>().unwrap());
+        (it.next().unwrap(), it.next().unwrap())
+    }
+    let before = counters(m).await;
+    for _ in 0..n {
+        if ours {
+            assert_eq!(m.execute("true", None, true).await.unwrap().status, 0);
+        } else {
+            assert_eq!(nixpkgs_execute(m, "true").await.0, 0);
+        }
+    }
+    let after = counters(m).await;
+    let per = |a: f64, b: f64| (b - a) / n as f64;
+    (per(before.0, after.0), per(before.1, after.1))
+}
+
+fn faults(f: (f64, f64)) -> String {
+    format!("{:.0} + {:.0} = {:.0}", f.0, f.1, f.0 + f.1)
 }
 
 /// Guest wall clock in microseconds.
@@ -328,6 +367,8 @@ fn main() {
             m.execute("true", None, true).await.unwrap();
             nixpkgs_execute(m, "true").await;
         }
+        let ours_faults = faults_per_call(m, 100, true).await;
+        let their_faults = faults_per_call(m, 100, false).await;
         // Blocks of calls of one kind, taking turns (so both see the same
         // host noise). The first call of a block is not counted: work the
         // guest does after an answer (ours frees the last output file, say)
@@ -367,6 +408,20 @@ fn main() {
             "one bare bash fork in the guest:      {}  (`( : )`, guest clock, same turns; ours is that plus {})",
             ms(fork),
             ms(o.saturating_sub(fork))
+        );
+
+        // The same count again, 400 calls later: a shell whose forks grew
+        // dearer over a long test would show here.
+        for _ in 0..300 {
+            m.execute("true", None, true).await.unwrap();
+        }
+        let later = faults_per_call(m, 100, true).await;
+        println!(
+            "guest page faults per call (shell + command): ours {}  nixpkgs framing {}  \
+             ours 400 calls later {}",
+            faults(ours_faults),
+            faults(their_faults),
+            faults(later)
         );
 
         let big = "head -c 2097152 /dev/urandom";

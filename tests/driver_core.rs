@@ -110,6 +110,19 @@ async fn commands_report_exact_status_and_output() {
     // Commands do not read the protocol's input.
     let o = m.execute("cat; echo done", None, true).await.unwrap();
     assert_eq!(o.output, b"done\n");
+
+    // A long test: every answer stays its own across the guest's cleanup of
+    // old output files (every 200 commands), and the files do not pile up.
+    for i in 0..250 {
+        let o = m.execute(&format!("echo {i}"), None, true).await.unwrap();
+        assert_eq!(o.output, format!("{i}\n").as_bytes());
+    }
+    let o = m
+        .execute("ls \"$__vmt_dir\" | grep -c '^o[.]'", None, true)
+        .await
+        .unwrap();
+    let files: usize = String::from_utf8_lossy(&o.output).trim().parse().unwrap();
+    assert!(files <= 200, "{files} output files left in the guest");
 }
 
 /// The driver stops commands through its control port (a virtio serial

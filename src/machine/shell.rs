@@ -121,8 +121,11 @@ __vmt_listen() {
 __vmt_next() {
   # After an answer: the next command writes to a fresh file (a detached
   # child may still hold the last one open), and a spent one is emptied.
+  # Old files go every 200 commands, in a subshell: expanding 200 names in
+  # this shell scatters its heap, and every later fork then costs more
+  # page faults (about 10% more per command, measured under TCG).
   if [[ -n $__vmt_spent ]]; then : >"$__vmt_out"; __vmt_spent=; fi
-  if (( ++__vmt_n % 200 == 0 )); then rm -f "$__vmt_dir"/o.*; fi
+  if (( ++__vmt_n % 200 == 0 )); then ( rm -f "$__vmt_dir"/o.* ); fi
   __vmt_out=$__vmt_dir/o.$__vmt_n
 }
 __vmt_run() {
