@@ -10,9 +10,10 @@
 //! host  → guest: __vmt_run <n> '<command>' [/dev/null]
 //!            or: __vmt_exec <n> <timeout ms|-> <isolate> '<command>' [/dev/null]
 //!            or: __vmt_until <n> <timeout ms|-> <succeed|fail|settled> <isolate> '<command>'
-//! guest → host : <key><n> <status> <done|timeout|cancel> <0|1>\n
+//! guest → host : <key><n> <status> <done|timeout|cancel> <0|1|2>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<key><n> c\n`,
-//!                the host answering `more.` or `done.` after each
+//!                the host answering `more.` or `done.` after each;
+//!                if 2: `<under 4 KiB raw>\n<key><n> c\n`, not answered
 //! ```
 //!
 //! `<n>` numbers the commands of a boot, and `<key>` is a random string the
@@ -56,7 +57,10 @@
 //! throttle console ports), so a host that is slow to read for a moment would
 //! silently lose output. No more than one chunk is ever in flight, and a
 //! chunk fits the socket buffer, so nothing is lost however late the driver
-//! reads.
+//! reads. Output under 4 KiB (most commands') travels in one write with the
+//! answer and is not acknowledged, which saves a round trip: the guest then
+//! sends nothing until the next command, so it is still the only thing in
+//! flight.
 //!
 //! Waits (`wait_until_succeeds` and friends) loop in the guest with a 50 ms
 //! pause and no host round trip per try; the guest checks their deadline
@@ -201,8 +205,17 @@ __vmt_try() {
   __vmt_st=$?
 }
 __vmt_reply() {
+  local small
   if [[ -s $__vmt_to ]]; then
     __vmt_spent=1
+    # Output under 4 KiB without a NUL byte goes in one write with the
+    # answer, and no acknowledgement is awaited: `read` stops at a NUL or
+    # after 4097 bytes, and fails only at the end.
+    if ! LC_ALL=C IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
+      printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
+        "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
+      return
+    fi
     printf '%s%s %s %s 1\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
     __vmt_send
   else
@@ -210,14 +223,7 @@ __vmt_reply() {
   fi
 }
 __vmt_send() {
-  local i=0 ack small
-  # Output under 4 KiB without a NUL byte is sent without starting a dd:
-  # `read` stops at a NUL or after 4097 bytes, and fails only at the end.
-  if ! LC_ALL=C IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
-    printf '%s\n%s%s c\n' "$small" "$__vmt_key" "$__vmt_id"
-    read -r -d . -u 0 ack
-    return
-  fi
+  local i=0 ack
   while :; do
     dd if="$__vmt_to" bs=131072 skip=$i count=1 2>/dev/null
     printf '\n%s%s c\n' "$__vmt_key" "$__vmt_id"
@@ -640,8 +646,12 @@ impl Shell {
             _ => return Err(bad()),
         };
         let mut output = Vec::new();
-        if parts.next() == Some("1") {
-            let delimiter = format!("\n{nonce} c\n");
+        let delimiter = format!("\n{nonce} c\n");
+        let with_output = parts.next();
+        if with_output == Some("2") {
+            // One small piece of output, not acknowledged.
+            output = self.read_until(delimiter.as_bytes()).await?;
+        } else if with_output == Some("1") {
             loop {
                 let chunk = self.read_until(delimiter.as_bytes()).await?;
                 let more = chunk.len() == CHUNK;
@@ -1116,6 +1126,44 @@ mod tests {
         assert_eq!(out.status, 3);
         assert_eq!(out.output, expected);
         assert_eq!(out.ending, Ending::Done);
+    }
+
+    /// Small output comes with the answer and is not acknowledged: the next
+    /// thing the host sends is the next command.
+    #[tokio::test]
+    async fn small_output_comes_with_the_answer_unacknowledged() {
+        let (mut shell, mut guest) = bootstrapped_pair();
+        let fake = tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(&mut guest);
+            let mut lines = Vec::new();
+            for _ in 0..2 {
+                let line = next_line(&mut reader).await;
+                let n = format!("{KEY}{}", line.split_whitespace().nth(1).unwrap());
+                let mut answer = format!("{n} 0 done 2\n").into_bytes();
+                answer.extend_from_slice(b"it's\n\0\xff");
+                answer.extend_from_slice(format!("\n{n} c\n").as_bytes());
+                reader.get_mut().write_all(&answer).await.unwrap();
+                lines.push(line);
+            }
+            lines
+        });
+        for _ in 0..2 {
+            let out = shell
+                .run(Request::Exec {
+                    command: "x",
+                    timeout: None,
+                    capture: true,
+                })
+                .await
+                .unwrap();
+            assert_eq!(out.output, b"it's\n\0\xff");
+            assert_eq!((out.status, out.ending), (0, Ending::Done));
+        }
+        let lines = fake.await.unwrap();
+        assert!(
+            lines.iter().all(|l| l.starts_with("__vmt_exec ")),
+            "{lines:?}"
+        );
     }
 
     /// The next line the host sent to a fake guest.
