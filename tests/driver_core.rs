@@ -111,6 +111,26 @@ async fn commands_report_exact_status_and_output() {
     let o = m.execute("cat; echo done", None, true).await.unwrap();
     assert_eq!(o.output, b"done\n");
 
+    // A plain command of a program runs without a second fork: the
+    // command's subshell becomes the program, whose parent is the shell.
+    let shell_pid = m.execute("echo $$", None, true).await.unwrap().output;
+    let o = m
+        .execute("grep -m1 PPid: /proc/self/status", None, true)
+        .await
+        .unwrap();
+    let ppid = String::from_utf8_lossy(&o.output)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(ppid, String::from_utf8_lossy(&shell_pid).trim());
+    // ... with the status and message bash gives a missing program, and
+    // a builtin of the same name as a program still runs as the builtin.
+    let o = m.execute("no-such-program --x", None, true).await.unwrap();
+    assert_eq!(o.status, 127);
+    let o = m.execute("echo -n 'a  b'", None, true).await.unwrap();
+    assert_eq!(o.output, b"a  b");
+
     // A long test: every answer stays its own across the guest's cleanup of
     // old output files (every 200 commands), and the files do not pile up.
     for i in 0..250 {

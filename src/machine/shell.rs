@@ -31,8 +31,10 @@
 //! A command runs in a forked subshell with stdin `/dev/null` and stdout in
 //! a fresh file, so a detached child that keeps stdout open cannot hang the
 //! call (nixpkgs #144875), and no `timeout`/`base64`/`bash -c` processes
-//! are started per command. Output is sent raw (the console is in raw mode)
-//! and delimited by a random 128-bit nonce, so it is exact and binary-safe.
+//! are started per command; a plain command of a program is sent as
+//! `exec <command>` ([`exec_form`]), so that subshell becomes the program.
+//! Output is sent raw (the console is in raw mode) and delimited by a
+//! random 128-bit nonce, so it is exact and binary-safe.
 //!
 //! Who stops a command that runs too long (a timeout, or Ctrl-C in the
 //! interactive driver):
@@ -68,6 +70,7 @@
 //! system unit wait does not loop at all: it listens to systemd over D-Bus
 //! ([`Shell::unit_wait`]).
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use memchr::memmem;
@@ -388,6 +391,11 @@ pub struct Shell {
     /// only the serial: the guest reads it a byte at a time).
     key: String,
     serial: u64,
+    /// What bash in the guest resolves itself (builtins, keywords,
+    /// functions, aliases), as the bootstrap listed it; `None` if it could
+    /// not, or if a `command_not_found_handle` is defined: then no command
+    /// is run with `exec` ([`exec_form`]).
+    shell_names: Option<HashSet<String>>,
 }
 
 /// The host end of the control port: `<id>.` asks the guest's listener to
@@ -478,6 +486,43 @@ pub fn may_background(command: &str) -> bool {
             .contains('&')
 }
 
+/// `command` with its last part run by `exec`, when that part is one
+/// plain simple command whose name bash does not resolve itself: the
+/// command's subshell then becomes the program instead of forking it once
+/// more (`bash -c` does this on its own, but bash does not after `eval`),
+/// which halves the forks of most commands. `None` unless that is certain:
+/// the part must be words of letters, digits and `_-./:=,+%@~^*?[]`, and
+/// single-quoted strings; its first word a plain name, not an assignment,
+/// and not in `shell_names`. The status is the same either way (127 for a
+/// missing program, with bash's `exec: … not found` on the console).
+pub fn exec_form(command: &str, shell_names: &HashSet<String>) -> Option<String> {
+    const PREFIX: &str = "set -euo pipefail; ";
+    let (prefix, body) = match command.strip_prefix(PREFIX) {
+        Some(rest) => (PREFIX, rest),
+        None => ("", command),
+    };
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,+%@~^".contains(c);
+    let body = body.trim_matches([' ', '\t']);
+    let name = body.split([' ', '\t']).next()?;
+    if name.is_empty()
+        || name.starts_with('-')
+        || name.contains('=')
+        || !name.chars().all(plain)
+        || shell_names.contains(name)
+    {
+        return None;
+    }
+    let mut quoted = false;
+    for c in body.chars() {
+        if c == '\'' {
+            quoted = !quoted;
+        } else if !(quoted || plain(c) || " \t*?[]".contains(c)) {
+            return None;
+        }
+    }
+    (!quoted).then(|| format!("{prefix}exec {body}"))
+}
+
 fn nonce() -> String {
     format!("vmt{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
@@ -511,6 +556,7 @@ impl Shell {
             guest_ctl: false,
             key: String::new(),
             serial: 0,
+            shell_names: None,
         }
     }
 
@@ -609,8 +655,12 @@ impl Shell {
     async fn bootstrap(&mut self) -> Result<(), ShellError> {
         let n = nonce();
         let key = format!("{}-", nonce());
+        // After `ok`: the names bash itself resolves (builtins, keywords,
+        // functions, aliases), which [`exec_form`] must not exec; `#` if
+        // bash cannot list them.
         let script = format!(
             "{BOOTSTRAP}\nif __vmt_init {key}; then printf '%s ok%s\\n' {n} \"${{__vmt_listener:+ ctl}}\"; \
+             {{ compgen -b -k -A function -a || echo '#'; }} 2>/dev/null; printf '\\n%s end\\n' {n}; \
              else printf '%s failed\\n' {n}; fi\n"
         );
         self.stream.write_all(script.as_bytes()).await?;
@@ -622,6 +672,13 @@ impl Shell {
             ));
         }
         self.guest_ctl = status == b"ok ctl" && self.ctl.is_some();
+        let names = self.read_until(format!("\n{n} end\n").as_bytes()).await?;
+        let names: HashSet<String> = String::from_utf8_lossy(&names)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        self.shell_names =
+            (!names.contains("#") && !names.contains("command_not_found_handle")).then_some(names);
         self.key = key;
         self.bootstrapped = true;
         Ok(())
@@ -729,12 +786,20 @@ impl Shell {
             Request::Until { timeout, .. } => timeout.map(|t| t + UNTIL_GRACE),
         }
         .filter(|_| self.guest_ctl);
+        // Only where the host stops commands: the guest's own watcher
+        // (`__vmt_try` without the port) needs the subshell it forks.
+        let exec = |command: &str| {
+            self.shell_names
+                .as_ref()
+                .filter(|_| self.guest_ctl)
+                .and_then(|names| exec_form(command, names))
+        };
         let line = match req {
             Request::Exec {
                 command, capture, ..
             } if self.guest_ctl => format!(
                 "__vmt_run {id} {}{}\n",
-                shell_quote(command),
+                shell_quote(&exec(command).unwrap_or_else(|| command.to_string())),
                 discard(capture)
             ),
             Request::Exec {
@@ -762,7 +827,7 @@ impl Shell {
                     "__vmt_until {id} {} {mode} {} {}\n",
                     timeout_arg(timeout),
                     u8::from(may_background(command)),
-                    shell_quote(command)
+                    shell_quote(&exec(command).unwrap_or_else(|| command.to_string()))
                 )
             }
         };
@@ -1085,6 +1150,57 @@ mod tests {
     fn quoting_survives_single_quotes_and_newlines() {
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         assert_eq!(shell_quote("x\ny"), "'x\ny'");
+    }
+
+    #[test]
+    fn only_plain_simple_commands_of_programs_are_execed() {
+        let names: HashSet<String> = ["true", "echo", "[", "if", "exec", "__vmt_run", "ll"]
+            .map(String::from)
+            .into();
+        let exec = |c: &str| exec_form(c, &names);
+        assert_eq!(
+            exec("set -euo pipefail; systemctl is-active nginx").as_deref(),
+            Some("set -euo pipefail; exec systemctl is-active nginx")
+        );
+        assert_eq!(
+            exec("  grep -q 'a b; $x | y' /etc/x*.conf ~/f:1,2 ").as_deref(),
+            Some("exec grep -q 'a b; $x | y' /etc/x*.conf ~/f:1,2")
+        );
+        assert_eq!(
+            exec("/run/current-system/sw/bin/curl -f http://[::1]:80/a?b=c%20d").as_deref(),
+            Some("exec /run/current-system/sw/bin/curl -f http://[::1]:80/a?b=c%20d")
+        );
+        for kept in [
+            "",
+            "set -euo pipefail; ",
+            "true",
+            "set -euo pipefail; echo hi",
+            "[ -e /x ]",
+            "if true; then ls; fi",
+            "ll /",
+            "FOO=1 env",
+            "-x a",
+            "ls; ls",
+            "ls && ls",
+            "ls || ls",
+            "ls | wc",
+            "sleep 1 &",
+            "ls >/tmp/x",
+            "ls 2>&1",
+            "ls $HOME",
+            "ls \"$HOME\"",
+            "ls `pwd`",
+            "ls $(pwd)",
+            "ls \\n",
+            "ls 'unterminated",
+            "ls\nrm x",
+            "ls # comment",
+            "ls {a,b}",
+            "l*s",
+            "cat /etc/ø",
+        ] {
+            assert_eq!(exec(kept), None, "{kept:?}");
+        }
     }
 
     /// A fake guest: answers one framed command the way the bootstrap does,
