@@ -1230,14 +1230,7 @@ mod tests {
             }
             acks
         });
-        let out = shell
-            .run(Request::Exec {
-                command: "x",
-                timeout: None,
-                capture: true,
-            })
-            .await
-            .unwrap();
+        let out = run_x(&mut shell).await;
         assert_eq!(fake.await.unwrap(), vec!["more.", "done."]);
         assert_eq!(out.status, 3);
         assert_eq!(out.output, expected);
@@ -1264,14 +1257,7 @@ mod tests {
             lines
         });
         for _ in 0..2 {
-            let out = shell
-                .run(Request::Exec {
-                    command: "x",
-                    timeout: None,
-                    capture: true,
-                })
-                .await
-                .unwrap();
+            let out = run_x(&mut shell).await;
             assert_eq!(out.output, b"it's\n\0\xff");
             assert_eq!((out.status, out.ending), (0, Ending::Done));
         }
@@ -1280,6 +1266,16 @@ mod tests {
             lines.iter().all(|l| l.starts_with("__vmt_exec ")),
             "{lines:?}"
         );
+    }
+
+    /// Runs the command `x`, keeping its output.
+    async fn run_x(shell: &mut Shell) -> Outcome {
+        let req = Request::Exec {
+            command: "x",
+            timeout: None,
+            capture: true,
+        };
+        shell.run(req).await.unwrap()
     }
 
     /// The next line the host sent to a fake guest.
