@@ -491,8 +491,9 @@ pub fn may_background(command: &str) -> bool {
 /// command's subshell then becomes the program instead of forking it once
 /// more (`bash -c` does this on its own, but bash does not after `eval`),
 /// which halves the forks of most commands. `None` unless that is certain:
-/// the part must be words of letters, digits and `_-./:=,+%@~^*?[]`, and
-/// single-quoted strings; its first word a plain name, not an assignment,
+/// the part must be words of letters, digits and `_-./:=,+%@~^*?[]`,
+/// single-quoted strings, and double-quoted ones without `$`, `` ` `` or
+/// `\`; its first word a plain name, not an assignment,
 /// and not in `shell_names`. The status is the same either way (127 for a
 /// missing program, with bash's `exec: … not found` on the console).
 pub fn exec_form(command: &str, shell_names: &HashSet<String>) -> Option<String> {
@@ -512,15 +513,20 @@ pub fn exec_form(command: &str, shell_names: &HashSet<String>) -> Option<String>
     {
         return None;
     }
-    let mut quoted = false;
+    // Inside single quotes anything goes; inside double quotes anything
+    // but what expands there.
+    let mut quote = None;
     for c in body.chars() {
-        if c == '\'' {
-            quoted = !quoted;
-        } else if !(quoted || plain(c) || " \t*?[]".contains(c)) {
-            return None;
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some('"') if "$`\\".contains(c) => return None,
+            Some(_) => {}
+            None if c == '\'' || c == '"' => quote = Some(c),
+            None if !(plain(c) || " \t*?[]".contains(c)) => return None,
+            None => {}
         }
     }
-    (!quoted).then(|| format!("{prefix}exec {body}"))
+    quote.is_none().then(|| format!("{prefix}exec {body}"))
 }
 
 fn nonce() -> String {
@@ -1167,6 +1173,10 @@ mod tests {
             Some("exec grep -q 'a b; $x | y' /etc/x*.conf ~/f:1,2")
         );
         assert_eq!(
+            exec(r#"grep -c "a 'b'; c | d" x"#).as_deref(),
+            Some(r#"exec grep -c "a 'b'; c | d" x"#)
+        );
+        assert_eq!(
             exec("/run/current-system/sw/bin/curl -f http://[::1]:80/a?b=c%20d").as_deref(),
             Some("exec /run/current-system/sw/bin/curl -f http://[::1]:80/a?b=c%20d")
         );
@@ -1192,6 +1202,10 @@ mod tests {
             "ls `pwd`",
             "ls $(pwd)",
             "ls \\n",
+            "ls \"$HOME/x\"",
+            "ls \"a\\\"b\"",
+            "ls \"`pwd`\"",
+            "ls \"unterminated",
             "ls 'unterminated",
             "ls\nrm x",
             "ls # comment",
