@@ -493,9 +493,9 @@ pub fn may_background(command: &str) -> bool {
 /// which halves the forks of most commands. `None` unless that is certain:
 /// the part must be words of letters, digits and `_-./:=,+%@~^*?[]`,
 /// single-quoted strings, and double-quoted ones without `$`, `` ` `` or
-/// `\`; its first word a plain name, not an assignment,
-/// and not in `shell_names`. The status is the same either way (127 for a
-/// missing program, with bash's `exec: … not found` on the console).
+/// `\`; its first word a plain name, not an assignment, and not in
+/// `shell_names`. The status is the same either way (127 for a missing
+/// program, with bash's `exec: … not found` on the console).
 pub fn exec_form(command: &str, shell_names: &HashSet<String>) -> Option<String> {
     const PREFIX: &str = "set -euo pipefail; ";
     let (prefix, body) = match command.strip_prefix(PREFIX) {
@@ -792,20 +792,22 @@ impl Shell {
             Request::Until { timeout, .. } => timeout.map(|t| t + UNTIL_GRACE),
         }
         .filter(|_| self.guest_ctl);
-        // Only where the host stops commands: the guest's own watcher
-        // (`__vmt_try` without the port) needs the subshell it forks.
-        let exec = |command: &str| {
+        // The command as sent: in its exec form only where the host stops
+        // commands (the guest's own watcher, without the port, needs the
+        // subshell it forks).
+        let sent = |command: &str| {
             self.shell_names
                 .as_ref()
                 .filter(|_| self.guest_ctl)
                 .and_then(|names| exec_form(command, names))
+                .unwrap_or_else(|| command.to_string())
         };
         let line = match req {
             Request::Exec {
                 command, capture, ..
             } if self.guest_ctl => format!(
                 "__vmt_run {id} {}{}\n",
-                shell_quote(&exec(command).unwrap_or_else(|| command.to_string())),
+                shell_quote(&sent(command)),
                 discard(capture)
             ),
             Request::Exec {
@@ -833,7 +835,7 @@ impl Shell {
                     "__vmt_until {id} {} {mode} {} {}\n",
                     timeout_arg(timeout),
                     u8::from(may_background(command)),
-                    shell_quote(&exec(command).unwrap_or_else(|| command.to_string()))
+                    shell_quote(&sent(command))
                 )
             }
         };
