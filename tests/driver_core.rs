@@ -528,6 +528,17 @@ async fn a_unit_wait_cut_short_leaves_the_shell_usable() {
     m.wait_for_unit("multi-user.target", None, long)
         .await
         .unwrap();
+    // The backdoor shell runs under a UTF-8 locale here, as on NixOS:
+    // output still comes back byte for byte, short (in one write with the
+    // answer) and long (in chunks).
+    let o = m.execute("locale charmap", None, true).await.unwrap();
+    assert_eq!(o.output, b"UTF-8\n");
+    let every: String = (1..=255u8).map(|b| format!("\\{b:03o}")).collect();
+    for reps in [1, 40] {
+        let command = format!("for i in $(seq {reps}); do printf '{every}'; done");
+        let o = m.execute(&command, None, true).await.unwrap();
+        assert_eq!(o.output, (1..=255u8).collect::<Vec<u8>>().repeat(reps));
+    }
     for cut_after in [Duration::from_millis(5), Duration::from_millis(1500)] {
         common::restart_slow_service(m).await;
         // slow.service takes 3 s to become active.

@@ -13,7 +13,7 @@
 //! guest → host : <key><n> <status> <done|timeout|cancel> <0|1|2>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<key><n> c\n`,
 //!                the host answering `more.` or `done.` after each;
-//!                if 2: `<under 4 KiB raw>\n<key><n> c\n`, not answered
+//!                if 2: `<≤4096 characters raw>\n<key><n> c\n`, not answered
 //! ```
 //!
 //! `<n>` numbers the commands of a boot, and `<key>` is a random string the
@@ -59,8 +59,8 @@
 //! throttle console ports), so a host that is slow to read for a moment would
 //! silently lose output. No more than one chunk is ever in flight, and a
 //! chunk fits the socket buffer, so nothing is lost however late the driver
-//! reads. Output under 4 KiB (most commands') travels in one write with the
-//! answer and is not acknowledged, which saves a round trip: the guest then
+//! reads. Output of up to 4096 characters (most commands') travels in one
+//! write with the answer and is not acknowledged, which saves a round trip: the guest then
 //! sends nothing until the next command, so it is still the only thing in
 //! flight.
 //!
@@ -211,10 +211,13 @@ __vmt_reply() {
   local small
   if [[ -s $__vmt_to ]]; then
     __vmt_spent=1
-    # Output under 4 KiB without a NUL byte goes in one write with the
-    # answer, and no acknowledgement is awaited: `read` stops at a NUL or
-    # after 4097 bytes, and fails only at the end.
-    if ! LC_ALL=C IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
+    # Output of up to 4096 characters without a NUL byte goes in one write
+    # with the answer, and no acknowledgement is awaited: `read` stops at a
+    # NUL or after 4097 characters (bytes kept as they are; a character
+    # is a byte in the C locale, at most 6 in a UTF-8 one), and fails only
+    # at the end. (`LC_ALL=C` here would make bash switch locales twice
+    # per command: 0.4 to 1.9 ms under TCG with LANG=C.UTF-8.)
+    if ! IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
       printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
         "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
       return
