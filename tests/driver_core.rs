@@ -124,8 +124,9 @@ async fn commands_report_exact_status_and_output() {
         .unwrap_or("")
         .to_string();
     assert_eq!(ppid, String::from_utf8_lossy(&shell_pid).trim());
-    // ... with the status and message bash gives a missing program, and
-    // a builtin of the same name as a program still runs as the builtin.
+    // ... with the status bash gives a missing program (the console says
+    // `exec: …: not found`), and a builtin of the same name as a program
+    // still runs as the builtin.
     let o = m.execute("no-such-program --x", None, true).await.unwrap();
     assert_eq!(o.status, 127);
     let o = m.execute("echo -n 'a  b'", None, true).await.unwrap();

@@ -60,9 +60,9 @@
 //! silently lose output. No more than one chunk is ever in flight, and a
 //! chunk fits the socket buffer, so nothing is lost however late the driver
 //! reads. Output of up to 4096 characters (most commands') travels in one
-//! write with the answer and is not acknowledged, which saves a round trip: the guest then
-//! sends nothing until the next command, so it is still the only thing in
-//! flight.
+//! write with the answer and is not acknowledged, which saves a round
+//! trip: the guest then sends nothing until the next command, so it is
+//! still the only thing in flight.
 //!
 //! Waits (`wait_until_succeeds` and friends) loop in the guest with a 50 ms
 //! pause and no host round trip per try; the guest checks their deadline
