@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use nix_vmtest::machine::shell::UntilMode;
+use nix_vmtest::machine::shell::{shell_quote, UntilMode};
 use nix_vmtest::machine::MachineError;
 
 #[tokio::test(flavor = "current_thread")]
@@ -111,6 +111,41 @@ async fn commands_report_exact_status_and_output() {
     let o = m.execute("cat; echo done", None, true).await.unwrap();
     assert_eq!(o.output, b"done\n");
 
+    // Commands come on the command port, which the backdoor shell's serve
+    // loop reads, and get there exactly: text that is not ASCII, with
+    // output kept or not, one longer than the guest's 4 KiB read buffer,
+    // trailing blanks and newlines.
+    assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
+    let text = "h\u{e9} \u{20ac} \u{1f600} 'q' \\ $x \"\t\"";
+    let o = m
+        .execute(&format!("printf '%s' {}", shell_quote(text)), None, true)
+        .await
+        .unwrap();
+    assert_eq!(o.output, text.as_bytes());
+    let o = m
+        .execute(&format!(": {}; exit 4", shell_quote(text)), None, false)
+        .await
+        .unwrap();
+    assert_eq!(o.status, 4);
+    let o = m.execute("echo x; exit 6", None, false).await.unwrap();
+    assert_eq!((o.status, o.output.as_slice()), (6, &b""[..]));
+    let long = "y".repeat(100_000);
+    let o = m
+        .execute(&format!("printf %s {long} | wc -c"), None, true)
+        .await
+        .unwrap();
+    assert_eq!(o.output, b"100000\n");
+    let o = m
+        .execute("printf '%s|' 'a  '  \n\n", None, true)
+        .await
+        .unwrap();
+    assert_eq!(o.output, b"a  |");
+    // The nixpkgs framing (the bench's baseline) needs bash itself on the
+    // console: the serve loop ends for it, and starts again after.
+    let (st, out) = m.run_nixpkgs_framing("echo hi; exit 5", 60).await.unwrap();
+    assert_eq!((st, out.as_slice()), (5, &b"hi\n"[..]));
+    assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
+
     // A plain command of a program runs without a second fork: the
     // command's subshell becomes the program, whose parent is the shell.
     let shell_pid = m.execute("echo $$", None, true).await.unwrap().output;
@@ -157,8 +192,9 @@ async fn timeouts_and_detached_children_never_hang() {
     timeouts_and_detached_children(m).await;
 }
 
-/// A start script that drops the control port from the driver's options:
-/// the guest then watches its commands itself, with the same results.
+/// A start script that drops the driver's ports from its options: commands
+/// come on the console, and the guest watches them itself, with the same
+/// results.
 #[tokio::test(flavor = "current_thread")]
 async fn without_the_control_port_the_guest_stops_commands_itself() {
     use nix_vmtest::spec::MachineSpec;
@@ -169,10 +205,10 @@ async fn without_the_control_port_the_guest_stops_commands_itself() {
         &script,
         format!(
             "#!/usr/bin/env bash\n\
-             # Drop -chardev/-device options of the control port (and their flag).\n\
+             # Drop -chardev/-device options of the driver's ports (and their flag).\n\
              args=()\n\
              for a in \"$@\"; do\n  \
-               if [[ $a == *vmtctl* ]]; then unset 'args[-1]'; else args+=(\"$a\"); fi\n\
+               if [[ $a == *vmtctl* || $a == *vmtcmd* ]]; then unset 'args[-1]'; else args+=(\"$a\"); fi\n\
              done\n\
              exec {} \"${{args[@]}}\"\n",
             common::guests().join("run-tiny-vm").display()
@@ -190,6 +226,7 @@ async fn without_the_control_port_the_guest_stops_commands_itself() {
     let m = &mut d.machines[0];
     m.connect().await.unwrap();
     assert_eq!(control_ports(m).await, 0);
+    assert_eq!(shell_input(m).await, "console");
     timeouts_and_detached_children(m).await;
 }
 
@@ -203,6 +240,21 @@ async fn control_ports(m: &mut nix_vmtest::machine::Machine) -> usize {
         .lines()
         .filter(|l| *l == "org.nix-vmtest.ctl")
         .count()
+}
+
+/// Where the backdoor shell reads its input: the name of the virtio port
+/// (the serve loop's command port), or `console`.
+async fn shell_input(m: &mut nix_vmtest::machine::Machine) -> String {
+    let o = m
+        .execute(
+            "d=$(readlink /proc/$$/fd/0); n=/sys/class/virtio-ports/${d#/dev/}/name; \
+             if [ -e \"$n\" ]; then cat \"$n\"; else echo console; fi",
+            None,
+            true,
+        )
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&o.output).trim().to_string()
 }
 
 /// Runs a command that must end by itself well before its 60 s timeout;

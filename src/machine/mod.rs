@@ -169,6 +169,7 @@ struct Running {
     exited: watch::Receiver<Option<ExitStatus>>,
     shell_listener: UnixListener,
     ctl_listener: UnixListener,
+    cmd_listener: UnixListener,
     shell: Option<Shell>,
     /// The shell connection of a guest that is rebooting: QEMU keeps the
     /// chardev connected, and the new boot's backdoor announces itself on it.
@@ -308,13 +309,16 @@ impl Machine {
         let monitor_path = self.path("monitor");
         let qmp_path = self.path("qmp");
         let ctl_path = self.path("ctl");
-        for p in [&shell_path, &monitor_path, &qmp_path, &ctl_path] {
+        let cmd_path = self.path("cmd");
+        for p in [&shell_path, &monitor_path, &qmp_path, &ctl_path, &cmd_path] {
             let _ = std::fs::remove_file(p);
         }
         let shell_listener = UnixListener::bind(&shell_path)
             .map_err(self.io_err("listening on the shell socket"))?;
         let ctl_listener = UnixListener::bind(&ctl_path)
             .map_err(self.io_err("listening on the control socket"))?;
+        let cmd_listener = UnixListener::bind(&cmd_path)
+            .map_err(self.io_err("listening on the command socket"))?;
         let monitor_listener = UnixListener::bind(&monitor_path)
             .map_err(self.io_err("listening on the monitor socket"))?;
         let paths = qemu::Paths {
@@ -322,6 +326,7 @@ impl Machine {
             qmp: &qmp_path,
             shell: &shell_path,
             ctl: &ctl_path,
+            cmd: &cmd_path,
         };
         let driver_args = qemu::driver_args(&paths, allow_reboot, self.cfg.accel);
         let disk = self.path(&format!("{}.qcow2", self.name));
@@ -426,6 +431,7 @@ impl Machine {
             exited,
             shell_listener,
             ctl_listener,
+            cmd_listener,
             shell: None,
             rebooting: None,
             monitor_listener,
@@ -547,12 +553,19 @@ impl Machine {
                     let (stream, _) = r.shell_listener.accept().await.map_err(ShellError::Io)?;
                     let mut shell = Shell::new(stream);
                     // QEMU connects its chardevs together when it starts; a
-                    // start script that drops the control port still works,
-                    // with the guest watching its commands itself.
+                    // start script that drops the driver's ports still
+                    // works, with commands on the console and the guest
+                    // watching them itself.
+                    let grace = tokio::time::Instant::now() + Duration::from_secs(1);
                     if let Ok(Ok((ctl, _))) =
-                        tokio::time::timeout(Duration::from_secs(1), r.ctl_listener.accept()).await
+                        tokio::time::timeout_at(grace, r.ctl_listener.accept()).await
                     {
                         shell.set_ctl(ctl);
+                    }
+                    if let Ok(Ok((cmd, _))) =
+                        tokio::time::timeout_at(grace, r.cmd_listener.accept()).await
+                    {
+                        shell.set_cmd(cmd);
                     }
                     shell
                 }
@@ -884,7 +897,7 @@ impl Machine {
         self.connect().await?;
         if let Some(shell) = self.running()?.shell.as_mut() {
             // No answer is expected: the shell goes away with the guest.
-            let _ = shell.write_raw(b"poweroff\n").await;
+            let _ = shell.send_line("poweroff\n").await;
         }
         self.wait_for_shutdown().await
     }
@@ -1184,6 +1197,7 @@ impl Machine {
         let mut stdout = tokio::io::stdout();
         let mut buf = [0u8; 4096];
         let result: Result<(), ShellError> = async {
+            shell.raw_mode().await?;
             loop {
                 tokio::select! {
                     n = stdin.read(&mut buf) => {

@@ -104,10 +104,15 @@ pub struct Paths<'a> {
     pub shell: &'a Path,
     /// The control port (stops a running command; see `Shell`).
     pub ctl: &'a Path,
+    /// The command port (carries commands to the guest; see `Shell`).
+    pub cmd: &'a Path,
 }
 
 /// The name of the guest's control port (`/sys/class/virtio-ports/*/name`).
 pub const CTL_PORT: &str = "org.nix-vmtest.ctl";
+
+/// The name of the guest's command port.
+pub const CMD_PORT: &str = "org.nix-vmtest.cmd";
 
 /// The options the driver appends to every start script, as nixpkgs' driver
 /// does, plus the accelerator: a later `-machine accel=tcg` overrides the
@@ -128,6 +133,10 @@ pub fn driver_args(paths: &Paths<'_>, allow_reboot: bool, accel: Accel) -> Vec<S
         format!("socket,id=vmtctl,path={}", paths.ctl.display()),
         "-device".to_string(),
         format!("virtserialport,chardev=vmtctl,name={CTL_PORT}"),
+        "-chardev".to_string(),
+        format!("socket,id=vmtcmd,path={}", paths.cmd.display()),
+        "-device".to_string(),
+        format!("virtserialport,chardev=vmtcmd,name={CMD_PORT}"),
         "-device".to_string(),
         "virtio-rng-pci".to_string(),
         "-serial".to_string(),
@@ -293,12 +302,16 @@ mod tests {
             qmp: Path::new("/s/qmp"),
             shell: Path::new("/s/shell"),
             ctl: Path::new("/s/ctl"),
+            cmd: Path::new("/s/cmd"),
         };
         let args = driver_args(&p, false, Accel::Tcg);
         let joined = args.join(" ");
         assert!(joined.contains("-chardev socket,id=shell,path=/s/shell"));
         assert!(joined.contains(
             "-chardev socket,id=vmtctl,path=/s/ctl -device virtserialport,chardev=vmtctl,name=org.nix-vmtest.ctl"
+        ));
+        assert!(joined.contains(
+            "-chardev socket,id=vmtcmd,path=/s/cmd -device virtserialport,chardev=vmtcmd,name=org.nix-vmtest.cmd"
         ));
         assert!(
             joined.ends_with("-no-reboot -machine accel=tcg"),

@@ -17,11 +17,20 @@
 //! ```
 //!
 //! `<n>` numbers the commands of a boot, and `<key>` is a random string the
-//! bootstrap was given: the command line stays short (bash reads it from
-//! the console a byte at a time, 5–10 µs each under TCG), and the
-//! delimiters stay unguessable. `/dev/null` as the last argument means the
-//! output is not kept. The command runs with no positional parameters, as
-//! with `bash -c`.
+//! bootstrap was given: the command line stays short, and the delimiters
+//! stay unguessable. `/dev/null` as the last argument means the output is
+//! not kept. The command runs with no positional parameters, as with
+//! `bash -c`.
+//!
+//! Those lines are what bash reads on the console when the guest has no
+//! command port. With one (a `virtserialport` named
+//! [`super::qemu::CMD_PORT`], which the driver gives QEMU), the backdoor
+//! shell runs a serve loop on it (`__vmt_serve`) and everything the host
+//! sends goes there as a record: `r<n> <command>` (or `n<n> …` for
+//! output not kept) runs a command right in the loop, and `e<line>` is any
+//! of the lines above, evaluated there. bash reads a tty a byte at a time
+//! (5–10 µs each under TCG), behind the guest's hvc thread and tty layer; a
+//! record on the port takes one read(2). Answers still come on the console.
 //!
 //! The guest reads acknowledgements (and `cancel.`) with `read -d .`: a
 //! delimiter other than newline makes bash read byte by byte, so it never
@@ -97,20 +106,29 @@ __vmt_init() {
   [ -n "$__vmt_dir" ] && mkfifo "$__vmt_dir/done" "$__vmt_dir/tick" || return 1
   exec {__vmt_tick}<>"$__vmt_dir/tick"
   __vmt_n=0 __vmt_out=$__vmt_dir/o.0 __vmt_spent=
+  __vmt_port org.nix-vmtest.cmd
+  __vmt_cmdport=$__vmt_p
   __vmt_ctl_start
 }
-__vmt_ctl_start() {
+__vmt_port() {
+  # The device of the virtio port named $1, in __vmt_p (empty if none).
   local p name
+  __vmt_p=
+  for p in /sys/class/virtio-ports/*; do
+    [ -r "$p/name" ] && read -r name <"$p/name" && [ "$name" = "$1" ] &&
+      [ -c "/dev/${p##*/}" ] || continue
+    __vmt_p=/dev/${p##*/}
+    return 0
+  done
+  return 1
+}
+__vmt_ctl_start() {
   if [[ -n $__vmt_listener ]] && kill -0 "$__vmt_listener" 2>/dev/null; then return; fi
   __vmt_listener=
-  for p in /sys/class/virtio-ports/*; do
-    [ -r "$p/name" ] && read -r name <"$p/name" && [ "$name" = org.nix-vmtest.ctl ] &&
-      [ -c "/dev/${p##*/}" ] || continue
-    __vmt_listen "/dev/${p##*/}" &
-    __vmt_listener=$!
-    trap '__vmt_stop=1' USR1
-    return
-  done
+  __vmt_port org.nix-vmtest.ctl || return 0
+  __vmt_listen "$__vmt_p" &
+  __vmt_listener=$!
+  trap '__vmt_stop=1' USR1
 }
 __vmt_listen() {
   local c req kids k
@@ -143,11 +161,50 @@ __vmt_run() {
   ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_to"
   __vmt_st=$?
   if [[ -s $__vmt_to ]]; then
-    __vmt_why=; __vmt_reply
+    __vmt_why=; __vmt_send_output
   else
     printf '%s%s %s done 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st"
   fi
   __vmt_next
+}
+__vmt_serve() {
+  # <sync>: from now on commands come as records on the command port, and
+  # answers still go to the console. The host first writes `<sync>.` on the
+  # port: whatever an earlier boot left there before it is skipped.
+  __vmt_sync=$1
+  set --
+  __vmt_loop <"$__vmt_cmdport" || printf '%s failed\n' "$__vmt_sync"
+}
+__vmt_loop() {
+  # A record is `<length: 6 hex digits> <kind><body>`, all ASCII, so `read
+  # -N` (one read(2) for all of it; a tty or a newline delimiter would make
+  # bash read a byte at a time) counts bytes in any locale. `cancel.` (7
+  # bytes, like a header) may come between records and is skipped.
+  # Kinds: `r<id> <command>` and `n<id> <command>` run a command as
+  # `__vmt_run` does (output kept, or not); `e<line>` is evaluated here.
+  __vmt_h=
+  while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 0; done
+  printf '%s serving\n' "$__vmt_sync"
+  while read -r -N 7 __vmt_h; do
+    [[ $__vmt_h == cancel. ]] && continue
+    read -r -N $((16#$__vmt_h)) __vmt_rec || break
+    case $__vmt_rec in
+      [rn]*)
+        __vmt_id=${__vmt_rec%% *} __vmt_cmd=${__vmt_rec#* } __vmt_to=$__vmt_out
+        [[ $__vmt_id == n* ]] && __vmt_to=/dev/null
+        __vmt_id=${__vmt_id#?}
+        ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_to"
+        __vmt_st=$?
+        if [[ -s $__vmt_to ]]; then
+          __vmt_why=; __vmt_send_output
+        else
+          printf '%s%s %s done 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st"
+        fi
+        __vmt_next
+        ;;
+      *) eval "${__vmt_rec#?}" ;;
+    esac
+  done
 }
 __vmt_kill() {
   local p kids
@@ -208,25 +265,29 @@ __vmt_try() {
   __vmt_st=$?
 }
 __vmt_reply() {
-  local small
   if [[ -s $__vmt_to ]]; then
-    __vmt_spent=1
-    # Output of up to 4096 characters without a NUL byte goes in one write
-    # with the answer, and no acknowledgement is awaited: `read` stops at a
-    # NUL or after 4097 characters (bytes kept as they are; a character
-    # is a byte in the C locale, at most 6 in a UTF-8 one), and fails only
-    # at the end. (`LC_ALL=C` here would make bash switch locales twice
-    # per command: 0.4 to 1.9 ms under TCG with LANG=C.UTF-8.)
-    if ! IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
-      printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
-        "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
-      return
-    fi
-    printf '%s%s %s %s 1\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
-    __vmt_send
+    __vmt_send_output
   else
     printf '%s%s %s %s 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
   fi
+}
+__vmt_send_output() {
+  # The answer of a command whose output file is not empty.
+  local small
+  __vmt_spent=1
+  # Output of up to 4096 characters without a NUL byte goes in one write
+  # with the answer, and no acknowledgement is awaited: `read` stops at a
+  # NUL or after 4097 characters (bytes kept as they are; a character
+  # is a byte in the C locale, at most 6 in a UTF-8 one), and fails only
+  # at the end. (`LC_ALL=C` here would make bash switch locales twice
+  # per command: 0.4 to 1.9 ms under TCG with LANG=C.UTF-8.)
+  if ! IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
+    printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
+      "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
+    return
+  fi
+  printf '%s%s %s %s 1\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
+  __vmt_send
 }
 __vmt_send() {
   local i=0 ack
@@ -311,6 +372,11 @@ pub enum ShellError {
     Bootstrap(String),
     #[error("the guest's shell answered in an unexpected form: {0}")]
     Protocol(String),
+    #[error(
+        "a command of {0} bytes is too long to send (at most 16 MiB): put large data in a file \
+         and use copy_from_host"
+    )]
+    TooLong(usize),
     /// Only inside [`Shell::unit_wait`], which then polls instead.
     #[error("systemd-stdio-bridge in the guest stopped answering during a unit wait")]
     BusGone,
@@ -389,6 +455,14 @@ pub struct Shell {
     /// The guest listens on the control port: commands run without a
     /// watcher in the guest, and the host stops them through the port.
     guest_ctl: bool,
+    /// The command port (`virtserialport` named [`super::qemu::CMD_PORT`]).
+    cmd: Option<UnixStream>,
+    /// The guest has the command port.
+    guest_cmd: bool,
+    /// The guest's serve loop reads the command port: everything the host
+    /// sends goes there as records ([`record`]), and the console carries
+    /// only the guest's answers.
+    serving: bool,
     /// Random per bootstrap; with a command's serial number it marks the
     /// command's answer and output chunks (the command line itself carries
     /// only the serial: the guest reads it a byte at a time).
@@ -425,6 +499,11 @@ enum Pending {
     Bus(String),
     /// A D-Bus session whose end was asked for; its answer is unread.
     BusStopping(String),
+    /// The serve loop was asked to start ([`Shell::serve`]); its answer is
+    /// unread.
+    Serve(String),
+    /// The serve loop was asked to end; its answer is unread.
+    Leave(String),
 }
 
 /// How [`Shell::unit_wait`] ended.
@@ -532,6 +611,45 @@ pub fn exec_form(command: &str, shell_names: &HashSet<String>) -> Option<String>
     quote.is_none().then(|| format!("{prefix}exec {body}"))
 }
 
+/// A record for the guest's serve loop (`__vmt_loop` in [`BOOTSTRAP`]):
+/// the body's length as 6 hex digits and a space, then the kind and the
+/// body. A record is all ASCII, so that the loop's `read -N` (which counts
+/// characters) reads exactly it in any locale: an `e` line with other
+/// bytes goes as `eval $'…'` with those bytes escaped.
+fn record(kind: char, body: &str) -> Result<Vec<u8>, ShellError> {
+    let escaped;
+    let body = if body.is_ascii() {
+        body
+    } else {
+        debug_assert_eq!(kind, 'e', "only `e` records may carry non-ASCII");
+        escaped = format!("eval {}", ascii_quote(body));
+        &escaped
+    };
+    let len = body.len() + 1;
+    if len > 0xff_ffff {
+        return Err(ShellError::TooLong(len));
+    }
+    Ok(format!("{len:06x} {kind}{body}").into_bytes())
+}
+
+/// `s` as a bash `$'…'` string of ASCII characters only.
+fn ascii_quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 8);
+    q.push_str("$'");
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' | b'\'' => {
+                q.push('\\');
+                q.push(b as char);
+            }
+            b' '..=b'~' => q.push(b as char),
+            _ => q.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    q.push('\'');
+    q
+}
+
 fn nonce() -> String {
     format!("vmt{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
@@ -563,6 +681,9 @@ impl Shell {
             pending: None,
             ctl: None,
             guest_ctl: false,
+            cmd: None,
+            guest_cmd: false,
+            serving: false,
             key: String::new(),
             serial: 0,
             shell_names: None,
@@ -575,6 +696,32 @@ impl Shell {
             stream,
             buf: Vec::new(),
         });
+    }
+
+    /// Adds the command port's connection.
+    pub fn set_cmd(&mut self, stream: UnixStream) {
+        self.cmd = Some(stream);
+    }
+
+    /// Sends a line of bash (ending in a newline) to the backdoor shell: as
+    /// a record on the command port while the guest serves it, else on the
+    /// console.
+    pub async fn send_line(&mut self, line: &str) -> Result<(), ShellError> {
+        match self.cmd.as_mut().filter(|_| self.serving) {
+            Some(port) => port.write_all(&record('e', line)?).await?,
+            None => self.stream.write_all(line.as_bytes()).await?,
+        }
+        Ok(())
+    }
+
+    /// Sends what the guest reads with `read -d .` (an acknowledgement, or
+    /// `cancel.`) where the guest reads it.
+    async fn send_word(&mut self, word: &[u8]) -> Result<(), ShellError> {
+        match self.cmd.as_mut().filter(|_| self.serving) {
+            Some(port) => port.write_all(word).await?,
+            None => self.stream.write_all(word).await?,
+        }
+        Ok(())
     }
 
     /// Has the guest's listener kill the running command (if any), and
@@ -644,21 +791,26 @@ impl Shell {
         let before = self.read_until(MARKER).await?;
         // The rest of the marker line.
         let _ = self.read_until(b"\n").await?;
-        self.bootstrapped = false;
-        self.guest_ctl = false;
-        self.pending = None;
+        self.forget_boot();
         Ok(before)
     }
 
     /// Forgets the shell's state after the guest rebooted.
     pub fn reset(&mut self) {
-        self.bootstrapped = false;
-        self.guest_ctl = false;
-        self.pending = None;
+        self.forget_boot();
         self.buf.clear();
         if let Some(ctl) = self.ctl.as_mut() {
             ctl.buf.clear();
         }
+    }
+
+    /// What a new boot of the guest no longer has.
+    fn forget_boot(&mut self) {
+        self.bootstrapped = false;
+        self.guest_ctl = false;
+        self.guest_cmd = false;
+        self.serving = false;
+        self.pending = None;
     }
 
     async fn bootstrap(&mut self) -> Result<(), ShellError> {
@@ -668,7 +820,8 @@ impl Shell {
         // functions, aliases), which [`exec_form`] must not exec; `#` if
         // bash cannot list them.
         let script = format!(
-            "{BOOTSTRAP}\nif __vmt_init {key}; then printf '%s ok%s\\n' {n} \"${{__vmt_listener:+ ctl}}\"; \
+            "{BOOTSTRAP}\nif __vmt_init {key}; then \
+             printf '%s ok%s%s\\n' {n} \"${{__vmt_listener:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
              {{ compgen -b -k -A function -a || echo '#'; }} 2>/dev/null; printf '\\n%s end\\n' {n}; \
              else printf '%s failed\\n' {n}; fi\n"
         );
@@ -680,7 +833,9 @@ impl Shell {
                 String::from_utf8_lossy(&before).trim().to_string(),
             ));
         }
-        self.guest_ctl = status == b"ok ctl" && self.ctl.is_some();
+        let has = |port: &[u8]| status.split(|&b| b == b' ').any(|w| w == port);
+        self.guest_ctl = has(b"ctl") && self.ctl.is_some();
+        self.guest_cmd = has(b"cmd") && self.cmd.is_some();
         let names = self.read_until(format!("\n{n} end\n").as_bytes()).await?;
         let names: HashSet<String> = String::from_utf8_lossy(&names)
             .split_whitespace()
@@ -722,8 +877,7 @@ impl Shell {
                 let chunk = self.read_until(delimiter.as_bytes()).await?;
                 let more = chunk.len() == CHUNK;
                 output.extend_from_slice(&chunk);
-                self.stream
-                    .write_all(if more { b"more." } else { b"done." })
+                self.send_word(if more { b"more." } else { b"done." })
                     .await?;
                 if !more {
                     break;
@@ -738,22 +892,26 @@ impl Shell {
         })
     }
 
-    /// Makes the shell usable: after a cancelled call, stops whatever the
-    /// guest still does for it and skips what it sent; after a boot,
-    /// defines the helpers.
-    async fn ready(&mut self) -> Result<(), ShellError> {
+    /// Ends what a cancelled call left: stops whatever the guest still
+    /// does for it and skips what it sent.
+    async fn settle(&mut self) -> Result<(), ShellError> {
         match self.pending.take() {
             Some(Pending::Command) => {
                 if self.guest_ctl {
                     self.ctl_kill().await?;
                 }
-                // `cancel` ends a running command, a wait, or a chunk
-                // transfer; if the guest was idle, bash runs it as an
-                // unknown command (an error on the serial console, nothing
-                // else).
+                // `cancel.` ends a running command, a wait, or a chunk
+                // transfer. An idle serve loop skips it; an idle shell on
+                // the console runs it as an unknown command (an error on
+                // the serial console, nothing else).
                 let n = nonce();
-                self.stream
-                    .write_all(format!("cancel.\nprintf '%s\\n' {n}-sync\n").as_bytes())
+                let word: &[u8] = if self.serving {
+                    b"cancel."
+                } else {
+                    b"cancel.\n"
+                };
+                self.send_word(word).await?;
+                self.send_line(&format!("printf '%s\\n' {n}-sync\n"))
                     .await?;
                 self.read_until(format!("{n}-sync\n").as_bytes()).await?;
             }
@@ -771,11 +929,76 @@ impl Shell {
                     .await?;
                 self.pending = None;
             }
+            Some(Pending::Serve(n)) => self.serve_answer(n).await?,
+            Some(Pending::Leave(n)) => self.leave_answer(n).await?,
             None => {}
         }
+        Ok(())
+    }
+
+    /// Makes the shell ready for framed commands: settles a cancelled call,
+    /// defines the helpers after a boot, and starts the serve loop if the
+    /// guest has both ports.
+    async fn ready(&mut self) -> Result<(), ShellError> {
+        self.settle().await?;
         if !self.bootstrapped {
             self.bootstrap().await?;
         }
+        if !self.serving && self.guest_cmd && self.guest_ctl {
+            self.serve().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the guest's serve loop (`__vmt_serve`): from its answer on,
+    /// the host sends everything on the command port. The port gets
+    /// `<n>.` first, so that the loop skips whatever an earlier boot left
+    /// unread there.
+    async fn serve(&mut self) -> Result<(), ShellError> {
+        let n = nonce();
+        let port = self
+            .cmd
+            .as_mut()
+            .ok_or_else(|| ShellError::Protocol("no command port".into()))?;
+        port.write_all(format!("{n}.").as_bytes()).await?;
+        self.pending = Some(Pending::Serve(n.clone()));
+        self.stream
+            .write_all(format!("__vmt_serve {n}\n").as_bytes())
+            .await?;
+        self.serve_answer(n).await
+    }
+
+    /// Reads the serve loop's answer: `serving`, or `failed` (the port
+    /// could not be opened: commands stay on the console).
+    async fn serve_answer(&mut self, n: String) -> Result<(), ShellError> {
+        self.pending = Some(Pending::Serve(n.clone()));
+        self.read_until(format!("{n} ").as_bytes()).await?;
+        let word = self.read_until(b"\n").await?;
+        self.serving = word == b"serving";
+        self.guest_cmd = self.serving;
+        self.pending = None;
+        Ok(())
+    }
+
+    /// Gives the console back to bash itself (the nixpkgs framing and the
+    /// interactive shell write bash to it): settles a cancelled call and
+    /// ends the serve loop.
+    pub async fn raw_mode(&mut self) -> Result<(), ShellError> {
+        self.settle().await?;
+        if self.serving {
+            let n = nonce();
+            self.send_line(&format!("printf '%s left\\n' {n}; break\n"))
+                .await?;
+            self.leave_answer(n).await?;
+        }
+        Ok(())
+    }
+
+    async fn leave_answer(&mut self, n: String) -> Result<(), ShellError> {
+        self.pending = Some(Pending::Leave(n.clone()));
+        self.read_until(format!("{n} left\n").as_bytes()).await?;
+        self.serving = false;
+        self.pending = None;
         Ok(())
     }
 
@@ -842,8 +1065,22 @@ impl Shell {
                 )
             }
         };
+        // The serve loop runs a plain command itself, with no function call
+        // and nothing to parse but the command.
+        let fast = match req {
+            Request::Exec {
+                command, capture, ..
+            } if self.serving && command.is_ascii() => {
+                let kind = if capture { 'r' } else { 'n' };
+                Some(record(kind, &format!("{id} {}", sent(command)))?)
+            }
+            _ => None,
+        };
         self.pending = Some(Pending::Command);
-        self.stream.write_all(line.as_bytes()).await?;
+        match (fast, self.cmd.as_mut()) {
+            (Some(record), Some(port)) => port.write_all(&record).await?,
+            _ => self.send_line(&line).await?,
+        }
         let mut killed = false;
         if let Some(after) = kill_after {
             let head = format!("{mark} ");
@@ -880,9 +1117,7 @@ impl Shell {
         self.ready().await?;
         let n = nonce();
         self.pending = Some(Pending::Bus(n.clone()));
-        self.stream
-            .write_all(format!("__vmt_bus_start {n}\n").as_bytes())
-            .await?;
+        self.send_line(&format!("__vmt_bus_start {n}\n")).await?;
         self.read_until(format!("{n} ").as_bytes()).await?;
         if self.read_until(b"\n").await? != b"bridge" {
             self.pending = None;
@@ -901,9 +1136,7 @@ impl Shell {
     /// Asks the guest to end a D-Bus session (it kills the bridge); the
     /// next call waits for its answer.
     async fn send_bus_stop(&mut self, n: &str) -> Result<(), ShellError> {
-        self.stream
-            .write_all(format!("__vmt_bus_stop {n}\n").as_bytes())
-            .await?;
+        self.send_line(&format!("__vmt_bus_stop {n}\n")).await?;
         self.pending = Some(Pending::BusStopping(n.to_string()));
         Ok(())
     }
@@ -1025,8 +1258,7 @@ impl Shell {
     /// Writes bytes into the bridge.
     async fn bus_write(&mut self, bytes: &[u8]) -> Result<(), ShellError> {
         let line = format!("printf '{}' >&\"$__vmt_bus\"\n", printf_format(bytes));
-        self.stream.write_all(line.as_bytes()).await?;
-        Ok(())
+        self.send_line(&line).await
     }
 
     /// Calls a method; the reply, or the D-Bus error's name and message.
@@ -1102,7 +1334,7 @@ impl Shell {
         timeout: u64,
     ) -> Result<(i32, Vec<u8>), ShellError> {
         use base64::Engine;
-        self.ready().await?;
+        self.raw_mode().await?;
         let line = format!(
             "timeout {timeout} bash -c {} | (base64 -w 0; echo)\n",
             shell_quote(command)
@@ -1121,7 +1353,8 @@ impl Shell {
         Ok((status, output))
     }
 
-    /// Writes raw bytes into the shell (the interactive `shell_interact`).
+    /// Writes raw bytes into the shell (the interactive `shell_interact`,
+    /// after [`Shell::raw_mode`]).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ShellError> {
         self.stream.write_all(bytes).await?;
         Ok(())
@@ -1161,6 +1394,40 @@ mod tests {
     fn quoting_survives_single_quotes_and_newlines() {
         assert_eq!(shell_quote("a'b"), r"'a'\''b'");
         assert_eq!(shell_quote("x\ny"), "'x\ny'");
+    }
+
+    #[test]
+    fn records_are_ascii_with_their_length_in_front() {
+        assert_eq!(record('r', "7 true").unwrap(), b"000007 r7 true");
+        let r = record('e', "printf '%s' '\u{e9}'\n").unwrap();
+        assert_eq!(
+            r,
+            &b"000027 eeval $'printf \\'%s\\' \\'\\xc3\\xa9\\'\\x0a'"[..]
+        );
+        assert_eq!(
+            usize::from_str_radix(std::str::from_utf8(&r[..6]).unwrap(), 16).unwrap(),
+            r.len() - 7
+        );
+        assert!(record('e', &"x".repeat(0xff_fffe)).is_ok());
+        assert!(matches!(
+            record('e', &"x".repeat(0xff_ffff)),
+            Err(ShellError::TooLong(0x100_0000))
+        ));
+    }
+
+    #[test]
+    fn ascii_quoting_gives_back_every_byte_in_bash() {
+        let text: String = (1..=0x7f_u8)
+            .map(char::from)
+            .chain("h\u{e9} \u{20ac} \u{1f600}".chars())
+            .collect();
+        let q = ascii_quote(&text);
+        assert!(q.is_ascii());
+        let out = std::process::Command::new("bash")
+            .args(["-c", "eval \"v=$1\"; printf %s \"$v\"", "_", &q])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), text);
     }
 
     #[test]

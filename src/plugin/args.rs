@@ -1,5 +1,5 @@
 //! Checks the arguments of `builtins.vmTest` and turns them into a
-//! [`TestSpec`](crate::spec::TestSpec) plus the store paths the test
+//! [`TestSpec`] plus the store paths the test
 //! derivation depends on. Every error names the attribute (and its position,
 //! where Nix knows it), so `nix-build` fails at evaluation, not after a boot.
 
