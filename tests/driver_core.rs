@@ -512,6 +512,17 @@ async fn lifecycle_monitor_console_and_files() {
     assert_eq!(st["status"], "running");
     m.shutdown().await.unwrap();
     assert!(!m.is_running() && !m.is_up());
+    // ... and no socket is left in the machine's state directory.
+    use std::os::unix::fs::FileTypeExt;
+    let state = m.shared_dir().parent().unwrap().to_path_buf();
+    let sockets: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            e.file_type().ok()?.is_socket().then(|| e.file_name())
+        })
+        .collect();
+    assert!(sockets.is_empty(), "sockets left in {state:?}: {sockets:?}");
 
     // A crash: QEMU quits at once.
     m.start(false).await.unwrap();

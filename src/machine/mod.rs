@@ -929,7 +929,7 @@ impl Machine {
     fn stop_process(&mut self) {
         // Dropping `Running` kills the process group and its reader tasks.
         self.running = None;
-        for f in ["shell", "monitor", "qmp"] {
+        for f in ["shell", "monitor", "qmp", "ctl", "cmd"] {
             let _ = std::fs::remove_file(self.path(f));
         }
     }
