@@ -197,37 +197,53 @@ async fn timeouts_and_detached_children_never_hang() {
 /// results.
 #[tokio::test(flavor = "current_thread")]
 async fn without_the_control_port_the_guest_stops_commands_itself() {
-    use nix_vmtest::spec::MachineSpec;
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-ctl");
+    let mut d = common::driver(vec![dropping_ports("noctl", "vmtctl|vmtcmd")]).await;
+    let m = &mut d.machines[0];
+    m.connect().await.unwrap();
+    assert_eq!(control_ports(m).await, 0);
+    assert_eq!(shell_input(m).await, "console");
+    timeouts_and_detached_children(m).await;
+}
+
+/// Without the command port alone, commands come on the console and the
+/// host still stops them through the control port.
+#[tokio::test(flavor = "current_thread")]
+async fn without_the_command_port_commands_come_on_the_console() {
+    let mut d = common::driver(vec![dropping_ports("nocmd", "vmtcmd")]).await;
+    let m = &mut d.machines[0];
+    m.connect().await.unwrap();
+    assert_eq!(control_ports(m).await, 1);
+    assert_eq!(shell_input(m).await, "console");
+    timeouts_and_detached_children(m).await;
+}
+
+/// The tiny guest as node `name`, with a start script that drops the
+/// `-chardev`/`-device` options (and their flags) that mention one of the
+/// `|`-separated chardev ids.
+fn dropping_ports(name: &str, ids: &str) -> nix_vmtest::spec::MachineSpec {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     std::fs::create_dir_all(&dir).unwrap();
-    let script = dir.join("run-noctl-vm");
+    let script = dir.join(format!("run-{name}-vm"));
     std::fs::write(
         &script,
         format!(
             "#!/usr/bin/env bash\n\
-             # Drop -chardev/-device options of the driver's ports (and their flag).\n\
              args=()\n\
              for a in \"$@\"; do\n  \
-               if [[ $a == *vmtctl* || $a == *vmtcmd* ]]; then unset 'args[-1]'; else args+=(\"$a\"); fi\n\
+               if [[ $a =~ {ids} ]]; then unset 'args[-1]'; else args+=(\"$a\"); fi\n\
              done\n\
              exec {} \"${{args[@]}}\"\n",
             common::guests().join("run-tiny-vm").display()
         ),
     )
     .unwrap();
-    use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let spec = MachineSpec {
-        name: "noctl".into(),
+    nix_vmtest::spec::MachineSpec {
+        name: name.into(),
         start_script: Some(script),
         image: None,
-    };
-    let mut d = common::driver(vec![spec]).await;
-    let m = &mut d.machines[0];
-    m.connect().await.unwrap();
-    assert_eq!(control_ports(m).await, 0);
-    assert_eq!(shell_input(m).await, "console");
-    timeouts_and_detached_children(m).await;
+    }
 }
 
 /// How many control ports the guest sees.

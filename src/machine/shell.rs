@@ -7,8 +7,7 @@
 //! frames every command as
 //!
 //! ```text
-//! host  → guest: __vmt_run <n> '<command>' [/dev/null]
-//!            or: __vmt_exec <n> <timeout ms|-> <isolate> '<command>' [/dev/null]
+//! host  → guest: __vmt_exec <n> <timeout ms|-> <isolate> '<command>' [/dev/null]
 //!            or: __vmt_until <n> <timeout ms|-> <succeed|fail|settled> <isolate> '<command>'
 //! guest → host : <key><n> <status> <done|timeout|cancel> <0|1|2>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<key><n> c\n`,
@@ -49,9 +48,9 @@
 //! interactive driver):
 //! - Normally the host. The driver gives QEMU a second port, a
 //!   `virtserialport` named `org.nix-vmtest.ctl`; the bootstrap starts a
-//!   listener on it in the guest (blocked in `read`, so idle), and
-//!   `__vmt_run` just waits for the subshell: one fork per command, nothing
-//!   else. At the deadline the host writes `<id>.` on the port; the listener
+//!   listener on it in the guest (blocked in `read`, so idle), and the
+//!   shell just waits for the command's subshell: one fork per command,
+//!   nothing else. At the deadline the host writes `<id>.` on the port; the listener
 //!   kills the shell's children (the command's tree), signals the shell (a
 //!   wait loop ends), and answers `<id> done`, after which the host reads
 //!   the killed command's answer.
@@ -153,20 +152,6 @@ __vmt_next() {
   if (( ++__vmt_n % 200 == 0 )); then ( rm -f "$__vmt_dir"/o.* ); fi
   __vmt_out=$__vmt_dir/o.$__vmt_n
 }
-__vmt_run() {
-  # <id> <command> [/dev/null]: the command runs once, in a subshell that
-  # sees no positional parameters; the host stops it if need be.
-  __vmt_id=$1 __vmt_cmd=$2 __vmt_to=${3:-$__vmt_out}
-  set --
-  ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_to"
-  __vmt_st=$?
-  if [[ -s $__vmt_to ]]; then
-    __vmt_why=; __vmt_send_output
-  else
-    printf '%s%s %s done 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st"
-  fi
-  __vmt_next
-}
 __vmt_serve() {
   # <sync>: from now on commands come as records on the command port, and
   # answers still go to the console. The host first writes `<sync>.` on the
@@ -181,7 +166,8 @@ __vmt_loop() {
   # bash read a byte at a time) counts bytes in any locale. `cancel.` (7
   # bytes, like a header) may come between records and is skipped.
   # Kinds: `r<id> <command>` and `n<id> <command>` run a command as
-  # `__vmt_run` does (output kept, or not); `e<line>` is evaluated here.
+  # `__vmt_exec` does when the host stops commands (output kept, or not);
+  # `e<line>` is evaluated here.
   __vmt_h=
   while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 0; done
   printf '%s serving\n' "$__vmt_sync"
@@ -1030,13 +1016,6 @@ impl Shell {
         };
         let line = match req {
             Request::Exec {
-                command, capture, ..
-            } if self.guest_ctl => format!(
-                "__vmt_run {id} {}{}\n",
-                shell_quote(&sent(command)),
-                discard(capture)
-            ),
-            Request::Exec {
                 command,
                 timeout,
                 capture,
@@ -1044,7 +1023,7 @@ impl Shell {
                 "__vmt_exec {id} {} {} {}{}\n",
                 timeout_arg(timeout),
                 u8::from(may_background(command)),
-                shell_quote(command),
+                shell_quote(&sent(command)),
                 discard(capture)
             ),
             Request::Until {
@@ -1432,7 +1411,7 @@ mod tests {
 
     #[test]
     fn only_plain_simple_commands_of_programs_are_execed() {
-        let names: HashSet<String> = ["true", "echo", "[", "if", "exec", "__vmt_run", "ll"]
+        let names: HashSet<String> = ["true", "echo", "[", "if", "exec", "__vmt_exec", "ll"]
             .map(String::from)
             .into();
         let exec = |c: &str| exec_form(c, &names);
