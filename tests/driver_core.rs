@@ -197,22 +197,25 @@ async fn timeouts_and_detached_children_never_hang() {
 /// results.
 #[tokio::test(flavor = "current_thread")]
 async fn without_the_control_port_the_guest_stops_commands_itself() {
-    let mut d = common::driver(vec![dropping_ports("noctl", "vmtctl|vmtcmd")]).await;
-    let m = &mut d.machines[0];
-    m.connect().await.unwrap();
-    assert_eq!(control_ports(m).await, 0);
-    assert_eq!(shell_input(m).await, "console");
-    timeouts_and_detached_children(m).await;
+    on_the_console("noctl", "vmtctl|vmtcmd", 0).await;
 }
 
 /// Without the command port alone, commands come on the console and the
 /// host still stops them through the control port.
 #[tokio::test(flavor = "current_thread")]
 async fn without_the_command_port_commands_come_on_the_console() {
-    let mut d = common::driver(vec![dropping_ports("nocmd", "vmtcmd")]).await;
+    on_the_console("nocmd", "vmtcmd", 1).await;
+}
+
+/// Boots node `name` without the ports `ids` ([`dropping_ports`]) and
+/// checks that commands come on the console, that the guest sees
+/// `control` control ports, and that timeouts and detached children
+/// behave as with every port.
+async fn on_the_console(name: &str, ids: &str, control: usize) {
+    let mut d = common::driver(vec![dropping_ports(name, ids)]).await;
     let m = &mut d.machines[0];
     m.connect().await.unwrap();
-    assert_eq!(control_ports(m).await, 1);
+    assert_eq!(control_ports(m).await, control);
     assert_eq!(shell_input(m).await, "console");
     timeouts_and_detached_children(m).await;
 }
