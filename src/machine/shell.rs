@@ -54,10 +54,10 @@
 //!   `virtserialport` named `org.nix-vmtest.ctl`; the bootstrap starts a
 //!   listener on it in the guest (blocked in `read`, so idle), and the
 //!   shell just waits for the command's subshell: one fork per command,
-//!   nothing else. At the deadline the host writes `<id>.` on the port; the listener
-//!   kills the shell's children (the command's tree), signals the shell (a
-//!   wait loop ends), and answers `<id> done`, after which the host reads
-//!   the killed command's answer.
+//!   nothing else. At the deadline the host writes `<id>.` on the port;
+//!   the listener kills the shell's children (the command's tree), signals
+//!   the shell (a wait loop ends), and answers `<id> done`, after which the
+//!   host reads the killed command's answer.
 //! - Without the port (a start script that drops the driver's options), the
 //!   guest itself: `__vmt_exec` runs the command in the background and reads
 //!   a FIFO whose write end the subshell holds, 200 ms at a time, checking
@@ -791,11 +791,11 @@ impl Shell {
     /// Waits for the backdoor's ready line; what came before it is returned
     /// (normally nothing). Called after every boot.
     pub async fn wait_for_marker(&mut self) -> Result<Vec<u8>, ShellError> {
+        // The marker comes on the console: a new boot has no serve loop.
         self.forget_boot();
         let before = self.read_until(MARKER).await?;
         // The rest of the marker line.
         let _ = self.read_until(b"\n").await?;
-        self.forget_boot();
         Ok(before)
     }
 
