@@ -719,12 +719,19 @@ impl Shell {
     /// Sends a line of bash (ending in a newline) to the backdoor shell: as
     /// a record while the guest serves the command port, else as it is.
     pub async fn send_line(&mut self, line: &str) -> Result<(), ShellError> {
-        if self.serving {
-            self.stream.write_all(&record('e', line)?).await?;
-        } else {
-            self.stream.write_all(line.as_bytes()).await?;
-        }
+        let bytes = self.framed(line)?;
+        self.stream.write_all(&bytes).await?;
         Ok(())
+    }
+
+    /// A line of bash as the shell reads it now: a record while the guest
+    /// serves the command port, else the line itself.
+    fn framed(&self, line: &str) -> Result<Vec<u8>, ShellError> {
+        if self.serving {
+            record('e', line)
+        } else {
+            Ok(line.as_bytes().to_vec())
+        }
     }
 
     /// Has the guest's listener kill the running command (if any), and
@@ -948,10 +955,10 @@ impl Shell {
     /// defines the helpers after a boot, and starts the serve loop if the
     /// guest has both ports (with `serve`), or ends it (without).
     async fn ready(&mut self, serve: bool) -> Result<(), ShellError> {
-        if !serve {
-            self.raw_mode().await?;
-        }
         self.settle().await?;
+        if !serve {
+            self.leave().await?;
+        }
         if !self.bootstrapped {
             self.bootstrap().await?;
         }
@@ -1018,6 +1025,11 @@ impl Shell {
     /// ends the serve loop.
     pub async fn raw_mode(&mut self) -> Result<(), ShellError> {
         self.settle().await?;
+        self.leave().await
+    }
+
+    /// Ends the serve loop, if it runs.
+    async fn leave(&mut self) -> Result<(), ShellError> {
         if self.serving {
             let n = nonce();
             self.send_line(&format!("printf '%s left\\n' {n}; break\n"))
@@ -1062,18 +1074,26 @@ impl Shell {
                 .and_then(|names| exec_form(command, names))
                 .unwrap_or_else(|| command.to_string())
         };
-        let line = match req {
+        let sent_bytes = match req {
+            // The serve loop runs a plain command itself, with no function
+            // call and nothing to parse but the command.
+            Request::Exec {
+                command, capture, ..
+            } if self.serving && command.is_ascii() => {
+                let kind = if capture { 'r' } else { 'n' };
+                record(kind, &format!("{id} {}", sent(command)))?
+            }
             Request::Exec {
                 command,
                 timeout,
                 capture,
-            } => format!(
+            } => self.framed(&format!(
                 "__vmt_exec {id} {} {} {}{}\n",
                 timeout_arg(timeout),
                 u8::from(may_background(command)),
                 shell_quote(&sent(command)),
                 discard(capture)
-            ),
+            ))?,
             Request::Until {
                 command,
                 timeout,
@@ -1084,30 +1104,16 @@ impl Shell {
                     UntilMode::Fail => "fail",
                     UntilMode::Settled => "settled",
                 };
-                format!(
+                self.framed(&format!(
                     "__vmt_until {id} {} {mode} {} {}\n",
                     timeout_arg(timeout),
                     u8::from(may_background(command)),
                     shell_quote(&sent(command))
-                )
+                ))?
             }
-        };
-        // The serve loop runs a plain command itself, with no function call
-        // and nothing to parse but the command.
-        let fast = match req {
-            Request::Exec {
-                command, capture, ..
-            } if self.serving && command.is_ascii() => {
-                let kind = if capture { 'r' } else { 'n' };
-                Some(record(kind, &format!("{id} {}", sent(command)))?)
-            }
-            _ => None,
         };
         self.pending = Some(Pending::Command);
-        match fast {
-            Some(record) => self.stream.write_all(&record).await?,
-            None => self.send_line(&line).await?,
-        }
+        self.stream.write_all(&sent_bytes).await?;
         let mut killed = false;
         if let Some(after) = kill_after {
             let head = format!("{mark} ");
