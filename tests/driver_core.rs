@@ -9,187 +9,197 @@ use std::time::{Duration, Instant};
 use nix_vmtest::machine::shell::{shell_quote, UntilMode};
 use nix_vmtest::machine::MachineError;
 
+/// How long one test may take: each boots a guest under TCG and takes
+/// 10 to 80 s on a loaded host.
+const LIMIT: Duration = Duration::from_secs(300);
+
 #[tokio::test(flavor = "current_thread")]
 async fn commands_report_exact_status_and_output() {
-    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
-    let m = &mut d.machines[0];
-    m.start(false).await.unwrap();
-    assert!(!m.is_up(), "is_up before the shell answered");
-    m.connect().await.unwrap();
-    assert!(m.is_up());
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.start(false).await.unwrap();
+        assert!(!m.is_up(), "is_up before the shell answered");
+        m.connect().await.unwrap();
+        assert!(m.is_up());
 
-    let o = m.execute("echo hello; exit 3", None, true).await.unwrap();
-    assert_eq!((o.status, o.output.as_slice()), (3, &b"hello\n"[..]));
+        let o = m.execute("echo hello; exit 3", None, true).await.unwrap();
+        assert_eq!((o.status, o.output.as_slice()), (3, &b"hello\n"[..]));
 
-    // No trailing newline, stderr not mixed in, quotes survive.
-    let o = m
-        .execute("printf 'it'\\''s'; echo err >&2", None, true)
-        .await
-        .unwrap();
-    assert_eq!((o.status, o.output.as_slice()), (0, &b"it's"[..]));
-
-    // Non-UTF-8 bytes, NULs and every byte value come back exactly.
-    let o = m
-        .execute(
-            "i=0; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done",
-            None,
-            true,
-        )
-        .await
-        .unwrap();
-    let all: Vec<u8> = (0..=255u8).collect();
-    assert_eq!(o.output, all);
-
-    // Output of at most 4 KiB without a NUL is sent without a dd in the
-    // guest: every other byte value, blanks and backslashes, and the edge.
-    let o = m
-        .execute(
-            "i=1; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done",
-            None,
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!(o.output, (1..=255u8).collect::<Vec<u8>>());
-    let o = m
-        .execute("printf '  lead\\\\x\\n\\tmid \\r\\n\\n\\n'", None, true)
-        .await
-        .unwrap();
-    assert_eq!(o.output, b"  lead\\x\n\tmid \r\n\n\n");
-    for n in [4096, 4097] {
+        // No trailing newline, stderr not mixed in, quotes survive.
         let o = m
-            .execute(&format!("head -c {n} /dev/zero | tr '\\0' x"), None, true)
+            .execute("printf 'it'\\''s'; echo err >&2", None, true)
             .await
             .unwrap();
-        assert_eq!(o.output, vec![b'x'; n]);
-    }
+        assert_eq!((o.status, o.output.as_slice()), (0, &b"it's"[..]));
 
-    // 10 MB of output, checked byte for byte against a digest made in the guest.
-    let o = m
-        .execute(
-            "head -c 10485760 /dev/urandom > /tmp/big; cat /tmp/big",
-            None,
-            true,
-        )
-        .await
-        .unwrap();
-    assert_eq!(o.output.len(), 10 * 1024 * 1024);
-    let sum = m
-        .execute("sha256sum /tmp/big | cut -d' ' -f1", None, true)
-        .await
-        .unwrap();
-    let host_sum = {
-        let tmp = std::env::temp_dir().join(format!("nix-vmtest-big-{}", std::process::id()));
-        std::fs::write(&tmp, &o.output).unwrap();
-        let out = std::process::Command::new("sha256sum")
-            .arg(&tmp)
-            .output()
+        // Non-UTF-8 bytes, NULs and every byte value come back exactly.
+        let o = m
+            .execute(
+                "i=0; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done",
+                None,
+                true,
+            )
+            .await
             .unwrap();
-        std::fs::remove_file(&tmp).unwrap();
-        String::from_utf8(out.stdout).unwrap()
-    };
-    assert_eq!(
-        String::from_utf8_lossy(&sum.output).trim(),
-        host_sum.split_whitespace().next().unwrap()
-    );
+        let all: Vec<u8> = (0..=255u8).collect();
+        assert_eq!(o.output, all);
 
-    // The shell's state does not leak between commands.
-    m.execute("cd /proc; FOO=1; exit 0", None, true)
-        .await
-        .unwrap();
-    let o = m
-        .execute("pwd; echo ${FOO:-unset}", None, true)
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.output);
-    assert!(
-        text.ends_with("\nunset\n") && !text.starts_with("/proc"),
-        "{text:?}"
-    );
+        // Output of at most 4 KiB without a NUL is sent without a dd in the
+        // guest: every other byte value, blanks and backslashes, and the edge.
+        let o = m
+            .execute(
+                "i=1; while [ $i -lt 256 ]; do printf \"\\\\$(printf %o $i)\"; i=$((i+1)); done",
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.output, (1..=255u8).collect::<Vec<u8>>());
+        let o = m
+            .execute("printf '  lead\\\\x\\n\\tmid \\r\\n\\n\\n'", None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.output, b"  lead\\x\n\tmid \r\n\n\n");
+        for n in [4096, 4097] {
+            let o = m
+                .execute(&format!("head -c {n} /dev/zero | tr '\\0' x"), None, true)
+                .await
+                .unwrap();
+            assert_eq!(o.output, vec![b'x'; n]);
+        }
 
-    // Commands do not read the protocol's input.
-    let o = m.execute("cat; echo done", None, true).await.unwrap();
-    assert_eq!(o.output, b"done\n");
+        // 10 MB of output, checked byte for byte against a digest made in the guest.
+        let o = m
+            .execute(
+                "head -c 10485760 /dev/urandom > /tmp/big; cat /tmp/big",
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(o.output.len(), 10 * 1024 * 1024);
+        let sum = m
+            .execute("sha256sum /tmp/big | cut -d' ' -f1", None, true)
+            .await
+            .unwrap();
+        let host_sum = {
+            let tmp = std::env::temp_dir().join(format!("nix-vmtest-big-{}", std::process::id()));
+            std::fs::write(&tmp, &o.output).unwrap();
+            let out = std::process::Command::new("sha256sum")
+                .arg(&tmp)
+                .output()
+                .unwrap();
+            std::fs::remove_file(&tmp).unwrap();
+            String::from_utf8(out.stdout).unwrap()
+        };
+        assert_eq!(
+            String::from_utf8_lossy(&sum.output).trim(),
+            host_sum.split_whitespace().next().unwrap()
+        );
 
-    // Commands come on the command port, which the backdoor shell's serve
-    // loop reads, and get there exactly: text that is not ASCII, with
-    // output kept or not, one longer than the guest's 4 KiB read buffer,
-    // trailing blanks and newlines.
-    assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
-    let text = "h\u{e9} \u{20ac} \u{1f600} 'q' \\ $x \"\t\"";
-    let o = m
-        .execute(&format!("printf '%s' {}", shell_quote(text)), None, true)
-        .await
-        .unwrap();
-    assert_eq!(o.output, text.as_bytes());
-    let o = m
-        .execute(&format!(": {}; exit 4", shell_quote(text)), None, false)
-        .await
-        .unwrap();
-    assert_eq!(o.status, 4);
-    let o = m.execute("echo x; exit 6", None, false).await.unwrap();
-    assert_eq!((o.status, o.output.as_slice()), (6, &b""[..]));
-    let long = "y".repeat(100_000);
-    let o = m
-        .execute(&format!("printf %s {long} | wc -c"), None, true)
-        .await
-        .unwrap();
-    assert_eq!(o.output, b"100000\n");
-    let o = m
-        .execute("printf '%s|' 'a  '  \n\n", None, true)
-        .await
-        .unwrap();
-    assert_eq!(o.output, b"a  |");
-    // The nixpkgs framing (the bench's baseline) needs bash itself on the
-    // console: the serve loop ends for it, and starts again after.
-    let (st, out) = m.run_nixpkgs_framing("echo hi; exit 5", 60).await.unwrap();
-    assert_eq!((st, out.as_slice()), (5, &b"hi\n"[..]));
-    assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
+        // The shell's state does not leak between commands.
+        m.execute("cd /proc; FOO=1; exit 0", None, true)
+            .await
+            .unwrap();
+        let o = m
+            .execute("pwd; echo ${FOO:-unset}", None, true)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.output);
+        assert!(
+            text.ends_with("\nunset\n") && !text.starts_with("/proc"),
+            "{text:?}"
+        );
 
-    // A plain command of a program runs without a second fork: the
-    // command's subshell becomes the program, whose parent is the shell.
-    let shell_pid = m.execute("echo $$", None, true).await.unwrap().output;
-    let o = m
-        .execute("grep -m1 PPid: /proc/self/status", None, true)
-        .await
-        .unwrap();
-    let ppid = String::from_utf8_lossy(&o.output)
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
-    assert_eq!(ppid, String::from_utf8_lossy(&shell_pid).trim());
-    // ... with the status bash gives a missing program (the console says
-    // `exec: …: not found`), and a builtin of the same name as a program
-    // still runs as the builtin.
-    let o = m.execute("no-such-program --x", None, true).await.unwrap();
-    assert_eq!(o.status, 127);
-    let o = m.execute("echo -n 'a  b'", None, true).await.unwrap();
-    assert_eq!(o.output, b"a  b");
+        // Commands do not read the protocol's input.
+        let o = m.execute("cat; echo done", None, true).await.unwrap();
+        assert_eq!(o.output, b"done\n");
 
-    // A long test: every answer stays its own across the guest's cleanup of
-    // old output files (every 200 commands), and the files do not pile up.
-    for i in 0..250 {
-        let o = m.execute(&format!("echo {i}"), None, true).await.unwrap();
-        assert_eq!(o.output, format!("{i}\n").as_bytes());
-    }
-    let o = m
-        .execute("ls \"$__vmt_dir\" | grep -c '^o[.]'", None, true)
-        .await
-        .unwrap();
-    let files: usize = String::from_utf8_lossy(&o.output).trim().parse().unwrap();
-    assert!(files <= 200, "{files} output files left in the guest");
+        // Commands come on the command port, which the backdoor shell's serve
+        // loop reads, and get there exactly: text that is not ASCII, with
+        // output kept or not, one longer than the guest's 4 KiB read buffer,
+        // trailing blanks and newlines.
+        assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
+        let text = "h\u{e9} \u{20ac} \u{1f600} 'q' \\ $x \"\t\"";
+        let o = m
+            .execute(&format!("printf '%s' {}", shell_quote(text)), None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.output, text.as_bytes());
+        let o = m
+            .execute(&format!(": {}; exit 4", shell_quote(text)), None, false)
+            .await
+            .unwrap();
+        assert_eq!(o.status, 4);
+        let o = m.execute("echo x; exit 6", None, false).await.unwrap();
+        assert_eq!((o.status, o.output.as_slice()), (6, &b""[..]));
+        let long = "y".repeat(100_000);
+        let o = m
+            .execute(&format!("printf %s {long} | wc -c"), None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.output, b"100000\n");
+        let o = m
+            .execute("printf '%s|' 'a  '  \n\n", None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.output, b"a  |");
+        // The nixpkgs framing (the bench's baseline) needs bash itself on the
+        // console: the serve loop ends for it, and starts again after.
+        let (st, out) = m.run_nixpkgs_framing("echo hi; exit 5", 60).await.unwrap();
+        assert_eq!((st, out.as_slice()), (5, &b"hi\n"[..]));
+        assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
+
+        // A plain command of a program runs without a second fork: the
+        // command's subshell becomes the program, whose parent is the shell.
+        let shell_pid = m.execute("echo $$", None, true).await.unwrap().output;
+        let o = m
+            .execute("grep -m1 PPid: /proc/self/status", None, true)
+            .await
+            .unwrap();
+        let ppid = String::from_utf8_lossy(&o.output)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("")
+            .to_string();
+        assert_eq!(ppid, String::from_utf8_lossy(&shell_pid).trim());
+        // ... with the status bash gives a missing program (the console says
+        // `exec: …: not found`), and a builtin of the same name as a program
+        // still runs as the builtin.
+        let o = m.execute("no-such-program --x", None, true).await.unwrap();
+        assert_eq!(o.status, 127);
+        let o = m.execute("echo -n 'a  b'", None, true).await.unwrap();
+        assert_eq!(o.output, b"a  b");
+
+        // A long test: every answer stays its own across the guest's cleanup of
+        // old output files (every 200 commands), and the files do not pile up.
+        for i in 0..250 {
+            let o = m.execute(&format!("echo {i}"), None, true).await.unwrap();
+            assert_eq!(o.output, format!("{i}\n").as_bytes());
+        }
+        let o = m
+            .execute("ls \"$__vmt_dir\" | grep -c '^o[.]'", None, true)
+            .await
+            .unwrap();
+        let files: usize = String::from_utf8_lossy(&o.output).trim().parse().unwrap();
+        assert!(files <= 200, "{files} output files left in the guest");
+    })
+    .await;
 }
 
 /// The driver stops commands through its control port (a virtio serial
 /// port the guest listens on).
 #[tokio::test(flavor = "current_thread")]
 async fn timeouts_and_detached_children_never_hang() {
-    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
-    let m = &mut d.machines[0];
-    m.connect().await.unwrap();
-    assert_eq!(control_ports(m).await, 1);
-    timeouts_and_detached_children(m).await;
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.connect().await.unwrap();
+        assert_eq!(control_ports(m).await, 1);
+        timeouts_and_detached_children(m).await;
+    })
+    .await;
 }
 
 /// A start script that drops the driver's ports from its options: commands
@@ -197,14 +207,20 @@ async fn timeouts_and_detached_children_never_hang() {
 /// results.
 #[tokio::test(flavor = "current_thread")]
 async fn without_the_control_port_the_guest_stops_commands_itself() {
-    on_the_console("noctl", "vmtctl|vmtcmd", 0).await;
+    common::within(LIMIT, async {
+        on_the_console("noctl", "vmtctl|vmtcmd", 0).await;
+    })
+    .await;
 }
 
 /// Without the command port alone, commands come on the console and the
 /// host still stops them through the control port.
 #[tokio::test(flavor = "current_thread")]
 async fn without_the_command_port_commands_come_on_the_console() {
-    on_the_console("nocmd", "vmtcmd", 1).await;
+    common::within(LIMIT, async {
+        on_the_console("nocmd", "vmtcmd", 1).await;
+    })
+    .await;
 }
 
 /// Boots node `name` without the ports `ids` ([`dropping_ports`]) and
@@ -436,167 +452,207 @@ async fn timeouts_and_detached_children(m: &mut nix_vmtest::machine::Machine) {
     assert_gone(m, "sleep 600").await;
 }
 
+/// If the guest's serve loop loses the command port (hot-unplugged here),
+/// the command sent there fails at once with an error that says so, and
+/// the driver goes back to the console for the next ones.
+#[tokio::test(flavor = "current_thread")]
+async fn a_command_port_that_goes_away_costs_one_command_not_the_run() {
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.connect().await.unwrap();
+        assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
+        m.send_monitor_command("device_del vmtcmdport")
+            .await
+            .unwrap();
+        let t = Instant::now();
+        let e = m.execute("echo lost", None, true).await.unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("stopped reading the command port, and the command sent there was lost"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        assert_eq!(shell_input(m).await, "console");
+        let o = m.execute("echo fine; exit 4", None, true).await.unwrap();
+        assert_eq!((o.status, o.output.as_slice()), (4, &b"fine\n"[..]));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_guest_killed_mid_command_gives_a_clear_error_at_once() {
-    let mut d = common::driver(vec![common::tiny("victim", vec![])]).await;
-    let m = &mut d.machines[0];
-    m.connect().await.unwrap();
-    let pid = m.qemu_pid().expect("QEMU runs");
-    let killer = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_secs(2));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
-        Instant::now()
-    });
-    let err = m.execute("sleep 1000", None, true).await.unwrap_err();
-    let killed_at = killer.join().unwrap();
-    assert!(
-        killed_at.elapsed() < Duration::from_secs(3),
-        "noticed after {:?}",
-        killed_at.elapsed()
-    );
-    let msg = err.to_string();
-    assert!(msg.contains("machine victim stopped unexpectedly"), "{msg}");
-    assert!(msg.contains("signal 9"), "{msg}");
-    assert!(msg.contains("while running `sleep 1000`"), "{msg}");
-    assert!(msg.contains("Last console lines of victim"), "{msg}");
-    assert!(!m.is_up());
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("victim", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.connect().await.unwrap();
+        let pid = m.qemu_pid().expect("QEMU runs");
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(2));
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            Instant::now()
+        });
+        let err = m.execute("sleep 1000", None, true).await.unwrap_err();
+        let killed_at = killer.join().unwrap();
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "noticed after {:?}",
+            killed_at.elapsed()
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("machine victim stopped unexpectedly"), "{msg}");
+        assert!(msg.contains("signal 9"), "{msg}");
+        assert!(msg.contains("while running `sleep 1000`"), "{msg}");
+        assert!(msg.contains("Last console lines of victim"), "{msg}");
+        assert!(!m.is_up());
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn lifecycle_monitor_console_and_files() {
-    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
-    let out_dir = d.opts.out_dir.clone();
-    let m = &mut d.machines[0];
-    m.start(false).await.unwrap();
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let out_dir = d.opts.out_dir.clone();
+        let m = &mut d.machines[0];
+        m.start(false).await.unwrap();
 
-    // The console is kept for waits, including lines printed before the call.
-    let line = m
-        .wait_for_console_text("connecting to host", Some(Duration::from_secs(120)))
+        // The console is kept for waits, including lines printed before the call.
+        let line = m
+            .wait_for_console_text("connecting to host", Some(Duration::from_secs(120)))
+            .await
+            .unwrap();
+        assert!(line.contains("connecting to host"), "{line}");
+        m.connect().await.unwrap();
+        m.execute("echo to-the-console > /dev/ttyS0", None, true)
+            .await
+            .unwrap();
+        m.wait_for_console_text("to-the-console", Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let err = m
+            .wait_for_console_text("never printed", Some(Duration::from_millis(500)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, MachineError::Timeout { .. }), "{err}");
+
+        let status = m.send_monitor_command("info status").await.unwrap();
+        assert!(status.contains("VM status: running"), "{status:?}");
+        let kvm = m.send_monitor_command("info kvm").await.unwrap();
+        assert!(kvm.contains("disabled"), "TCG was chosen here: {kvm:?}");
+
+        let shot = m.screenshot("screen").await.unwrap();
+        let png = std::fs::read(&shot).unwrap();
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(shot, out_dir.join("screen.png"));
+
+        // Files both ways through the shared directory.
+        let src = out_dir.join("from-host.txt");
+        std::fs::write(&src, "host data\n").unwrap();
+        m.copy_from_host(&src, "/root/dir/copied.txt")
+            .await
+            .unwrap();
+        let o = m
+            .execute("cat /root/dir/copied.txt", None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.output, b"host data\n");
+        m.execute(
+            "mkdir -p /root/res && echo result > /root/res/r.txt",
+            None,
+            true,
+        )
         .await
         .unwrap();
-    assert!(line.contains("connecting to host"), "{line}");
-    m.connect().await.unwrap();
-    m.execute("echo to-the-console > /dev/ttyS0", None, true)
-        .await
-        .unwrap();
-    m.wait_for_console_text("to-the-console", Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let err = m
-        .wait_for_console_text("never printed", Some(Duration::from_millis(500)))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, MachineError::Timeout { .. }), "{err}");
+        let back = m.copy_from_machine("/root/res", "out").await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(back.join("r.txt")).unwrap(),
+            "result\n"
+        );
 
-    let status = m.send_monitor_command("info status").await.unwrap();
-    assert!(status.contains("VM status: running"), "{status:?}");
-    let kvm = m.send_monitor_command("info kvm").await.unwrap();
-    assert!(kvm.contains("disabled"), "TCG was chosen here: {kvm:?}");
+        // QMP works and sees the shutdown.
+        let st = m.qmp_execute("query-status", None).await.unwrap();
+        assert_eq!(st["status"], "running");
+        m.shutdown().await.unwrap();
+        assert!(!m.is_running() && !m.is_up());
+        // ... and no socket is left in the machine's state directory.
+        use std::os::unix::fs::FileTypeExt;
+        let state = m.shared_dir().parent().unwrap().to_path_buf();
+        let sockets: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                e.file_type().ok()?.is_socket().then(|| e.file_name())
+            })
+            .collect();
+        assert!(sockets.is_empty(), "sockets left in {state:?}: {sockets:?}");
 
-    let shot = m.screenshot("screen").await.unwrap();
-    let png = std::fs::read(&shot).unwrap();
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-    assert_eq!(shot, out_dir.join("screen.png"));
-
-    // Files both ways through the shared directory.
-    let src = out_dir.join("from-host.txt");
-    std::fs::write(&src, "host data\n").unwrap();
-    m.copy_from_host(&src, "/root/dir/copied.txt")
-        .await
-        .unwrap();
-    let o = m
-        .execute("cat /root/dir/copied.txt", None, true)
-        .await
-        .unwrap();
-    assert_eq!(o.output, b"host data\n");
-    m.execute(
-        "mkdir -p /root/res && echo result > /root/res/r.txt",
-        None,
-        true,
-    )
-    .await
-    .unwrap();
-    let back = m.copy_from_machine("/root/res", "out").await.unwrap();
-    assert_eq!(
-        std::fs::read_to_string(back.join("r.txt")).unwrap(),
-        "result\n"
-    );
-
-    // QMP works and sees the shutdown.
-    let st = m.qmp_execute("query-status", None).await.unwrap();
-    assert_eq!(st["status"], "running");
-    m.shutdown().await.unwrap();
-    assert!(!m.is_running() && !m.is_up());
-    // ... and no socket is left in the machine's state directory.
-    use std::os::unix::fs::FileTypeExt;
-    let state = m.shared_dir().parent().unwrap().to_path_buf();
-    let sockets: Vec<_> = std::fs::read_dir(&state)
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            e.file_type().ok()?.is_socket().then(|| e.file_name())
-        })
-        .collect();
-    assert!(sockets.is_empty(), "sockets left in {state:?}: {sockets:?}");
-
-    // A crash: QEMU quits at once.
-    m.start(false).await.unwrap();
-    m.connect().await.unwrap();
-    let t = Instant::now();
-    m.crash().await.unwrap();
-    assert!(!m.is_running());
-    assert!(t.elapsed() < Duration::from_secs(5));
-    let _ = std::fs::remove_dir_all(&out_dir);
+        // A crash: QEMU quits at once.
+        m.start(false).await.unwrap();
+        m.connect().await.unwrap();
+        let t = Instant::now();
+        m.crash().await.unwrap();
+        assert!(!m.is_running());
+        assert!(t.elapsed() < Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&out_dir);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn start_scripts_in_the_nixos_shape_run_like_images() {
-    use nix_vmtest::spec::MachineSpec;
-    let script = common::guests().join("run-tiny-vm");
-    let spec = MachineSpec {
-        name: "scripted".into(),
-        start_script: Some(script),
-        image: None,
-    };
-    let mut d = common::driver(vec![spec]).await;
-    let m = &mut d.machines[0];
-    m.connect().await.unwrap();
-    let o = m.execute("uname -r", None, true).await.unwrap();
-    assert_eq!(o.status, 0);
-    assert!(String::from_utf8_lossy(&o.output).contains("-amd64"));
-    // The driver's accelerator override reached QEMU through "$@".
-    let kvm = m.send_monitor_command("info kvm").await.unwrap();
-    assert!(kvm.contains("disabled"), "{kvm:?}");
-    // The start script's QEMU is gone when the machine is released.
-    let pid = m.qemu_pid().unwrap();
-    m.release();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    common::within(LIMIT, async {
+        use nix_vmtest::spec::MachineSpec;
+        let script = common::guests().join("run-tiny-vm");
+        let spec = MachineSpec {
+            name: "scripted".into(),
+            start_script: Some(script),
+            image: None,
+        };
+        let mut d = common::driver(vec![spec]).await;
+        let m = &mut d.machines[0];
+        m.connect().await.unwrap();
+        let o = m.execute("uname -r", None, true).await.unwrap();
+        assert_eq!(o.status, 0);
+        assert!(String::from_utf8_lossy(&o.output).contains("-amd64"));
+        // The driver's accelerator override reached QEMU through "$@".
+        let kvm = m.send_monitor_command("info kvm").await.unwrap();
+        assert!(kvm.contains("disabled"), "{kvm:?}");
+        // The start script's QEMU is gone when the machine is released.
+        let pid = m.qemu_pid().unwrap();
+        m.release();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "current_thread")]
 async fn reboot_waits_for_the_new_boot_on_the_same_console() {
-    let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
-    let m = &mut d.machines[0];
-    m.start(true).await.unwrap();
-    m.execute("echo before > /tmp/marker", None, true)
-        .await
-        .unwrap();
-    let pid = m.qemu_pid().unwrap();
-    m.reboot().await.unwrap();
-    assert!(!m.is_up(), "is_up while the guest reboots");
-    // The next command waits for the new backdoor; /tmp (tmpfs) is fresh.
-    let o = m
-        .execute("cat /tmp/marker 2>/dev/null || echo gone", None, true)
-        .await
-        .unwrap();
-    assert_eq!(o.output, b"gone\n");
-    assert!(m.is_up());
-    assert_eq!(m.qemu_pid(), Some(pid), "the same QEMU (allow_reboot)");
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.start(true).await.unwrap();
+        m.execute("echo before > /tmp/marker", None, true)
+            .await
+            .unwrap();
+        let pid = m.qemu_pid().unwrap();
+        m.reboot().await.unwrap();
+        assert!(!m.is_up(), "is_up while the guest reboots");
+        // The next command waits for the new backdoor; /tmp (tmpfs) is fresh.
+        let o = m
+            .execute("cat /tmp/marker 2>/dev/null || echo gone", None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.output, b"gone\n");
+        assert!(m.is_up());
+        assert_eq!(m.qemu_pid(), Some(pid), "the same QEMU (allow_reboot)");
+    })
+    .await;
 }
 
 /// A unit wait listens to systemd through `systemd-stdio-bridge` on the
@@ -605,42 +661,45 @@ async fn reboot_waits_for_the_new_boot_on_the_same_console() {
 /// next command: the bridge is gone and the shell answers exactly.
 #[tokio::test(flavor = "current_thread")]
 async fn a_unit_wait_cut_short_leaves_the_shell_usable() {
-    let mut d = common::driver(vec![common::systemd("machine", vec![])]).await;
-    let m = &mut d.machines[0];
-    let long = Some(Duration::from_secs(600));
-    m.wait_for_unit("multi-user.target", None, long)
-        .await
-        .unwrap();
-    // The backdoor shell runs under a UTF-8 locale here, as on NixOS:
-    // output still comes back byte for byte, short (in one write with the
-    // answer) and long (in chunks).
-    let o = m.execute("locale charmap", None, true).await.unwrap();
-    assert_eq!(o.output, b"UTF-8\n");
-    let every: String = (1..=255u8).map(|b| format!("\\{b:03o}")).collect();
-    for reps in [1, 40] {
-        let command = format!("for i in $(seq {reps}); do printf '{every}'; done");
-        let o = m.execute(&command, None, true).await.unwrap();
-        assert_eq!(o.output, (1..=255u8).collect::<Vec<u8>>().repeat(reps));
-    }
-    for cut_after in [Duration::from_millis(5), Duration::from_millis(1500)] {
-        common::restart_slow_service(m).await;
-        // slow.service takes 3 s to become active.
-        let cut =
-            tokio::time::timeout(cut_after, m.wait_for_unit("slow.service", None, long)).await;
-        assert!(cut.is_err(), "the wait ended within {cut_after:?}");
-        let o = m
-            .execute(
-                "echo ok; pgrep -c -f systemd-stdio-bridge || true",
-                None,
-                true,
-            )
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::systemd("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        let long = Some(Duration::from_secs(600));
+        m.wait_for_unit("multi-user.target", None, long)
             .await
             .unwrap();
-        assert_eq!(
-            String::from_utf8_lossy(&o.output),
-            "ok\n0\n",
-            "after a cut at {cut_after:?}"
-        );
-        m.wait_for_unit("slow.service", None, long).await.unwrap();
-    }
+        // The backdoor shell runs under a UTF-8 locale here, as on NixOS:
+        // output still comes back byte for byte, short (in one write with the
+        // answer) and long (in chunks).
+        let o = m.execute("locale charmap", None, true).await.unwrap();
+        assert_eq!(o.output, b"UTF-8\n");
+        let every: String = (1..=255u8).map(|b| format!("\\{b:03o}")).collect();
+        for reps in [1, 40] {
+            let command = format!("for i in $(seq {reps}); do printf '{every}'; done");
+            let o = m.execute(&command, None, true).await.unwrap();
+            assert_eq!(o.output, (1..=255u8).collect::<Vec<u8>>().repeat(reps));
+        }
+        for cut_after in [Duration::from_millis(5), Duration::from_millis(1500)] {
+            common::restart_slow_service(m).await;
+            // slow.service takes 3 s to become active.
+            let cut =
+                tokio::time::timeout(cut_after, m.wait_for_unit("slow.service", None, long)).await;
+            assert!(cut.is_err(), "the wait ended within {cut_after:?}");
+            let o = m
+                .execute(
+                    "echo ok; pgrep -c -f systemd-stdio-bridge || true",
+                    None,
+                    true,
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&o.output),
+                "ok\n0\n",
+                "after a cut at {cut_after:?}"
+            );
+            m.wait_for_unit("slow.service", None, long).await.unwrap();
+        }
+    })
+    .await;
 }

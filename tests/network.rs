@@ -19,6 +19,10 @@ use nix_vmtest::machine::Machine;
 use nix_vmtest::script::ops::port_probe;
 use nix_vmtest::spec::{ip_address, mac_address};
 
+/// How long one test may take: each boots several guests under TCG and
+/// takes 1 to 2 min on a loaded host.
+const LIMIT: Duration = Duration::from_secs(600);
+
 /// Runs a command; returns its status and output (lossy UTF-8).
 async fn sh(m: &mut Machine, cmd: &str) -> (i32, String) {
     let o = m
@@ -57,80 +61,83 @@ async fn boot_all(d: &mut Driver) {
 /// with nginx, a client that curls it by name.
 #[tokio::test(flavor = "current_thread")]
 async fn client_server_tutorial() {
-    let t0 = Instant::now();
-    let mut d = common::driver(vec![
-        common::systemd("server", vec![1]),
-        common::systemd("client", vec![1]),
-    ])
-    .await;
-    let out_dir = d.opts.out_dir.clone();
-    let (client, server) = (idx(&d, "client"), idx(&d, "server"));
-    boot_all(&mut d).await;
+    common::within(LIMIT, async {
+        let t0 = Instant::now();
+        let mut d = common::driver(vec![
+            common::systemd("server", vec![1]),
+            common::systemd("client", vec![1]),
+        ])
+        .await;
+        let out_dir = d.opts.out_dir.clone();
+        let (client, server) = (idx(&d, "client"), idx(&d, "server"));
+        boot_all(&mut d).await;
 
-    // The shell answers only once the network and /etc/hosts are applied:
-    // the very first command already resolves the other machine.
-    let first = succeed(
-        &mut d.machines[client],
-        "systemctl is-active vmtest-net.service; getent hosts server; ip -4 -o addr show eth0",
-    )
-    .await;
-    assert!(first.starts_with("active\n"), "{first}");
-    assert!(first.contains("192.168.1.2 "), "{first}");
-    assert!(first.contains("server"), "{first}");
-    assert!(first.contains("inet 192.168.1.1/24"), "{first}");
+        // The shell answers only once the network and /etc/hosts are applied:
+        // the very first command already resolves the other machine.
+        let first = succeed(
+            &mut d.machines[client],
+            "systemctl is-active vmtest-net.service; getent hosts server; ip -4 -o addr show eth0",
+        )
+        .await;
+        assert!(first.starts_with("active\n"), "{first}");
+        assert!(first.contains("192.168.1.2 "), "{first}");
+        assert!(first.contains("server"), "{first}");
+        assert!(first.contains("inet 192.168.1.1/24"), "{first}");
 
-    // server.wait_for_unit("nginx.service"); server.wait_for_open_port(80)
-    let t = Instant::now();
-    let s = &mut d.machines[server];
-    s.wait_for_unit("nginx.service", None, Some(Duration::from_secs(300)))
+        // server.wait_for_unit("nginx.service"); server.wait_for_open_port(80)
+        let t = Instant::now();
+        let s = &mut d.machines[server];
+        s.wait_for_unit("nginx.service", None, Some(Duration::from_secs(300)))
+            .await
+            .unwrap();
+        s.wait_until(
+            "port 80 on localhost to be open",
+            &port_probe("localhost", 80),
+            UntilMode::Succeed,
+            Some(Duration::from_secs(300)),
+        )
         .await
         .unwrap();
-    s.wait_until(
-        "port 80 on localhost to be open",
-        &port_probe("localhost", 80),
-        UntilMode::Succeed,
-        Some(Duration::from_secs(300)),
-    )
-    .await
-    .unwrap();
-    println!(
-        "server: nginx up and port 80 open {:.1}s later",
-        t.elapsed().as_secs_f64()
-    );
+        println!(
+            "server: nginx up and port 80 open {:.1}s later",
+            t.elapsed().as_secs_f64()
+        );
 
-    // client.succeed("curl http://server/ | grep -o \"Welcome to nginx!\"")
-    let t = Instant::now();
-    let out = succeed(
-        &mut d.machines[client],
-        "curl --silent --show-error http://server/ | grep -o \"Welcome to nginx!\"",
-    )
-    .await;
-    // The page says it twice (title and heading).
-    assert!(
-        !out.is_empty() && out.lines().all(|l| l == "Welcome to nginx!"),
-        "{out:?}"
-    );
-    println!("client: curl by name in {:.2}s", t.elapsed().as_secs_f64());
+        // client.succeed("curl http://server/ | grep -o \"Welcome to nginx!\"")
+        let t = Instant::now();
+        let out = succeed(
+            &mut d.machines[client],
+            "curl --silent --show-error http://server/ | grep -o \"Welcome to nginx!\"",
+        )
+        .await;
+        // The page says it twice (title and heading).
+        assert!(
+            !out.is_empty() && out.lines().all(|l| l == "Welcome to nginx!"),
+            "{out:?}"
+        );
+        println!("client: curl by name in {:.2}s", t.elapsed().as_secs_f64());
 
-    // The server blocked: the client's request fails; unblocked: it works.
-    d.set_links(server, false);
-    let (st, out) = sh(
-        &mut d.machines[client],
-        "curl --silent --show-error --max-time 3 http://server/ 2>&1",
-    )
-    .await;
-    assert_ne!(st, 0, "curl reached a blocked server: {out}");
-    d.set_links(server, true);
-    let out = succeed(
-        &mut d.machines[client],
-        "curl --silent --show-error --max-time 20 http://server/ | grep -c \"Welcome to nginx!\"",
-    )
-    .await;
-    assert_ne!(out.trim(), "0");
+        // The server blocked: the client's request fails; unblocked: it works.
+        d.set_links(server, false);
+        let (st, out) = sh(
+            &mut d.machines[client],
+            "curl --silent --show-error --max-time 3 http://server/ 2>&1",
+        )
+        .await;
+        assert_ne!(st, 0, "curl reached a blocked server: {out}");
+        d.set_links(server, true);
+        let out = succeed(
+            &mut d.machines[client],
+            "curl --silent --show-error --max-time 20 http://server/ | grep -c \"Welcome to nginx!\"",
+        )
+        .await;
+        assert_ne!(out.trim(), "0");
 
-    drop(d);
-    let _ = std::fs::remove_dir_all(&out_dir);
-    println!("client_server_tutorial: {:.1}s", t0.elapsed().as_secs_f64());
+        drop(d);
+        let _ = std::fs::remove_dir_all(&out_dir);
+        println!("client_server_tutorial: {:.1}s", t0.elapsed().as_secs_f64());
+    })
+    .await;
 }
 
 /// `ping -c1 -W2`: whether `ip` answers.
@@ -209,234 +216,237 @@ fn qemu_pids(d: &Driver) -> Vec<u32> {
 /// Four tiny guests: a on VLAN 1, b on 1 and 2, c on 2, d on 1.
 #[tokio::test(flavor = "current_thread")]
 async fn vlans_and_faults() {
-    let t0 = Instant::now();
-    let mut d = common::driver(vec![
-        common::tiny("a", vec![1]),
-        common::tiny("b", vec![1, 2]),
-        common::tiny("c", vec![2]),
-        common::tiny("d", vec![1]),
-    ])
-    .await;
-    let out_dir = d.opts.out_dir.clone();
-    let (a, b, c, dd) = (idx(&d, "a"), idx(&d, "b"), idx(&d, "c"), idx(&d, "d"));
-    // Nodes are numbered in name order: a=1, b=2, c=3, d=4.
-    let ip = |v: u32, n: u32| ip_address(v, n).to_string();
-    let (a1, b1, b2, c2, d1) = (ip(1, 1), ip(1, 2), ip(2, 2), ip(2, 3), ip(1, 4));
-    let mac = mac_address;
-    boot_all(&mut d).await;
-    assert_eq!(d.vlans[&1].ports(), 3, "a, b and d joined VLAN 1");
-    assert_eq!(d.vlans[&2].ports(), 2, "b and c joined VLAN 2");
+    common::within(LIMIT, async {
+        let t0 = Instant::now();
+        let mut d = common::driver(vec![
+            common::tiny("a", vec![1]),
+            common::tiny("b", vec![1, 2]),
+            common::tiny("c", vec![2]),
+            common::tiny("d", vec![1]),
+        ])
+        .await;
+        let out_dir = d.opts.out_dir.clone();
+        let (a, b, c, dd) = (idx(&d, "a"), idx(&d, "b"), idx(&d, "c"), idx(&d, "d"));
+        // Nodes are numbered in name order: a=1, b=2, c=3, d=4.
+        let ip = |v: u32, n: u32| ip_address(v, n).to_string();
+        let (a1, b1, b2, c2, d1) = (ip(1, 1), ip(1, 2), ip(2, 2), ip(2, 3), ip(1, 4));
+        let mac = mac_address;
+        boot_all(&mut d).await;
+        assert_eq!(d.vlans[&1].ports(), 3, "a, b and d joined VLAN 1");
+        assert_eq!(d.vlans[&2].ports(), 2, "b and c joined VLAN 2");
 
-    // --- 2. Reachability: exactly the nodes that share a VLAN. -----------
-    let t = Instant::now();
-    // Names from vmtest.hosts (each node's address on its first VLAN).
-    let hosts = succeed(&mut d.machines[a], "cat /etc/hosts").await;
-    for line in [
-        format!("{a1} a"),
-        format!("{b1} b"),
-        format!("{c2} c"),
-        format!("{d1} d"),
-    ] {
-        assert!(hosts.lines().any(|l| l == line), "{line:?} in {hosts}");
-    }
-    #[rustfmt::skip]
-    expect_reach(&mut d, "reachability", &[
-        (a, "b", true),
-        (a, &b1, true),
-        (a, &d1, true),
-        (a, &b2, false), // b's VLAN 2 address: no route from VLAN 1 only
-        (a, &c2, false),
-        (b, "a", true),
-        (b, "c", true),
-        (b, &d1, true),
-        (c, "b", false), // "b" is b's VLAN 1 address, which c cannot reach
-        (c, &b2, true),
-        (c, &a1, false),
-        (c, &d1, false),
-        (dd, "a", true),
-        (dd, &b1, true),
-        (dd, &c2, false),
-    ]).await;
-    // Not only routing: a given an address in c's subnet still cannot
-    // reach c, because VLAN 1 and VLAN 2 are separate switches.
-    succeed(&mut d.machines[a], "ip addr add 192.168.2.101/24 dev eth0").await;
-    succeed(&mut d.machines[c], "ip addr add 192.168.1.103/24 dev eth0").await;
-    #[rustfmt::skip]
-    expect_reach(&mut d, "separate switches", &[
-        (a, &c2, false),
-        (c, &a1, false),
-        (c, &d1, false),
-    ]).await;
-    succeed(&mut d.machines[a], "ip addr del 192.168.2.101/24 dev eth0").await;
-    succeed(&mut d.machines[c], "ip addr del 192.168.1.103/24 dev eth0").await;
-    println!("reachability: {:.1}s", t.elapsed().as_secs_f64());
-
-    // --- 3. block / unblock. ----------------------------------------------
-    let t = Instant::now();
-    let before = d.vlans[&1].stats().dropped.link_down;
-    d.set_links(b, false); // both of b's links (VLAN 1 and 2)
-    #[rustfmt::skip]
-    expect_reach(&mut d, "b blocked", &[
-        (a, &b1, false),
-        (c, &b2, false),
-        (b, &d1, false),
-        (a, &d1, true), // others on the VLAN are unaffected
-    ]).await;
-    assert!(d.vlans[&1].stats().dropped.link_down > before);
-    d.set_links(b, true);
-    #[rustfmt::skip]
-    expect_reach(&mut d, "b unblocked", &[
-        (a, &b1, true),
-        (c, &b2, true),
-        (b, &d1, true),
-    ]).await;
-    println!("block/unblock: {:.1}s", t.elapsed().as_secs_f64());
-
-    // --- 4. partition / heal on VLAN 1: {a, d} | {b}. -------------------
-    let t = Instant::now();
-    d.vlans[&1].partition(vec![vec![mac(1, 1), mac(1, 4)], vec![mac(1, 2)]]);
-    #[rustfmt::skip]
-    expect_reach(&mut d, "partition {a, d} | {b}", &[
-        (a, &d1, true),
-        (dd, &a1, true),
-        (a, &b1, false),
-        (dd, &b1, false),
-        (b, &a1, false),
-        (b, &c2, true), // VLAN 2 is not partitioned
-    ]).await;
-    // Unlisted MACs form one group: [a] listed, b and d together.
-    d.vlans[&1].partition(vec![vec![mac(1, 1)]]);
-    #[rustfmt::skip]
-    expect_reach(&mut d, "partition {a} | the rest", &[
-        (b, &d1, true),
-        (dd, &a1, false),
-    ]).await;
-    d.vlans[&1].heal();
-    #[rustfmt::skip]
-    expect_reach(&mut d, "healed", &[
-        (a, &b1, true),
-        (b, &a1, true),
-        (dd, &a1, true),
-    ]).await;
-    assert!(d.vlans[&1].stats().dropped.partitioned > 0);
-    println!("partition/heal: {:.1}s", t.elapsed().as_secs_f64());
-
-    // --- 5a. delay: 200 ms on b's VLAN 1 link. -----------------------------
-    // A MAC's delay applies to every frame through its link, both ways, so
-    // a ping a -> b -> a is held 2 x 200 ms.
-    let t = Instant::now();
-    let base = ping(&mut d.machines[a], &b1, 10, "0.2").await;
-    assert_eq!(base.received, 10, "baseline pings lost");
-    d.vlans[&1].set_delay(Some(mac(1, 2)), Duration::from_millis(200));
-    let slow = ping(&mut d.machines[a], &b1, 10, "0.2").await;
-    assert!(
-        slow.received >= 9,
-        "delayed pings lost: {}/10",
-        slow.received
-    );
-    d.vlans[&1].set_delay(Some(mac(1, 2)), Duration::ZERO);
-    let back = ping(&mut d.machines[a], &b1, 10, "0.2").await;
-    println!(
-        "delay 200 ms on b: RTT median {:.1} ms -> {:.1} ms (min {:.1}) -> cleared {:.1} ms ({:.1}s)",
-        base.median(),
-        slow.median(),
-        slow.min(),
-        back.median(),
-        t.elapsed().as_secs_f64()
-    );
-    assert!(
-        slow.median() > base.median() + 150.0,
-        "delayed median {:.1} ms vs baseline {:.1} ms",
-        slow.median(),
-        base.median()
-    );
-    // The switch never delivers early: each RTT holds both delays.
-    assert!(slow.min() >= 395.0, "delayed RTT min {:.1} ms", slow.min());
-    assert!(
-        slow.median() < base.median() + 400.0 + 300.0,
-        "delayed median {:.1} ms vs baseline {:.1} ms",
-        slow.median(),
-        base.median()
-    );
-    assert!(
-        back.median() < base.median() + 150.0,
-        "cleared delay: median {:.1} ms vs baseline {:.1} ms",
-        back.median(),
-        base.median()
-    );
-
-    // --- 5b. loss: 0.5 VLAN-wide on VLAN 1 (requests and replies each). --
-    let t = Instant::now();
-    let dropped_before = d.vlans[&1].stats().dropped.loss;
-    d.vlans[&1].set_loss(None, 0.5);
-    let lossy = ping(&mut d.machines[a], &b1, 40, "0.2").await;
-    // VLAN 2 is not affected.
-    let other = ping(&mut d.machines[b], &c2, 10, "0.2").await;
-    d.vlans[&1].set_loss(None, 0.0);
-    let clear = ping(&mut d.machines[a], &b1, 40, "0.2").await;
-    let frac = |p: &Pings| p.received as f64 / p.sent as f64;
-    println!(
-        "loss 0.5 on VLAN 1: received {}/40 ({:.0}%, expected ~25%); VLAN 2 {}/10; cleared {}/40 ({:.1}s)",
-        lossy.received,
-        frac(&lossy) * 100.0,
-        other.received,
-        clear.received,
-        t.elapsed().as_secs_f64()
-    );
-    assert!(
-        (0.05..=0.60).contains(&frac(&lossy)),
-        "received {}/40 at loss 0.5",
-        lossy.received
-    );
-    assert!(d.vlans[&1].stats().dropped.loss > dropped_before);
-    assert_eq!(other.received, 10, "VLAN 2 lost pings");
-    assert!(
-        frac(&clear) >= 0.95,
-        "received {}/40 after clearing loss",
-        clear.received
-    );
-
-    // --- 6. Everything is gone after the run. ------------------------------
-    let sockets: Vec<PathBuf> = d
-        .vlans
-        .values()
-        .map(|v| v.socket_path().to_path_buf())
-        .collect();
-    let state_dir = sockets[0].parent().unwrap().to_path_buf();
-    for s in &sockets {
-        use std::os::unix::fs::FileTypeExt;
-        let meta = std::fs::metadata(s).unwrap_or_else(|e| panic!("{}: {e}", s.display()));
-        assert!(meta.file_type().is_socket(), "{}", s.display());
-    }
-    assert!(state_dir.is_dir());
-    let pids = qemu_pids(&d);
-    assert_eq!(pids.len(), 4, "four QEMUs run");
-    for pid in &pids {
-        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-        assert!(String::from_utf8_lossy(&cmd).contains("qemu-system"));
-    }
-    drop(d);
-    for s in &sockets {
-        assert!(!s.exists(), "{} left behind", s.display());
-    }
-    assert!(!state_dir.exists(), "{} left behind", state_dir.display());
-    // The QEMUs are killed at once; their exit is reaped shortly after.
-    let t = Instant::now();
-    loop {
-        let left: Vec<&u32> = pids
-            .iter()
-            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-            .collect();
-        if left.is_empty() {
-            break;
+        // --- 2. Reachability: exactly the nodes that share a VLAN. -----------
+        let t = Instant::now();
+        // Names from vmtest.hosts (each node's address on its first VLAN).
+        let hosts = succeed(&mut d.machines[a], "cat /etc/hosts").await;
+        for line in [
+            format!("{a1} a"),
+            format!("{b1} b"),
+            format!("{c2} c"),
+            format!("{d1} d"),
+        ] {
+            assert!(hosts.lines().any(|l| l == line), "{line:?} in {hosts}");
         }
+        #[rustfmt::skip]
+        expect_reach(&mut d, "reachability", &[
+            (a, "b", true),
+            (a, &b1, true),
+            (a, &d1, true),
+            (a, &b2, false), // b's VLAN 2 address: no route from VLAN 1 only
+            (a, &c2, false),
+            (b, "a", true),
+            (b, "c", true),
+            (b, &d1, true),
+            (c, "b", false), // "b" is b's VLAN 1 address, which c cannot reach
+            (c, &b2, true),
+            (c, &a1, false),
+            (c, &d1, false),
+            (dd, "a", true),
+            (dd, &b1, true),
+            (dd, &c2, false),
+        ]).await;
+        // Not only routing: a given an address in c's subnet still cannot
+        // reach c, because VLAN 1 and VLAN 2 are separate switches.
+        succeed(&mut d.machines[a], "ip addr add 192.168.2.101/24 dev eth0").await;
+        succeed(&mut d.machines[c], "ip addr add 192.168.1.103/24 dev eth0").await;
+        #[rustfmt::skip]
+        expect_reach(&mut d, "separate switches", &[
+            (a, &c2, false),
+            (c, &a1, false),
+            (c, &d1, false),
+        ]).await;
+        succeed(&mut d.machines[a], "ip addr del 192.168.2.101/24 dev eth0").await;
+        succeed(&mut d.machines[c], "ip addr del 192.168.1.103/24 dev eth0").await;
+        println!("reachability: {:.1}s", t.elapsed().as_secs_f64());
+
+        // --- 3. block / unblock. ----------------------------------------------
+        let t = Instant::now();
+        let before = d.vlans[&1].stats().dropped.link_down;
+        d.set_links(b, false); // both of b's links (VLAN 1 and 2)
+        #[rustfmt::skip]
+        expect_reach(&mut d, "b blocked", &[
+            (a, &b1, false),
+            (c, &b2, false),
+            (b, &d1, false),
+            (a, &d1, true), // others on the VLAN are unaffected
+        ]).await;
+        assert!(d.vlans[&1].stats().dropped.link_down > before);
+        d.set_links(b, true);
+        #[rustfmt::skip]
+        expect_reach(&mut d, "b unblocked", &[
+            (a, &b1, true),
+            (c, &b2, true),
+            (b, &d1, true),
+        ]).await;
+        println!("block/unblock: {:.1}s", t.elapsed().as_secs_f64());
+
+        // --- 4. partition / heal on VLAN 1: {a, d} | {b}. -------------------
+        let t = Instant::now();
+        d.vlans[&1].partition(vec![vec![mac(1, 1), mac(1, 4)], vec![mac(1, 2)]]);
+        #[rustfmt::skip]
+        expect_reach(&mut d, "partition {a, d} | {b}", &[
+            (a, &d1, true),
+            (dd, &a1, true),
+            (a, &b1, false),
+            (dd, &b1, false),
+            (b, &a1, false),
+            (b, &c2, true), // VLAN 2 is not partitioned
+        ]).await;
+        // Unlisted MACs form one group: [a] listed, b and d together.
+        d.vlans[&1].partition(vec![vec![mac(1, 1)]]);
+        #[rustfmt::skip]
+        expect_reach(&mut d, "partition {a} | the rest", &[
+            (b, &d1, true),
+            (dd, &a1, false),
+        ]).await;
+        d.vlans[&1].heal();
+        #[rustfmt::skip]
+        expect_reach(&mut d, "healed", &[
+            (a, &b1, true),
+            (b, &a1, true),
+            (dd, &a1, true),
+        ]).await;
+        assert!(d.vlans[&1].stats().dropped.partitioned > 0);
+        println!("partition/heal: {:.1}s", t.elapsed().as_secs_f64());
+
+        // --- 5a. delay: 200 ms on b's VLAN 1 link. -----------------------------
+        // A MAC's delay applies to every frame through its link, both ways, so
+        // a ping a -> b -> a is held 2 x 200 ms.
+        let t = Instant::now();
+        let base = ping(&mut d.machines[a], &b1, 10, "0.2").await;
+        assert_eq!(base.received, 10, "baseline pings lost");
+        d.vlans[&1].set_delay(Some(mac(1, 2)), Duration::from_millis(200));
+        let slow = ping(&mut d.machines[a], &b1, 10, "0.2").await;
         assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "QEMU pids {left:?} still exist 10 s after the driver was dropped"
+            slow.received >= 9,
+            "delayed pings lost: {}/10",
+            slow.received
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!("QEMUs gone {:.2}s after drop", t.elapsed().as_secs_f64());
-    let _ = std::fs::remove_dir_all(&out_dir);
-    println!("vlans_and_faults: {:.1}s", t0.elapsed().as_secs_f64());
+        d.vlans[&1].set_delay(Some(mac(1, 2)), Duration::ZERO);
+        let back = ping(&mut d.machines[a], &b1, 10, "0.2").await;
+        println!(
+            "delay 200 ms on b: RTT median {:.1} ms -> {:.1} ms (min {:.1}) -> cleared {:.1} ms ({:.1}s)",
+            base.median(),
+            slow.median(),
+            slow.min(),
+            back.median(),
+            t.elapsed().as_secs_f64()
+        );
+        assert!(
+            slow.median() > base.median() + 150.0,
+            "delayed median {:.1} ms vs baseline {:.1} ms",
+            slow.median(),
+            base.median()
+        );
+        // The switch never delivers early: each RTT holds both delays.
+        assert!(slow.min() >= 395.0, "delayed RTT min {:.1} ms", slow.min());
+        assert!(
+            slow.median() < base.median() + 400.0 + 300.0,
+            "delayed median {:.1} ms vs baseline {:.1} ms",
+            slow.median(),
+            base.median()
+        );
+        assert!(
+            back.median() < base.median() + 150.0,
+            "cleared delay: median {:.1} ms vs baseline {:.1} ms",
+            back.median(),
+            base.median()
+        );
+
+        // --- 5b. loss: 0.5 VLAN-wide on VLAN 1 (requests and replies each). --
+        let t = Instant::now();
+        let dropped_before = d.vlans[&1].stats().dropped.loss;
+        d.vlans[&1].set_loss(None, 0.5);
+        let lossy = ping(&mut d.machines[a], &b1, 40, "0.2").await;
+        // VLAN 2 is not affected.
+        let other = ping(&mut d.machines[b], &c2, 10, "0.2").await;
+        d.vlans[&1].set_loss(None, 0.0);
+        let clear = ping(&mut d.machines[a], &b1, 40, "0.2").await;
+        let frac = |p: &Pings| p.received as f64 / p.sent as f64;
+        println!(
+            "loss 0.5 on VLAN 1: received {}/40 ({:.0}%, expected ~25%); VLAN 2 {}/10; cleared {}/40 ({:.1}s)",
+            lossy.received,
+            frac(&lossy) * 100.0,
+            other.received,
+            clear.received,
+            t.elapsed().as_secs_f64()
+        );
+        assert!(
+            (0.05..=0.60).contains(&frac(&lossy)),
+            "received {}/40 at loss 0.5",
+            lossy.received
+        );
+        assert!(d.vlans[&1].stats().dropped.loss > dropped_before);
+        assert_eq!(other.received, 10, "VLAN 2 lost pings");
+        assert!(
+            frac(&clear) >= 0.95,
+            "received {}/40 after clearing loss",
+            clear.received
+        );
+
+        // --- 6. Everything is gone after the run. ------------------------------
+        let sockets: Vec<PathBuf> = d
+            .vlans
+            .values()
+            .map(|v| v.socket_path().to_path_buf())
+            .collect();
+        let state_dir = sockets[0].parent().unwrap().to_path_buf();
+        for s in &sockets {
+            use std::os::unix::fs::FileTypeExt;
+            let meta = std::fs::metadata(s).unwrap_or_else(|e| panic!("{}: {e}", s.display()));
+            assert!(meta.file_type().is_socket(), "{}", s.display());
+        }
+        assert!(state_dir.is_dir());
+        let pids = qemu_pids(&d);
+        assert_eq!(pids.len(), 4, "four QEMUs run");
+        for pid in &pids {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            assert!(String::from_utf8_lossy(&cmd).contains("qemu-system"));
+        }
+        drop(d);
+        for s in &sockets {
+            assert!(!s.exists(), "{} left behind", s.display());
+        }
+        assert!(!state_dir.exists(), "{} left behind", state_dir.display());
+        // The QEMUs are killed at once; their exit is reaped shortly after.
+        let t = Instant::now();
+        loop {
+            let left: Vec<&u32> = pids
+                .iter()
+                .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "QEMU pids {left:?} still exist 10 s after the driver was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        println!("QEMUs gone {:.2}s after drop", t.elapsed().as_secs_f64());
+        let _ = std::fs::remove_dir_all(&out_dir);
+        println!("vlans_and_faults: {:.1}s", t0.elapsed().as_secs_f64());
+    })
+    .await;
 }

@@ -132,11 +132,11 @@ pub fn driver_args(paths: &Paths<'_>, allow_reboot: bool, accel: Accel) -> Vec<S
         "-chardev".to_string(),
         format!("socket,id=vmtctl,path={}", paths.ctl.display()),
         "-device".to_string(),
-        format!("virtserialport,chardev=vmtctl,name={CTL_PORT}"),
+        format!("virtserialport,chardev=vmtctl,id=vmtctlport,name={CTL_PORT}"),
         "-chardev".to_string(),
         format!("socket,id=vmtcmd,path={}", paths.cmd.display()),
         "-device".to_string(),
-        format!("virtserialport,chardev=vmtcmd,name={CMD_PORT}"),
+        format!("virtserialport,chardev=vmtcmd,id=vmtcmdport,name={CMD_PORT}"),
         "-device".to_string(),
         "virtio-rng-pci".to_string(),
         "-serial".to_string(),
@@ -308,10 +308,10 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains("-chardev socket,id=shell,path=/s/shell"));
         assert!(joined.contains(
-            "-chardev socket,id=vmtctl,path=/s/ctl -device virtserialport,chardev=vmtctl,name=org.nix-vmtest.ctl"
+            "-chardev socket,id=vmtctl,path=/s/ctl -device virtserialport,chardev=vmtctl,id=vmtctlport,name=org.nix-vmtest.ctl"
         ));
         assert!(joined.contains(
-            "-chardev socket,id=vmtcmd,path=/s/cmd -device virtserialport,chardev=vmtcmd,name=org.nix-vmtest.cmd"
+            "-chardev socket,id=vmtcmd,path=/s/cmd -device virtserialport,chardev=vmtcmd,id=vmtcmdport,name=org.nix-vmtest.cmd"
         ));
         assert!(
             joined.ends_with("-no-reboot -machine accel=tcg"),

@@ -160,10 +160,19 @@ __vmt_serve() {
   # <sync>: from now on commands come as records on the command port, and
   # answers go there too. The host first writes `<sync>.` on the port:
   # whatever an earlier boot left there before it is skipped. If the port
-  # cannot be opened, the console says so.
-  __vmt_sync=$1
+  # cannot be opened or read, the console says so. The loop ends on
+  # `__vmt_left=<n>; break`, and `<n> left` comes on the console once the
+  # port is closed: the guest's driver drops what reaches a port after its
+  # last close, so the host may write the next `<sync>.` only then.
+  __vmt_sync=$1 __vmt_left=
   set --
-  __vmt_loop <>"$__vmt_cmdport" >&0 || printf '%s failed\n' "$__vmt_sync"
+  if ! __vmt_loop <>"$__vmt_cmdport" >&0; then
+    printf '%s failed\n' "$__vmt_sync"
+  elif [[ -n $__vmt_left ]]; then
+    printf '%s left\n' "$__vmt_left"
+  else
+    printf '%s ended\n' "$__vmt_sync"
+  fi
 }
 __vmt_loop() {
   # A record is `<length: 6 hex digits> <kind><body>`, all ASCII, so `read
@@ -174,7 +183,7 @@ __vmt_loop() {
   # `__vmt_exec` does when the host stops commands (output kept, or not);
   # `e<line>` is evaluated here.
   __vmt_h=
-  while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 0; done
+  while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 1; done
   printf '%s serving\n' "$__vmt_sync"
   while read -r -N 7 __vmt_h; do
     [[ $__vmt_h == cancel. ]] && continue
@@ -368,6 +377,11 @@ pub enum ShellError {
          and use copy_from_host"
     )]
     TooLong(usize),
+    #[error(
+        "the guest's command loop stopped reading the command port, and the command sent there \
+         was lost; later commands go to the console (the console log may say why)"
+    )]
+    LoopEnded,
     /// Only inside [`Shell::unit_wait`], which then polls instead.
     #[error("systemd-stdio-bridge in the guest stopped answering during a unit wait")]
     BusGone,
@@ -458,6 +472,9 @@ pub struct Shell {
     /// is the port): the host sends records ([`record`]), and the guest
     /// answers there.
     serving: bool,
+    /// The nonce of the serve loop that runs (or ran last): it says on the
+    /// console `<sync> ended` if it stops reading the port by itself.
+    sync: String,
     /// Random per bootstrap; with a command's serial number it marks the
     /// command's answer and output chunks (the command line itself carries
     /// only the serial: the guest reads it a byte at a time).
@@ -482,6 +499,11 @@ struct Ctl {
     stream: UnixStream,
     buf: Vec<u8>,
 }
+
+/// How much console output is kept while the serve loop has the port (the
+/// console should stay quiet then); past it, only a tail long enough to
+/// hold a split `<sync> ended` line.
+const CONSOLE_KEPT: usize = 64 * 1024;
 
 /// How long the guest's listener may take to stop a command.
 const CTL_ANSWER: Duration = Duration::from_secs(10);
@@ -685,6 +707,7 @@ impl Shell {
             other: None,
             guest_cmd: false,
             serving: false,
+            sync: String::new(),
             key: String::new(),
             serial: 0,
             shell_names: None,
@@ -765,7 +788,28 @@ impl Shell {
         if self.buf.capacity() - len < 64 * 1024 {
             self.buf.reserve(256 * 1024);
         }
-        let n = self.stream.read_buf(&mut self.buf).await?;
+        let n = match self.other.as_mut().filter(|_| self.serving) {
+            // The console stays quiet while the loop serves the port, but
+            // for a loop that ended by itself.
+            Some(console) => tokio::select! {
+                r = self.stream.read_buf(&mut self.buf) => r?,
+                r = console.stream.read_buf(&mut console.buf) => {
+                    let ended = format!("{} ended\n", self.sync);
+                    if memmem::find(&console.buf, ended.as_bytes()).is_some() {
+                        console.buf.clear();
+                        self.switch();
+                        self.serving = false;
+                        self.pending = None;
+                        return Err(ShellError::LoopEnded);
+                    }
+                    if console.buf.len() > CONSOLE_KEPT {
+                        console.buf.drain(..console.buf.len() - ended.len());
+                    }
+                    r?
+                }
+            },
+            None => self.stream.read_buf(&mut self.buf).await?,
+        };
         if n == 0 {
             return Err(ShellError::Closed);
         }
@@ -979,6 +1023,7 @@ impl Shell {
             .as_mut()
             .ok_or_else(|| ShellError::Protocol("no command port".into()))?;
         port.stream.write_all(format!("{n}.").as_bytes()).await?;
+        self.sync.clone_from(&n);
         self.pending = Some(Pending::Serve(n.clone()));
         self.stream
             .write_all(format!("__vmt_serve {n}\n").as_bytes())
@@ -1028,12 +1073,18 @@ impl Shell {
         self.leave().await
     }
 
-    /// Ends the serve loop, if it runs.
+    /// Ends the serve loop, if it runs. The answer comes on the console
+    /// once the guest closed the port (see `__vmt_serve`).
     async fn leave(&mut self) -> Result<(), ShellError> {
         if self.serving {
             let n = nonce();
-            self.send_line(&format!("printf '%s left\\n' {n}; break\n"))
-                .await?;
+            let bytes = self.framed(&format!("__vmt_left={n}; break\n"))?;
+            self.switch();
+            self.serving = false;
+            self.pending = Some(Pending::Leave(n.clone()));
+            if let Some(port) = self.other.as_mut() {
+                port.stream.write_all(&bytes).await?;
+            }
             self.leave_answer(n).await?;
         }
         Ok(())
@@ -1042,8 +1093,6 @@ impl Shell {
     async fn leave_answer(&mut self, n: String) -> Result<(), ShellError> {
         self.pending = Some(Pending::Leave(n.clone()));
         self.read_until(format!("{n} left\n").as_bytes()).await?;
-        self.switch();
-        self.serving = false;
         self.pending = None;
         Ok(())
     }

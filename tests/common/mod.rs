@@ -118,6 +118,16 @@ pub fn options(machines: Vec<MachineSpec>) -> RunOptions {
     }
 }
 
+/// Runs a test's body and fails the test if the body takes longer than
+/// `limit`. A hang then fails that one test, and the machines it started
+/// stop as the body is dropped, instead of the whole run waiting for CI's
+/// own limit.
+pub async fn within(limit: Duration, body: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(limit, body).await.is_err() {
+        panic!("the test did not finish within {limit:?}: it hung (its machines were stopped)");
+    }
+}
+
 /// A driver for these machines (not started).
 pub async fn driver(machines: Vec<MachineSpec>) -> Driver {
     Driver::new(options(machines), Log::new())
