@@ -5,7 +5,8 @@
 //! Figures printed:
 //! - boot to shell (tiny guest);
 //! - `succeed("true")` median over 200 calls: our framing vs nixpkgs' framing
-//!   (`timeout T bash -c '...' | (base64 -w 0; echo)` + `echo ${PIPESTATUS[0]}`),
+//!   (`timeout T bash -c 'set -euo pipefail; ...' | (base64 -w 0; echo)` +
+//!   `echo ${PIPESTATUS[0]}`),
 //!   in blocks of back-to-back calls of one kind, so that any work left to
 //!   the guest after an answer is paid by the next call of the same kind;
 //!   next to it, one bare bash fork `( : )` timed in the guest in the same

@@ -1411,8 +1411,9 @@ impl Shell {
     }
 
     /// Runs `command` framed the way nixpkgs' Python driver does
-    /// (`timeout T bash -c '...' | (base64 -w 0; echo)`, then
-    /// `echo ${PIPESTATUS[0]}`). Only the benchmark uses it, as the baseline.
+    /// (`timeout T bash -c 'set -euo pipefail; ...' | (base64 -w 0; echo)`,
+    /// then `echo ${PIPESTATUS[0]}`). Only the benchmark uses it, as the
+    /// baseline.
     pub async fn run_nixpkgs_framing(
         &mut self,
         command: &str,
@@ -1422,7 +1423,7 @@ impl Shell {
         self.raw_mode().await?;
         let line = format!(
             "timeout {timeout} bash -c {} | (base64 -w 0; echo)\n",
-            shell_quote(command)
+            shell_quote(&format!("set -euo pipefail; {command}"))
         );
         self.stream.write_all(line.as_bytes()).await?;
         let encoded = self.read_until(b"\n").await?;
