@@ -18,7 +18,7 @@ struct Args {
     /// Start a Python REPL with the machines instead of running the script.
     #[arg(short = 'I', long)]
     interactive: bool,
-    /// Keep machine state (disk images) between runs, in $TMPDIR/vm-state-<name>.
+    /// Keep machine state (disk images) between runs, in $TMPDIR/vm-state-MACHINE.
     #[arg(short = 'K', long = "keep-machine-state", visible_aliases = ["keep-vm-state", "keep_vm_state"])]
     keep_state: bool,
     /// Where screenshots, copied files, logs go.

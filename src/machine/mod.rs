@@ -738,35 +738,34 @@ impl Machine {
         timeout: Option<Duration>,
     ) -> Result<(), MachineError> {
         let what = format!("unit {unit} to become active");
-        let mut timeout = timeout;
-        if user.is_none() {
-            let started = Instant::now();
-            match self.unit_wait_bus(unit, timeout, &what).await? {
-                UnitWait::Active => return Ok(()),
-                UnitWait::Hopeless(message) => {
-                    return Err(MachineError::Failed {
-                        name: self.name.clone(),
-                        message,
-                    })
-                }
-                UnitWait::TimedOut(state) => {
-                    return Err(MachineError::Timeout {
-                        name: self.name.clone(),
-                        what,
-                        secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
-                        detail: format!(" (its last state was \"{state}\")"),
-                    })
-                }
-                UnitWait::Unavailable => {
-                    self.log.machine(
-                        &self.name,
-                        "systemd-stdio-bridge is not available in the guest; \
-                         polling `systemctl show` instead",
-                    );
-                    timeout = timeout.map(|t| t.saturating_sub(started.elapsed()));
-                }
+        let started = Instant::now();
+        let timeout = match self.unit_wait_bus(unit, user, timeout, &what).await? {
+            UnitWait::Active => return Ok(()),
+            UnitWait::Hopeless(message) => {
+                return Err(MachineError::Failed {
+                    name: self.name.clone(),
+                    message,
+                })
             }
-        }
+            UnitWait::TimedOut(state) => {
+                return Err(MachineError::Timeout {
+                    name: self.name.clone(),
+                    what,
+                    secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
+                    detail: format!(" (its last state was \"{state}\")"),
+                })
+            }
+            UnitWait::Unavailable(why) => {
+                let show = if user.is_some() {
+                    "systemctl --user show"
+                } else {
+                    "systemctl show"
+                };
+                self.log
+                    .machine(&self.name, &format!("{why}; polling `{show}` instead"));
+                timeout.map(|t| t.saturating_sub(started.elapsed()))
+            }
+        };
         let q = shell::shell_quote(unit);
         let show = systemctl_command(&format!("show --property=ActiveState --value -- {q}"), user);
         let jobs = systemctl_command("list-jobs --full 2>&1", user);
@@ -784,15 +783,16 @@ impl Machine {
         Ok(())
     }
 
-    /// A system unit wait that listens to systemd over D-Bus
-    /// ([`Shell::unit_wait`]).
+    /// A unit wait (of the system's manager, or of `user`'s) that listens
+    /// to systemd over D-Bus ([`Shell::unit_wait`]).
     async fn unit_wait_bus(
         &mut self,
         unit: &str,
+        user: Option<&str>,
         timeout: Option<Duration>,
         what: &str,
     ) -> Result<UnitWait, MachineError> {
-        let result = self.shell().await?.unit_wait(unit, timeout).await;
+        let result = self.shell().await?.unit_wait(unit, user, timeout).await;
         match result {
             Ok(w) => Ok(w),
             Err(e) => Err(self

@@ -314,9 +314,17 @@ __vmt_exec() {
   __vmt_next
 }
 __vmt_bus_start() {
-  if [ -S /run/systemd/private ] && command -v systemd-stdio-bridge >/dev/null 2>&1 &&
+  # <n> [user]: a bridge to the system manager's private socket, or to the
+  # user's manager's (root may connect to it).
+  local path=/run/systemd/private uid
+  if [[ -n ${2-} ]]; then
+    uid=$(id -u -- "$2" 2>/dev/null) || { printf '%s no-user\n' "$1"; return; }
+    path=/run/user/$uid/systemd/private
+    [ -S "$path" ] || { printf '%s no-manager\n' "$1"; return; }
+  fi
+  if [ -S "$path" ] && command -v systemd-stdio-bridge >/dev/null 2>&1 &&
     { [ -p "$__vmt_dir/bus" ] || mkfifo "$__vmt_dir/bus"; }; then
-    systemd-stdio-bridge --bus-path=unix:path=/run/systemd/private <"$__vmt_dir/bus" 2>/dev/null &
+    systemd-stdio-bridge --bus-path="unix:path=$path" <"$__vmt_dir/bus" 2>/dev/null &
     __vmt_bus_pid=$!
     # Read-write: opening never blocks, and a write never raises SIGPIPE
     # if the bridge is gone.
@@ -539,9 +547,9 @@ pub enum UnitWait {
     Hopeless(String),
     /// The time ran out; the unit's last state.
     TimedOut(String),
-    /// The guest cannot be asked over D-Bus (no `systemd-stdio-bridge`, no
-    /// systemd private socket, or the bridge went away): poll instead.
-    Unavailable,
+    /// The guest cannot be asked over D-Bus: poll instead, for the reason
+    /// given (for the log).
+    Unavailable(String),
 }
 
 /// systemd's manager object and interface.
@@ -1185,7 +1193,10 @@ impl Shell {
     /// console, and the driver writes D-Bus calls into the bridge through
     /// a FIFO (one `printf` each, so bash never reads D-Bus bytes). systemd
     /// sends every unit change to private-bus clients, so a change is seen
-    /// when it happens, and the guest does nothing in between.
+    /// when it happens, and the guest does nothing in between. With
+    /// `user`, the bridge (still root's) goes to that user's manager
+    /// (`/run/user/<uid>/systemd/private`); a user the guest does not have
+    /// is hopeless, and a manager that does not run yet is polled for.
     ///
     /// The checks are those of nixpkgs' `wait_for_unit`: `active` ends the
     /// wait, `failed` is hopeless, and so is `inactive` when no job at all
@@ -1193,6 +1204,7 @@ impl Shell {
     pub async fn unit_wait(
         &mut self,
         unit: &str,
+        user: Option<&str>,
         timeout: Option<Duration>,
     ) -> Result<UnitWait, ShellError> {
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -1202,14 +1214,32 @@ impl Shell {
         self.ready(false).await?;
         let n = nonce();
         self.pending = Some(Pending::Bus(n.clone()));
-        self.send_line(&format!("__vmt_bus_start {n}\n")).await?;
+        let user_arg = user.map(|u| format!(" {}", shell_quote(u)));
+        self.send_line(&format!(
+            "__vmt_bus_start {n}{}\n",
+            user_arg.unwrap_or_default()
+        ))
+        .await?;
         self.read_until(format!("{n} ").as_bytes()).await?;
-        if self.read_until(b"\n").await? != b"bridge" {
+        let answer = self.read_until(b"\n").await?;
+        if answer != b"bridge" {
             self.pending = None;
-            return Ok(UnitWait::Unavailable);
+            let user = user.unwrap_or("root");
+            return Ok(match &answer[..] {
+                b"no-user" => UnitWait::Hopeless(format!("there is no user \"{user}\" in the guest")),
+                b"no-manager" => UnitWait::Unavailable(format!(
+                    "the systemd user manager of \"{user}\" does not run (yet)"
+                )),
+                _ => UnitWait::Unavailable(
+                    "systemd-stdio-bridge or systemd's private socket is not available in the guest"
+                        .into(),
+                ),
+            });
         }
         let result = match self.bus_session(unit, deadline).await {
-            Err(ShellError::BusGone) => Ok(UnitWait::Unavailable),
+            Err(ShellError::BusGone) => Ok(UnitWait::Unavailable(
+                "systemd stopped answering over D-Bus (a daemon-reexec?)".into(),
+            )),
             Err(e @ (ShellError::Closed | ShellError::Io(_))) => return Err(e),
             r => r,
         };
@@ -1242,7 +1272,9 @@ impl Shell {
         // The bridge answers `OK <guid>`, unless it could not connect to
         // systemd and exited.
         let Ok(hello) = tokio::time::timeout(BUS_SILENCE, self.read_until(b"\r\n")).await else {
-            return Ok(UnitWait::Unavailable);
+            return Ok(UnitWait::Unavailable(
+                "systemd-stdio-bridge could not connect to systemd".into(),
+            ));
         };
         let hello = hello?;
         if !hello.starts_with(b"OK ") {
@@ -1763,7 +1795,7 @@ mod tests {
             vec!["activating", "active"],
         ));
         let w = shell
-            .unit_wait("slow.service", Some(Duration::from_secs(30)))
+            .unit_wait("slow.service", None, Some(Duration::from_secs(30)))
             .await;
         assert_eq!(w.unwrap(), UnitWait::Active);
         // One `Get`: the signals said the rest.
@@ -1779,7 +1811,7 @@ mod tests {
     async fn an_inactive_unit_with_no_job_is_hopeless_after_a_second_look() {
         let (mut shell, guest) = bootstrapped_pair();
         let fake = tokio::spawn(fake_bus_guest(guest, vec!["inactive", "inactive"], vec![]));
-        let w = shell.unit_wait("slow.service", None).await.unwrap();
+        let w = shell.unit_wait("slow.service", None, None).await.unwrap();
         assert_eq!(
             w,
             UnitWait::Hopeless(
@@ -1801,7 +1833,7 @@ mod tests {
             vec!["deactivating"],
         ));
         let w = shell
-            .unit_wait("slow.service", Some(Duration::from_millis(300)))
+            .unit_wait("slow.service", None, Some(Duration::from_millis(300)))
             .await
             .unwrap();
         assert_eq!(w, UnitWait::TimedOut("deactivating".into()));
@@ -1809,21 +1841,48 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_the_bridge_the_wait_is_unavailable() {
+    async fn without_a_bridge_or_a_manager_the_wait_polls_and_without_the_user_it_fails() {
         let (mut shell, mut guest) = bootstrapped_pair();
+        let answers = ["no-bridge", "no-manager", "no-user"];
         let fake = tokio::spawn(async move {
             let mut reader = tokio::io::BufReader::new(&mut guest);
-            let line = next_line(&mut reader).await;
-            let n = line.split_whitespace().nth(1).unwrap().to_string();
-            reader
-                .get_mut()
-                .write_all(format!("{n} no-bridge\n").as_bytes())
-                .await
-                .unwrap();
+            let mut lines = Vec::new();
+            for answer in answers {
+                let line = next_line(&mut reader).await;
+                let n = line.split_whitespace().nth(1).unwrap().to_string();
+                lines.push(line);
+                reader
+                    .get_mut()
+                    .write_all(format!("{n} {answer}\n").as_bytes())
+                    .await
+                    .unwrap();
+            }
+            lines
         });
-        let w = shell.unit_wait("slow.service", None).await.unwrap();
-        fake.await.unwrap();
-        assert_eq!(w, UnitWait::Unavailable);
+        let system = shell.unit_wait("slow.service", None, None).await.unwrap();
+        let user = Some("al ice");
+        let manager = shell.unit_wait("x.service", user, None).await.unwrap();
+        let nobody = shell.unit_wait("x.service", user, None).await.unwrap();
+        let lines = fake.await.unwrap();
+        assert_eq!(lines[0].split_whitespace().count(), 2, "{lines:?}");
+        assert!(lines[1].trim_end().ends_with(" 'al ice'"), "{lines:?}");
+        assert_eq!(
+            system,
+            UnitWait::Unavailable(
+                "systemd-stdio-bridge or systemd's private socket is not available in the guest"
+                    .into()
+            )
+        );
+        assert_eq!(
+            manager,
+            UnitWait::Unavailable(
+                "the systemd user manager of \"al ice\" does not run (yet)".into()
+            )
+        );
+        assert_eq!(
+            nobody,
+            UnitWait::Hopeless("there is no user \"al ice\" in the guest".into())
+        );
         assert!(shell.pending.is_none());
     }
 }

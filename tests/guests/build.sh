@@ -15,7 +15,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${NIX_VMTEST_CACHE:-/var/cache/nix-vmtest}
 mirror=${NIX_VMTEST_MIRROR:-http://deb.debian.org/debian}
 suite=bookworm
-packages=systemd,systemd-sysv,udev,dbus,iproute2,iputils-ping,kmod,procps,nginx-light,curl,netcat-openbsd,sudo
+packages=systemd,systemd-sysv,udev,dbus,libpam-systemd,iproute2,iputils-ping,kmod,procps,nginx-light,curl,netcat-openbsd,sudo
 
 log() { echo "build.sh: $*" >&2; }
 die() { echo "build.sh: $*" >&2; exit 1; }
