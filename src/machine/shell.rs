@@ -335,7 +335,12 @@ __vmt_bus_start() {
   fi
 }
 __vmt_bus_stop() {
-  if [[ -n $__vmt_bus_pid ]]; then kill -KILL "$__vmt_bus_pid" 2>/dev/null; fi
+  # Reaped here, so that bash's "Killed" notice goes nowhere instead of to
+  # the console log after every unit wait.
+  if [[ -n $__vmt_bus_pid ]]; then
+    kill -KILL "$__vmt_bus_pid" 2>/dev/null
+    { wait "$__vmt_bus_pid"; } 2>/dev/null
+  fi
   if [[ -n $__vmt_bus ]]; then exec {__vmt_bus}>&-; fi
   __vmt_bus= __vmt_bus_pid=
   printf '%s bus-stopped\n' "$1"

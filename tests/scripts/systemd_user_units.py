@@ -2,6 +2,7 @@
 # expect: pass
 # expect-log: the systemd user manager of "alice" does not run (yet); polling `systemctl --user show` instead
 # expect-no-log: polling `systemctl show` instead
+# expect-no-log: Killed
 # wait_for_unit(..., user=...) waits for a unit of the user's own systemd
 # manager, with nixpkgs' rules. It listens to that manager over D-Bus, as
 # for system units, once the manager runs; before that it polls
