@@ -432,7 +432,7 @@ impl Driver {
         } else {
             Some("the test script failed")
         });
-        self.shutdown_all();
+        self.shutdown_all().await;
         let elapsed = started.elapsed();
         self.log.info(&format!(
             "test script finished in {:.2}s",
@@ -485,13 +485,14 @@ impl Driver {
         })
     }
 
-    /// Kills every machine that is still running.
-    pub fn shutdown_all(&mut self) {
+    /// Kills every machine that is still running, and logs what their
+    /// consoles printed last.
+    pub async fn shutdown_all(&mut self) {
         for m in &mut self.machines {
             if m.is_running() {
                 self.log.machine(&m.name, "killing QEMU");
             }
-            m.release();
+            m.release_logged().await;
         }
     }
 }

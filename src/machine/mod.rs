@@ -179,13 +179,15 @@ struct Running {
     qmp: Option<Qmp>,
     /// QMP is connected as soon as QEMU runs, so no event is missed.
     qmp_connecting: Option<tokio::sync::oneshot::Receiver<Result<Qmp, MonitorError>>>,
+    /// The console readers (QEMU's stdout and stderr).
+    readers: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
         qemu::signal_group(self.pgid, nix::sys::signal::Signal::SIGKILL);
-        for t in &self.tasks {
+        for t in self.readers.iter().chain(&self.tasks) {
             t.abort();
         }
     }
@@ -403,13 +405,14 @@ impl Machine {
             }
         })?;
         let pgid = child.id().unwrap_or(0);
-        let mut tasks = Vec::new();
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tasks.push(self.spawn_console_reader(out));
+            readers.push(self.spawn_console_reader(out));
         }
         if let Some(err) = child.stderr.take() {
-            tasks.push(self.spawn_console_reader(err));
+            readers.push(self.spawn_console_reader(err));
         }
+        let mut tasks = Vec::new();
         let stdin = child.stdin.take();
         let (tx, exited) = watch::channel(None);
         tasks.push(tokio::spawn(async move {
@@ -438,6 +441,7 @@ impl Machine {
             monitor: None,
             qmp: None,
             qmp_connecting: Some(qmp_rx),
+            readers,
             tasks,
         });
         Ok(())
@@ -939,6 +943,20 @@ impl Machine {
         if self.running.is_some() {
             self.stop_process();
         }
+    }
+
+    /// Like [`Machine::release`], but first lets the console readers log
+    /// what QEMU printed last (for up to a second), a line that never got
+    /// its newline included: dropping them would lose it.
+    pub async fn release_logged(&mut self) {
+        if let Some(r) = self.running.as_mut() {
+            qemu::signal_group(r.pgid, nix::sys::signal::Signal::SIGKILL);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            for reader in r.readers.iter_mut() {
+                let _ = tokio::time::timeout_at(deadline, reader).await;
+            }
+        }
+        self.release();
     }
 
     async fn monitor(&mut self) -> Result<&mut Monitor, MachineError> {

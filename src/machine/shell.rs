@@ -43,8 +43,11 @@
 //! A command runs in a forked subshell with stdin `/dev/null` and stdout in
 //! a fresh file, so a detached child that keeps stdout open cannot hang the
 //! call (nixpkgs #144875), and no `timeout`/`base64`/`bash -c` processes
-//! are started per command; a plain command of a program is sent as
-//! `exec <command>` ([`exec_form`]), so that subshell becomes the program.
+//! are started per command; its stderr is the console, as in nixpkgs,
+//! while the shell that reaps it writes its own to `/dev/null` (a command
+//! killed at its deadline is not reported there as `Killed ( eval … )`).
+//! A plain command of a program is sent as `exec <command>`
+//! ([`exec_form`]), so that subshell becomes the program.
 //! Output is sent raw (the console is in raw mode) and delimited by a
 //! random 128-bit nonce, so it is exact and binary-safe.
 //!
@@ -108,6 +111,10 @@ __vmt_init() {
   done
   [ -n "$__vmt_dir" ] && mkfifo "$__vmt_dir/done" "$__vmt_dir/tick" || return 1
   exec {__vmt_tick}<>"$__vmt_dir/tick"
+  # Commands get this as stderr. The shell's own stderr is /dev/null where
+  # it reaps commands: bash reports a child killed at a deadline there
+  # ("Killed ( eval ... )"), which would say nothing to a test's reader.
+  exec {__vmt_err}>&2
   __vmt_n=0 __vmt_out=$__vmt_dir/o.0 __vmt_spent=
   __vmt_port org.nix-vmtest.cmd
   __vmt_cmdport=$__vmt_p
@@ -166,7 +173,7 @@ __vmt_serve() {
   # last close, so the host may write the next `<sync>.` only then.
   __vmt_sync=$1 __vmt_left=
   set --
-  if ! __vmt_loop <>"$__vmt_cmdport" >&0; then
+  if ! __vmt_loop <>"$__vmt_cmdport" >&0 2>/dev/null; then
     printf '%s failed\n' "$__vmt_sync"
   elif [[ -n $__vmt_left ]]; then
     printf '%s left\n' "$__vmt_left"
@@ -181,7 +188,7 @@ __vmt_loop() {
   # bytes, like a header) may come between records and is skipped.
   # Kinds: `r<id> <command>` and `n<id> <command>` run a command as
   # `__vmt_exec` does when the host stops commands (output kept, or not);
-  # `e<line>` is evaluated here.
+  # `e<line>` is evaluated here, with the console as stderr again.
   __vmt_h=
   while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 1; done
   printf '%s serving\n' "$__vmt_sync"
@@ -193,7 +200,7 @@ __vmt_loop() {
         __vmt_id=${__vmt_rec%% *} __vmt_cmd=${__vmt_rec#* } __vmt_to=$__vmt_out
         [[ $__vmt_id == n* ]] && __vmt_to=/dev/null
         __vmt_id=${__vmt_id#?}
-        ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_to"
+        ( eval "$__vmt_cmd" ) 2>&$__vmt_err- </dev/null >"$__vmt_to"
         __vmt_st=$?
         if [[ -s $__vmt_to ]]; then
           __vmt_why=; __vmt_send_output
@@ -202,7 +209,7 @@ __vmt_loop() {
         fi
         __vmt_next
         ;;
-      *) eval "${__vmt_rec#?}" ;;
+      *) eval "${__vmt_rec#?}" 2>&$__vmt_err ;;
     esac
   done
 }
@@ -228,7 +235,7 @@ __vmt_try() {
   local pid r line kills=0
   if [[ -n $__vmt_listener ]]; then
     # The host stops a command through the control port.
-    ( eval "$__vmt_cmd" ) </dev/null >"$__vmt_to"
+    { ( eval "$__vmt_cmd" ) 2>&$__vmt_err- </dev/null >"$__vmt_to"; } 2>/dev/null
     __vmt_st=$? __vmt_why=
     return
   fi

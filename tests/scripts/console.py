@@ -1,7 +1,10 @@
 # nodes: machine=tiny
 # expect: pass
 # expect-log: machine # console-marker-42
+# expect-log: machine # last-words-without-a-newline
 # wait_for_console_text (regex on the serial console) and get_console_log.
+# What the console printed last is logged even without its newline, when
+# the driver kills the machine at the end.
 start_all()
 machine.wait_until_succeeds("true")
 machine.succeed("echo console-marker-$((40 + 2)) > /dev/ttyS0")
@@ -23,3 +26,6 @@ except Exception as e:
     log.info(f"timeout raised {type(e).__name__}: {e}")
 else:
     raise Exception("wait_for_console_text did not time out")
+
+# The guest's UART sends this on its own time: a second is plenty.
+machine.succeed("printf last-words-without-a-newline >/dev/ttyS0; sleep 1")

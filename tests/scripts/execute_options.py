@@ -1,11 +1,15 @@
 # nodes: machine=tiny
 # expect: pass
+# expect-log: machine # err-on-the-console
+# expect-no-log: Killed
+# expect-no-log: __vmt_
 # execute(command, check_return, check_output, timeout) and succeed/fail
-# with several commands.
+# with several commands. A command's stderr goes to the console log; one
+# killed at its timeout leaves no note of the shell's there.
 import time
 
 start_all()
-t.assertEqual(machine.execute("echo out; echo err >&2; exit 3"), (3, "out\n"))
+t.assertEqual(machine.execute("echo out; echo err-on-the-console >&2; exit 3"), (3, "out\n"))
 t.assertEqual(machine.execute("echo out; exit 3", check_return=False), (-1, "out\n"))
 t.assertEqual(machine.execute("echo out", check_output=False), (-2, ""))
 t.assertEqual(machine.execute("exit 0", check_return=False, check_output=False)[0] in (-1, -2), True)

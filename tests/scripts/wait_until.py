@@ -3,8 +3,12 @@
 # expect-log: waiting for success: test -e /tmp/ready
 # expect-log: waiting for failure: test -e /tmp/ready
 # expect-log: waiting for file '/tmp/later'
+# expect-log: machine # try-runs-past-the-deadline
+# expect-no-log: Killed
+# expect-no-log: __vmt_
 # wait_until_succeeds / wait_until_fails / wait_for_file against things that
-# change in the background, and their timeouts.
+# change in the background, and their timeouts. A try killed at the
+# deadline leaves no note of the shell's in the log; its stderr is there.
 import time
 
 start_all()
@@ -25,6 +29,12 @@ with subtest("timeouts raise"):
         ("wait_until_succeeds", lambda: machine.wait_until_succeeds("false", timeout=3)),
         ("wait_until_fails", lambda: machine.wait_until_fails("true", timeout=3)),
         ("wait_for_file", lambda: machine.wait_for_file("/nonexistent", timeout=3)),
+        (
+            "a try that outlives the deadline",
+            lambda: machine.wait_until_succeeds(
+                "echo try-runs-past-the-deadline >&2; sleep 100", timeout=3
+            ),
+        ),
     ]:
         t0 = time.monotonic()
         try:
