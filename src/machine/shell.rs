@@ -331,7 +331,12 @@ __vmt_bus_start() {
   fi
   if [ -S "$path" ] && command -v systemd-stdio-bridge >/dev/null 2>&1 &&
     { [ -p "$__vmt_dir/bus" ] || mkfifo "$__vmt_dir/bus"; }; then
-    systemd-stdio-bridge --bus-path="unix:path=$path" <"$__vmt_dir/bus" 2>/dev/null &
+    # When systemd closes the connection (a daemon-reexec), the bridge
+    # exits, and the console says so after its last message.
+    {
+      systemd-stdio-bridge --bus-path="unix:path=$path" <"$__vmt_dir/bus" 2>/dev/null
+      printf '%s bus-ended\n' "$1"
+    } &
     __vmt_bus_pid=$!
     # Read-write: opening never blocks, and a write never raises SIGPIPE
     # if the bridge is gone.
@@ -345,7 +350,7 @@ __vmt_bus_stop() {
   # Reaped here, so that bash's "Killed" notice goes nowhere instead of to
   # the console log after every unit wait.
   if [[ -n $__vmt_bus_pid ]]; then
-    kill -KILL "$__vmt_bus_pid" 2>/dev/null
+    __vmt_kill "$__vmt_bus_pid"
     { wait "$__vmt_bus_pid"; } 2>/dev/null
   fi
   if [[ -n $__vmt_bus ]]; then exec {__vmt_bus}>&-; fi
@@ -403,12 +408,16 @@ pub enum ShellError {
     )]
     LoopEnded,
     /// Only inside [`Shell::unit_wait`], which then polls instead.
-    #[error("systemd-stdio-bridge in the guest stopped answering during a unit wait")]
-    BusGone,
+    #[error("systemd-stdio-bridge in the guest {0}")]
+    BusGone(&'static str),
 }
 
 /// The state of one D-Bus session.
 struct Bus {
+    /// What the guest prints after the bridge's last message when the
+    /// bridge exits (`<n> bus-ended`; a D-Bus message starts with `l` or
+    /// `B`, a nonce with `v`).
+    ended: Vec<u8>,
     serial: u32,
     unit_path: Option<String>,
     /// Job changes matter too (the unit is inactive: is a job pending?).
@@ -1248,10 +1257,10 @@ impl Shell {
                 ),
             });
         }
-        let result = match self.bus_session(unit, deadline).await {
-            Err(ShellError::BusGone) => Ok(UnitWait::Unavailable(
-                "systemd stopped answering over D-Bus (a daemon-reexec?)".into(),
-            )),
+        let result = match self.bus_session(&n, unit, deadline).await {
+            Err(ShellError::BusGone(what)) => Ok(UnitWait::Unavailable(format!(
+                "systemd-stdio-bridge {what} (systemd re-executed?)"
+            ))),
             Err(e @ (ShellError::Closed | ShellError::Io(_))) => return Err(e),
             r => r,
         };
@@ -1270,10 +1279,12 @@ impl Shell {
 
     async fn bus_session(
         &mut self,
+        n: &str,
         unit: &str,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<UnitWait, ShellError> {
         let mut bus = Bus {
+            ended: format!("{n} bus-ended\n").into_bytes(),
             serial: 0,
             unit_path: None,
             watch_jobs: false,
@@ -1283,12 +1294,28 @@ impl Shell {
         self.bus_write(b"\0AUTH EXTERNAL 30\r\nBEGIN\r\n").await?;
         // The bridge answers `OK <guid>`, unless it could not connect to
         // systemd and exited.
-        let Ok(hello) = tokio::time::timeout(BUS_SILENCE, self.read_until(b"\r\n")).await else {
+        let hello = async {
+            loop {
+                if let Some(i) = memmem::find(&self.buf, b"\r\n") {
+                    let line = self.buf[..i].to_vec();
+                    self.buf.drain(..i + 2);
+                    return Ok::<_, ShellError>(Some(line));
+                }
+                if let Some(i) = memmem::find(&self.buf, &bus.ended) {
+                    self.buf.drain(..i + bus.ended.len());
+                    return Ok(None);
+                }
+                self.fill().await?;
+            }
+        };
+        let Some(hello) = tokio::time::timeout(BUS_SILENCE, hello)
+            .await
+            .unwrap_or(Ok(None))?
+        else {
             return Ok(UnitWait::Unavailable(
                 "systemd-stdio-bridge could not connect to systemd".into(),
             ));
         };
-        let hello = hello?;
         if !hello.starts_with(b"OK ") {
             return Err(ShellError::Protocol(format!(
                 "systemd-stdio-bridge refused the connection: {}",
@@ -1408,7 +1435,7 @@ impl Shell {
             // say): the wait polls instead.
             let m = tokio::time::timeout(BUS_SILENCE, self.bus_message(bus))
                 .await
-                .map_err(|_| ShellError::BusGone)??;
+                .map_err(|_| ShellError::BusGone("stopped answering"))??;
             if m.reply_serial != Some(serial) {
                 continue;
             }
@@ -1427,6 +1454,14 @@ impl Shell {
     /// marks it as changed.
     async fn bus_message(&mut self, bus: &mut Bus) -> Result<dbus::Message, ShellError> {
         loop {
+            if self.buf.starts_with(&bus.ended) {
+                self.buf.drain(..bus.ended.len());
+                return Err(ShellError::BusGone("ended: systemd closed the connection"));
+            }
+            if !self.buf.is_empty() && bus.ended.starts_with(&self.buf) {
+                self.fill().await?;
+                continue;
+            }
             match dbus::message_len(&self.buf) {
                 Ok(Some(len)) if self.buf.len() >= len => {
                     let m = dbus::parse(&self.buf[..len])

@@ -60,8 +60,15 @@ pub struct Wrapper {
 /// For the driver's `main`: when the first argument is [`FLAG`], writes the
 /// wrapper from the environment and returns the exit code; else `None`.
 ///
-/// ```ignore
-/// if let Some(code) = nix_vmtest::plugin::wrapper::run_if_requested() { return code; }
+/// ```no_run
+/// use std::process::ExitCode;
+///
+/// fn main() -> ExitCode {
+///     if let Some(code) = nix_vmtest::plugin::wrapper::run_if_requested() {
+///         return code;
+///     }
+///     ExitCode::SUCCESS
+/// }
 /// ```
 pub fn run_if_requested() -> Option<ExitCode> {
     if std::env::args_os().nth(1).as_deref() != Some(FLAG.as_ref()) {
