@@ -110,7 +110,6 @@ __vmt_init() {
     __vmt_dir=$(mktemp -d "$d/.nix-vmtest.XXXXXX" 2>/dev/null) && break
   done
   [ -n "$__vmt_dir" ] && mkfifo "$__vmt_dir/done" "$__vmt_dir/tick" || return 1
-  exec {__vmt_tick}<>"$__vmt_dir/tick"
   # Commands get this as stderr. The shell's own stderr is /dev/null where
   # it reaps commands: bash reports a child killed at a deadline there
   # ("Killed ( eval ... )"), which would say nothing to a test's reader.
@@ -373,7 +372,9 @@ __vmt_until() {
     esac
     __vmt_now
     if [[ -n $__vmt_dl ]] && (( __vmt_t >= __vmt_dl )); then __vmt_why=timeout; break; fi
-    read -t 0.05 -u "$__vmt_tick"
+    # A pause: nothing ever writes the FIFO. (Opened for the pause only,
+    # so that commands inherit no descriptor of the driver's.)
+    read -t 0.05 <>"$__vmt_dir/tick"
     if [[ -n $__vmt_stop ]] || __vmt_cancelled; then __vmt_why=cancel; break; fi
     # This try's output is not sent: free it.
     __vmt_spent=1

@@ -28,6 +28,19 @@ with subtest("timeout"):
     else:
         raise Exception("succeed(timeout=2) did not raise")
 
+
+
+def open_fds(listing):
+    # The descriptors `ls -l /proc/self/fd` shows with a target (ls's own
+    # directory, gone by the time it reads the link, has none).
+    return sorted(line.split(" -> ")[0].split()[-1] for line in listing.splitlines() if " -> " in line)
+
+
+with subtest("a command inherits no descriptor of the driver's"):
+    # As from nixpkgs' `bash -c`: stdin, stdout and stderr only.
+    t.assertEqual(open_fds(machine.succeed("exec ls -l /proc/self/fd")), ["0", "1", "2"])
+    t.assertEqual(open_fds(machine.wait_until_succeeds("exec ls -l /proc/self/fd")), ["0", "1", "2"])
+
 with subtest("succeed / fail with several commands"):
     t.assertEqual(machine.succeed("echo a", "echo b"), "a\nb\n")
     t.assertEqual(machine.fail("false", "exit 7"), "")
