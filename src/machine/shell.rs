@@ -58,9 +58,9 @@
 //!   listener on it in the guest (blocked in `read`, so idle), and the
 //!   shell just waits for the command's subshell: one fork per command,
 //!   nothing else. At the deadline the host writes `<id>.` on the port;
-//!   the listener kills the shell's children (the command's tree), signals
-//!   the shell (a wait loop ends), and answers `<id> done`, after which the
-//!   host reads the killed command's answer.
+//!   the listener kills the shell's children (the command's tree) and
+//!   answers `<id> done`, after which the host reads the killed command's
+//!   answer.
 //! - Without the port (a start script that drops the driver's options), the
 //!   guest itself: `__vmt_exec` runs the command in the background and reads
 //!   a FIFO whose write end the subshell holds, 200 ms at a time, checking
@@ -137,7 +137,6 @@ __vmt_ctl_start() {
   __vmt_port org.nix-vmtest.ctl || return 0
   __vmt_listen "$__vmt_p" &
   __vmt_listener=$!
-  trap '__vmt_stop=1' USR1
 }
 __vmt_listen() {
   local c req kids k
@@ -148,7 +147,10 @@ __vmt_listen() {
     for k in "${kids[@]}"; do
       [[ $k == "$BASHPID" ]] || __vmt_kill "$k"
     done
-    kill -USR1 $$ 2>/dev/null
+    # The shell is not signalled: bash catches a trapped signal without
+    # SA_RESTART, so it could cut the shell's write of an answer short
+    # (EINTR; on a tty, bash's printf writes a line at a time). A wait
+    # loop whose try was killed sees its deadline passed, or `cancel.`.
     printf '%s done\n' "$req" >&"$c"
   done
 }
@@ -358,13 +360,12 @@ __vmt_bus_stop() {
 }
 __vmt_until() {
   # <id> <timeout ms|-> <succeed|fail|settled> <isolate 0|1> <command>
-  __vmt_id=$1 __vmt_iso=$4 __vmt_cmd=$5 __vmt_stop=
+  __vmt_id=$1 __vmt_iso=$4 __vmt_cmd=$5
   __vmt_deadline "$2"
   while :; do
     __vmt_to=$__vmt_out
     __vmt_try
     [[ -n $__vmt_why ]] && break
-    [[ -n $__vmt_stop ]] && { __vmt_why=cancel; break; }
     case $3 in
       succeed) (( __vmt_st == 0 )) && break ;;
       fail) (( __vmt_st != 0 )) && break ;;
@@ -375,7 +376,7 @@ __vmt_until() {
     # A pause: nothing ever writes the FIFO. (Opened for the pause only,
     # so that commands inherit no descriptor of the driver's.)
     read -t 0.05 <>"$__vmt_dir/tick"
-    if [[ -n $__vmt_stop ]] || __vmt_cancelled; then __vmt_why=cancel; break; fi
+    if __vmt_cancelled; then __vmt_why=cancel; break; fi
     # This try's output is not sent: free it.
     __vmt_spent=1
     __vmt_next
