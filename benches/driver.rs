@@ -89,15 +89,20 @@ async fn bare_forks(m: &mut Machine) -> Vec<Duration> {
 /// the guest does after an answer (ours frees the last output file, say)
 /// lands on the next call, which must be one of the same kind. With
 /// `forks`, each turn also times `BLOCK` bare forks.
+///
+/// Returns the two medians and, sorted, each turn's ratio of its two block
+/// medians: their spread shows how far host load moves the figure.
 async fn turns(
     m: &mut Machine,
     command: &str,
     calls: usize,
     mut forks: Option<&mut Vec<Duration>>,
-) -> (Duration, Duration) {
+) -> (Duration, Duration, Vec<f64>) {
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
+    let mut ratios = Vec::new();
     while ours.len() < calls {
+        let from = ours.len();
         for i in 0..=BLOCK {
             let t = Instant::now();
             let o = m.execute(command, None, true).await.unwrap();
@@ -114,11 +119,24 @@ async fn turns(
             }
             assert_eq!(st, 0);
         }
+        let block = |v: &[Duration]| median(v[from..].to_vec()).as_secs_f64();
+        ratios.push(block(&theirs) / block(&ours));
         if let Some(forks) = forks.as_deref_mut() {
             forks.extend(bare_forks(m).await);
         }
     }
-    (median(ours), median(theirs))
+    ratios.sort_by(f64::total_cmp);
+    (median(ours), median(theirs), ratios)
+}
+
+/// The spread of per-turn ratios, for the printed line.
+fn spread(ratios: &[f64]) -> String {
+    format!(
+        "per turn {:.2}x..{:.2}x, median {:.2}x",
+        ratios[0],
+        ratios[ratios.len() - 1],
+        ratios[ratios.len() / 2]
+    )
 }
 
 /// Minor page faults per call in the guest, from the backdoor shell's
@@ -411,7 +429,7 @@ fn main() {
         let ours_faults = faults_per_call(m, 100, true).await;
         let their_faults = faults_per_call(m, 100, false).await;
         let mut forks = Vec::new();
-        let (o, n) = turns(m, "true", calls, Some(&mut forks)).await;
+        let (o, n, ratios) = turns(m, "true", calls, Some(&mut forks)).await;
         let ratio = n.as_secs_f64() / o.as_secs_f64();
         println!(
             "succeed(\"true\") median, {calls} calls:   ours {}  nixpkgs framing {}  ratio {ratio:.2}x  (goal >= 5x: {})",
@@ -419,6 +437,7 @@ fn main() {
             ms(n),
             verdict(ratio >= 5.0)
         );
+        println!("  (host noise: {})", spread(&ratios));
         let fork = median(forks);
         println!(
             "one bare bash fork in the guest:      {}  (`( : )`, guest clock, same turns; ours is that plus {})",
@@ -428,13 +447,14 @@ fn main() {
 
         // A program rather than a builtin: nixpkgs' `bash -c` execs it in
         // place, and so does ours (see `exec_form`).
-        let (o, n) = turns(m, "uname", calls / 2, None).await;
+        let (o, n, ratios) = turns(m, "uname", calls / 2, None).await;
         println!(
-            "succeed(\"uname\") median, {} calls:  ours {}  nixpkgs framing {}  ratio {:.2}x",
+            "succeed(\"uname\") median, {} calls:  ours {}  nixpkgs framing {}  ratio {:.2}x  ({})",
             calls / 2,
             ms(o),
             ms(n),
-            n.as_secs_f64() / o.as_secs_f64()
+            n.as_secs_f64() / o.as_secs_f64(),
+            spread(&ratios)
         );
 
         // The same count again, 400 calls later: a shell whose forks grew
