@@ -8,7 +8,8 @@
 //!   (`timeout T bash -c 'set -euo pipefail; ...' | (base64 -w 0; echo)` +
 //!   `echo ${PIPESTATUS[0]}`),
 //!   in blocks of back-to-back calls of one kind, so that any work left to
-//!   the guest after an answer is paid by the next call of the same kind;
+//!   the guest after an answer is paid by the next call of the same kind,
+//!   with the spread of the per-turn ratios (how far host load moves it);
 //!   next to it, one bare bash fork `( : )` timed in the guest in the same
 //!   turns: the floor for any protocol that forks a subshell per command;
 //! - `succeed("uname")` the same way: a program, which both framings exec
