@@ -6,7 +6,8 @@
 //! - boot to shell (tiny guest);
 //! - `succeed("true")` median over 200 calls: our framing vs nixpkgs' framing
 //!   (`timeout T bash -c 'set -euo pipefail; ...' | (base64 -w 0; echo)` +
-//!   `echo ${PIPESTATUS[0]}`),
+//!   `echo ${PIPESTATUS[0]}`), both running the same command text, the one
+//!   a test script's `succeed` sends (`set -euo pipefail; true`),
 //!   in blocks of back-to-back calls of one kind, so that any work left to
 //!   the guest after an answer is paid by the next call of the same kind,
 //!   with the spread of the per-turn ratios (how far host load moves it);
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use nix_vmtest::machine::shell::UntilMode;
 use nix_vmtest::machine::Machine;
+use nix_vmtest::script::ops::user_command;
 
 /// Calls counted per block in the `succeed("true")` figure.
 const BLOCK: usize = 10;
@@ -99,6 +101,9 @@ async fn turns(
     calls: usize,
     mut forks: Option<&mut Vec<Duration>>,
 ) -> (Duration, Duration, Vec<f64>) {
+    // What a test script's `succeed` sends; the nixpkgs framing adds the
+    // same `set -euo pipefail; ` itself.
+    let sent = user_command(command);
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     let mut ratios = Vec::new();
@@ -106,7 +111,7 @@ async fn turns(
         let from = ours.len();
         for i in 0..=BLOCK {
             let t = Instant::now();
-            let o = m.execute(command, None, true).await.unwrap();
+            let o = m.execute(&sent, None, true).await.unwrap();
             if i > 0 {
                 ours.push(t.elapsed());
             }
@@ -162,7 +167,8 @@ async fn faults_per_call(m: &mut Machine, n: usize, ours: bool) -> (f64, f64) {
     let before = counters(m).await;
     for _ in 0..n {
         if ours {
-            assert_eq!(m.execute("true", None, true).await.unwrap().status, 0);
+            let sent = user_command("true");
+            assert_eq!(m.execute(&sent, None, true).await.unwrap().status, 0);
         } else {
             assert_eq!(nixpkgs_execute(m, "true").await.0, 0);
         }

@@ -454,7 +454,7 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
 }
 
 /// A test author's command, run as nixpkgs runs it: `set -euo pipefail` first.
-fn user_command(command: &str) -> String {
+pub fn user_command(command: &str) -> String {
     format!("set -euo pipefail; {command}")
 }
 
