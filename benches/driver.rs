@@ -146,15 +146,16 @@ fn spread(ratios: &[f64]) -> String {
 }
 
 /// Minor page faults per call in the guest, from the backdoor shell's
-/// kernel counters (`/proc/$$/stat`: its own, and its children's once
-/// waited for), over `n` calls of our framing or nixpkgs': `(shell,
-/// commands)`. Unlike time, these counts do not move with host load; the
+/// kernel counters (the `/proc/<pid>/stat` of the command's parent: its
+/// own, and its children's once waited for), over `n` calls of our framing
+/// or nixpkgs': `(shell, commands)`. Unlike time, these counts do not move with host load; the
 /// two reads of the counters add about one call's faults to the sum.
 async fn faults_per_call(m: &mut Machine, n: usize, ours: bool) -> (f64, f64) {
     async fn counters(m: &mut Machine) -> (f64, f64) {
         let o = m
             .execute(
-                "read -r -a s </proc/$$/stat; echo \"${s[9]} ${s[10]}\"",
+                "read -r -a s </proc/$BASHPID/stat; read -r -a s </proc/${s[3]}/stat; \
+                 echo \"${s[9]} ${s[10]}\"",
                 None,
                 true,
             )

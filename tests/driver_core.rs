@@ -9,6 +9,10 @@ use std::time::{Duration, Instant};
 use nix_vmtest::machine::shell::{shell_quote, UntilMode};
 use nix_vmtest::machine::MachineError;
 
+/// Sets `p` to the backdoor shell's pid: the parent of the command's
+/// subshell (`$$` is the pid of a command's own bash, as in nixpkgs).
+const SHELL_PID: &str = "read -r -a s </proc/$BASHPID/stat; p=${s[3]}";
+
 /// How long one test may take: each boots a guest under TCG and takes
 /// 10 to 80 s on a loaded host.
 const LIMIT: Duration = Duration::from_secs(300);
@@ -153,7 +157,11 @@ async fn commands_report_exact_status_and_output() {
 
         // A plain command of a program runs without a second fork: the
         // command's subshell becomes the program, whose parent is the shell.
-        let shell_pid = m.execute("echo $$", None, true).await.unwrap().output;
+        let shell_pid = m
+            .execute(&format!("{SHELL_PID}; echo $p"), None, true)
+            .await
+            .unwrap()
+            .output;
         let o = m
             .execute("grep -m1 PPid: /proc/self/status", None, true)
             .await
@@ -282,8 +290,11 @@ async fn control_ports(m: &mut nix_vmtest::machine::Machine) -> usize {
 async fn shell_input(m: &mut nix_vmtest::machine::Machine) -> String {
     let o = m
         .execute(
-            "d=$(readlink /proc/$$/fd/0); n=/sys/class/virtio-ports/${d#/dev/}/name; \
-             if [ -e \"$n\" ]; then cat \"$n\"; else echo console; fi",
+            &format!(
+                "{SHELL_PID}; d=$(readlink /proc/$p/fd/0); \
+                 n=/sys/class/virtio-ports/${{d#/dev/}}/name; \
+                 if [ -e \"$n\" ]; then cat \"$n\"; else echo console; fi"
+            ),
             None,
             true,
         )
@@ -476,6 +487,70 @@ async fn a_command_port_that_goes_away_costs_one_command_not_the_run() {
         assert_eq!(shell_input(m).await, "console");
         let o = m.execute("echo fine; exit 4", None, true).await.unwrap();
         assert_eq!((o.status, o.output.as_slice()), (4, &b"fine\n"[..]));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dollar_dollar_is_the_commands_own_and_a_killed_shell_costs_one_command() {
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.connect().await.unwrap();
+        // `$$` is the pid of the command's own bash, as under nixpkgs'
+        // `bash -c`: killing it ends the command, not the backdoor shell.
+        let o = m
+            .execute("echo $$ $BASHPID; kill -9 $$", None, true)
+            .await
+            .unwrap();
+        assert_eq!(o.status, 137);
+        let pids: Vec<String> = String::from_utf8_lossy(&o.output)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(pids.len(), 2);
+        assert_eq!(pids[0], pids[1]);
+        let o = m.execute("echo still", None, true).await.unwrap();
+        assert_eq!((o.status, o.output.as_slice()), (0, &b"still\n"[..]));
+
+        // Killing the backdoor shell itself: busybox init starts a new one,
+        // the command in flight fails at once, the next command runs in the
+        // new shell, and its timeouts work (the dead shell's control
+        // listener, which init does not kill, is gone).
+        let t = Instant::now();
+        let e = m
+            .execute(&format!("{SHELL_PID}; kill -9 $p"), None, true)
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("backdoor shell was started again (\"Spawning backdoor root shell...\""),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+        let o = m.execute("echo alive", None, true).await.unwrap();
+        assert_eq!((o.status, o.output.as_slice()), (0, &b"alive\n"[..]));
+        assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
+        let t = Instant::now();
+        let o = m
+            .execute("sleep 1000", Some(Duration::from_secs(2)), true)
+            .await
+            .unwrap();
+        assert_eq!(o.status, 124);
+        assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+        let o = m
+            .execute(
+                "for p in /sys/class/virtio-ports/*; do \
+                 [ \"$(cat $p/name 2>/dev/null)\" = org.nix-vmtest.ctl ] && c=/dev/${p##*/}; done; \
+                 n=0; for f in /proc/[0-9]*/fd/*; do [[ $f -ef $c ]] && n=$((n+1)); done; \
+                 echo $n",
+                None,
+                true,
+            )
+            .await
+            .unwrap();
+        // The listener holds the port once.
+        assert_eq!(String::from_utf8_lossy(&o.output).trim(), "1");
     })
     .await;
 }

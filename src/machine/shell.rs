@@ -110,6 +110,7 @@ __vmt_init() {
     __vmt_dir=$(mktemp -d "$d/.nix-vmtest.XXXXXX" 2>/dev/null) && break
   done
   [ -n "$__vmt_dir" ] && mkfifo "$__vmt_dir/done" "$__vmt_dir/tick" || return 1
+  __vmt_pidfile=$d/.nix-vmtest-ctl.pid
   # Commands get this as stderr. The shell's own stderr is /dev/null where
   # it reaps commands: bash reports a child killed at a deadline there
   # ("Killed ( eval ... )"), which would say nothing to a test's reader.
@@ -132,11 +133,21 @@ __vmt_port() {
   return 1
 }
 __vmt_ctl_start() {
+  local old f
   if [[ -n $__vmt_listener ]] && kill -0 "$__vmt_listener" 2>/dev/null; then return; fi
   __vmt_listener=
   __vmt_port org.nix-vmtest.ctl || return 0
+  # The listener of a backdoor shell that was killed outlives it where no
+  # service manager kills what the shell left (init's respawn): it would
+  # read requests meant for this one, and kill nothing. It holds the port.
+  if read -r old 2>/dev/null <"$__vmt_pidfile" && [[ -n $old && $old != *[!0-9]* ]]; then
+    for f in /proc/"$old"/fd/*; do
+      [[ $f -ef $__vmt_p ]] && { kill -KILL "$old" 2>/dev/null; break; }
+    done
+  fi
   __vmt_listen "$__vmt_p" &
   __vmt_listener=$!
+  echo "$__vmt_listener" 2>/dev/null >"$__vmt_pidfile"
 }
 __vmt_listen() {
   local c req kids k
@@ -409,6 +420,12 @@ pub enum ShellError {
          was lost; later commands go to the console (the console log may say why)"
     )]
     LoopEnded,
+    #[error(
+        "the guest's backdoor shell was started again (\"Spawning backdoor root shell...\" came \
+         again) while the command ran, so its result is lost: something killed the shell (a \
+         command such as `pkill bash` does); the next command goes to the new shell"
+    )]
+    Restarted,
     /// Only inside [`Shell::unit_wait`], which then polls instead.
     #[error("systemd-stdio-bridge in the guest {0}")]
     BusGone(&'static str),
@@ -665,6 +682,21 @@ pub fn exec_form(command: &str, shell_names: &HashSet<String>) -> Option<String>
     quote.is_none().then(|| format!("{prefix}exec {body}"))
 }
 
+/// `command` run by a bash of its own, as `bash -c` (nixpkgs' framing), when
+/// it names `$$`: that is the pid of the shell that runs the command, and
+/// in a subshell of the backdoor shell it would be the backdoor shell's
+/// (`kill $$` would kill it). `exec` where the guest's subshell may become
+/// the program (see [`exec_form`]).
+pub fn own_shell_form(command: &str, exec: bool) -> Option<String> {
+    (command.contains("$$") || command.contains("${$}")).then(|| {
+        format!(
+            "{}\"$BASH\" -c {}",
+            if exec { "exec " } else { "" },
+            shell_quote(command)
+        )
+    })
+}
+
 /// A record for the guest's serve loop (`__vmt_loop` in [`BOOTSTRAP`]):
 /// the body's length as 6 hex digits and a space, then the kind and the
 /// body. A record is all ASCII, so that the loop's `read -N` (which counts
@@ -825,6 +857,14 @@ impl Shell {
             Some(console) => tokio::select! {
                 r = self.stream.read_buf(&mut self.buf) => r?,
                 r = console.stream.read_buf(&mut console.buf) => {
+                    // Nothing but the serve loop's end and a new shell's
+                    // marker comes on the console now: commands answer on
+                    // the port.
+                    if let Some(i) = memmem::find(&console.buf, MARKER) {
+                        console.buf.drain(..i + MARKER.len());
+                        self.forget_boot();
+                        return Err(ShellError::Restarted);
+                    }
                     let ended = format!("{} ended\n", self.sync);
                     if memmem::find(&console.buf, ended.as_bytes()).is_some() {
                         console.buf.clear();
@@ -1148,10 +1188,13 @@ impl Shell {
         // commands (the guest's own watcher, without the port, needs the
         // subshell it forks).
         let sent = |command: &str| {
-            self.shell_names
-                .as_ref()
-                .filter(|_| self.guest_ctl)
-                .and_then(|names| exec_form(command, names))
+            own_shell_form(command, self.guest_ctl)
+                .or_else(|| {
+                    self.shell_names
+                        .as_ref()
+                        .filter(|_| self.guest_ctl)
+                        .and_then(|names| exec_form(command, names))
+                })
                 .unwrap_or_else(|| command.to_string())
         };
         let sent_bytes = match req {
@@ -1197,10 +1240,13 @@ impl Shell {
         let mut killed = false;
         if let Some(after) = kill_after {
             let head = format!("{mark} ");
-            let ended = tokio::time::timeout(after, self.wait_for(head.as_bytes())).await;
-            if ended.is_err() {
-                self.ctl_kill().await?;
-                killed = true;
+            match tokio::time::timeout(after, self.wait_for(head.as_bytes())).await {
+                Err(_) => {
+                    self.ctl_kill().await?;
+                    killed = true;
+                }
+                Ok(Err(e)) => return Err(e),
+                Ok(Ok(_)) => {}
             }
         }
         let mut out = self.read_answer(&mark).await?;
@@ -1595,6 +1641,19 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+    }
+
+    #[test]
+    fn a_command_naming_its_shells_pid_gets_a_bash_of_its_own() {
+        assert_eq!(
+            own_shell_form("set -euo pipefail; kill $$", true).as_deref(),
+            Some(r#"exec "$BASH" -c 'set -euo pipefail; kill $$'"#)
+        );
+        assert_eq!(
+            own_shell_form("echo ${$}", false).as_deref(),
+            Some(r#""$BASH" -c 'echo ${$}'"#)
+        );
+        assert_eq!(own_shell_form("echo $BASHPID $1", true), None);
     }
 
     #[test]
