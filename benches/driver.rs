@@ -148,8 +148,9 @@ fn spread(ratios: &[f64]) -> String {
 /// Minor page faults per call in the guest, from the backdoor shell's
 /// kernel counters (the `/proc/<pid>/stat` of the command's parent: its
 /// own, and its children's once waited for), over `n` calls of our framing
-/// or nixpkgs': `(shell, commands)`. Unlike time, these counts do not move with host load; the
-/// two reads of the counters add about one call's faults to the sum.
+/// or nixpkgs': `(shell, commands)`. Unlike time, these counts do not move
+/// with host load; the two reads of the counters add about one call's
+/// faults to the sum.
 async fn faults_per_call(m: &mut Machine, n: usize, ours: bool) -> (f64, f64) {
     async fn counters(m: &mut Machine) -> (f64, f64) {
         let o = m
@@ -165,10 +166,10 @@ async fn faults_per_call(m: &mut Machine, n: usize, ours: bool) -> (f64, f64) {
         let mut it = text.split_whitespace().map(|w| w.parse::<f64>().unwrap());
         (it.next().unwrap(), it.next().unwrap())
     }
+    let sent = user_command("true");
     let before = counters(m).await;
     for _ in 0..n {
         if ours {
-            let sent = user_command("true");
             assert_eq!(m.execute(&sent, None, true).await.unwrap().status, 0);
         } else {
             assert_eq!(nixpkgs_execute(m, "true").await.0, 0);
