@@ -332,7 +332,99 @@ async fn assert_gone(m: &mut nix_vmtest::machine::Machine, pattern: &str) {
     );
 }
 
+/// `set -euo pipefail` ends a command exactly as under nixpkgs' `bash -c`,
+/// whichever way the command reaches the guest (the serve loop's record,
+/// a line on the console, the guest's own watcher, a wait, the exec and
+/// `$$` forms, a non-ASCII command). Each command is checked against the
+/// fixed answer nixpkgs' framing gives and against `bash -c` run in the
+/// same guest.
+async fn shell_options_end_a_command(m: &mut nix_vmtest::machine::Machine) {
+    use nix_vmtest::script::ops::user_command;
+    let cases: &[(&str, i32, &[u8])] = &[
+        ("false; echo after", 1, b""),
+        ("false\necho after", 1, b""),
+        ("true && false; echo after", 1, b""),
+        ("echo before; false; echo after", 1, b"before\n"),
+        ("if false; then :; fi; echo ok", 0, b"ok\n"),
+        ("false || echo handled; echo after", 0, b"handled\nafter\n"),
+        ("! false; echo negated", 0, b"negated\n"),
+        ("f() { false; echo in-f; }; f; echo after", 1, b""),
+        (
+            "f() { false; echo in-f; }; f || echo or; echo after",
+            0,
+            b"in-f\nafter\n",
+        ),
+        ("(false; echo in-sub); echo after", 1, b""),
+        ("x=$(false); echo after", 1, b""),
+        (
+            "echo \"$(false; echo sub)\"; echo after",
+            0,
+            b"sub\nafter\n",
+        ),
+        ("while false; do :; done; echo looped", 0, b"looped\n"),
+        ("echo $nope_unset; echo after", 1, b""),
+        ("echo ${nope_unset:-dflt}", 0, b"dflt\n"),
+        ("false | true; echo after", 1, b""),
+        ("true | false | true; echo after", 1, b""),
+        ("false | true", 1, b""),
+        ("false", 1, b""),
+        ("exit 7; echo after", 7, b""),
+        ("false; echo $$ after", 1, b""),
+        ("false; echo apr\u{e8}s", 1, b""),
+        ("sleep 0 & wait; false; echo after", 1, b""),
+    ];
+    for &(command, status, output) in cases {
+        let sent = user_command(command);
+        let o = m
+            .execute(&sent, Some(Duration::from_secs(60)), true)
+            .await
+            .unwrap();
+        assert_eq!(
+            (o.status, o.output.as_slice()),
+            (status, output),
+            "execute({command:?}): got {:?}",
+            String::from_utf8_lossy(&o.output)
+        );
+        let oracle = m
+            .execute(
+                &format!("bash -c {}", shell_quote(&sent)),
+                Some(Duration::from_secs(60)),
+                true,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (oracle.status, oracle.output.as_slice()),
+            (status, output),
+            "bash -c {command:?} in the guest"
+        );
+        // The same rule holds for a wait's tries: a try that fails midway
+        // is a failure, and one the options end is not a success.
+        let second = Some(Duration::from_secs(1));
+        if status == 0 {
+            let o = m.wait_until(command, &sent, UntilMode::Succeed, second);
+            let o = o.await.unwrap();
+            assert_eq!(o.output, output, "wait_until_succeeds({command:?})");
+        } else {
+            let o = m.wait_until(command, &sent, UntilMode::Fail, second);
+            let o = o.await.unwrap();
+            assert_eq!(
+                (o.status, o.output.as_slice()),
+                (status, output),
+                "wait_until_fails({command:?})"
+            );
+            let o = m.wait_until(command, &sent, UntilMode::Succeed, second);
+            let o = o.await;
+            assert!(
+                matches!(o, Err(MachineError::Timeout { .. })),
+                "wait_until_succeeds({command:?}) must time out: {o:?}"
+            );
+        }
+    }
+}
+
 async fn timeouts_and_detached_children(m: &mut nix_vmtest::machine::Machine) {
+    shell_options_end_a_command(m).await;
     // Commands and waits see no positional parameters, as in `bash -c`;
     // output that is not kept is not sent.
     let o = m.execute("echo \"$#:$*\"", None, true).await.unwrap();

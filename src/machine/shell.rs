@@ -185,7 +185,11 @@ __vmt_serve() {
   # last close, so the host may write the next `<sync>.` only then.
   __vmt_sync=$1 __vmt_left=
   set --
-  if ! __vmt_loop <>"$__vmt_cmdport" >&0 2>/dev/null; then
+  # Called as a statement, never in a condition: bash ignores `set -e` in
+  # all that a condition runs, subshells included, and the loop runs the
+  # test's commands (`set -euo pipefail; false; echo after` must stop).
+  __vmt_loop <>"$__vmt_cmdport" >&0 2>/dev/null
+  if (( $? != 0 )); then
     printf '%s failed\n' "$__vmt_sync"
   elif [[ -n $__vmt_left ]]; then
     printf '%s left\n' "$__vmt_left"
@@ -224,6 +228,7 @@ __vmt_loop() {
       *) eval "${__vmt_rec#?}" 2>&$__vmt_err ;;
     esac
   done
+  return 0
 }
 __vmt_kill() {
   local p kids
