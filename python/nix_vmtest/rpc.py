@@ -91,7 +91,11 @@ class Client:
             return rid
 
     def _send(self, obj: Dict[str, Any]) -> None:
-        line = (json.dumps(obj, separators=(",", ":")) + "\n").encode("utf-8")
+        # Not ASCII-escaped: a string that is no UTF-8 (a lone surrogate)
+        # raises UnicodeEncodeError here, as in nixpkgs' driver, instead of
+        # reaching the driver as JSON it cannot read.
+        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        line = (text + "\n").encode("utf-8")
         with self._send_lock:
             try:
                 self._sock.sendall(line)

@@ -3,7 +3,9 @@
 //! The guest announces it with `Spawning backdoor root shell...`.
 //!
 //! On top of that plain shell (nothing else is assumed of the guest) the
-//! driver defines a few bash functions once per boot ([`BOOTSTRAP`]) and then
+//! driver defines a few bash functions once per boot ([`BOOTSTRAP`]; sent
+//! through the command port where the guest has it, since bash reads the
+//! console a byte at a time; no process is started for it) and then
 //! frames every command as
 //!
 //! ```text
@@ -103,49 +105,60 @@ pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
 /// The bash functions the driver defines in the guest's backdoor shell.
 pub const BOOTSTRAP: &str = r#"
 __vmt_init() {
+  # The driver's files are `$__vmt_at<name>`, in the first tmpfs-like
+  # directory bash can create a file in: no process is started (each costs
+  # 25 ms or more under TCG), and FIFOs are made when first needed.
   local d
-  __vmt_key=$1 __vmt_dir=
+  __vmt_key=$1 __vmt_at=
   for d in /run /dev/shm /tmp; do
     [ -d "$d" ] && [ -w "$d" ] || continue
-    __vmt_dir=$(mktemp -d "$d/.nix-vmtest.XXXXXX" 2>/dev/null) && break
+    : 2>/dev/null >"$d/.nix-vmtest-$$.o.0" && __vmt_at=$d/.nix-vmtest-$$. && break
   done
-  [ -n "$__vmt_dir" ] && mkfifo "$__vmt_dir/done" "$__vmt_dir/tick" || return 1
+  [ -n "$__vmt_at" ] || return 1
   __vmt_pidfile=$d/.nix-vmtest-ctl.pid
   # Commands get this as stderr. The shell's own stderr is /dev/null where
   # it reaps commands: bash reports a child killed at a deadline there
   # ("Killed ( eval ... )"), which would say nothing to a test's reader.
   exec {__vmt_err}>&2
-  __vmt_n=0 __vmt_out=$__vmt_dir/o.0 __vmt_spent=
-  __vmt_port org.nix-vmtest.cmd
-  __vmt_cmdport=$__vmt_p
+  # Commands see `$0` as under `bash -c` (the shell's is the console).
+  BASH_ARGV0=bash
+  __vmt_n=0 __vmt_out=${__vmt_at}o.0 __vmt_spent=
+  __vmt_ports
   __vmt_ctl_start
 }
-__vmt_port() {
-  # The device of the virtio port named $1, in __vmt_p (empty if none).
+__vmt_fifo() {
+  [[ -p $1 ]] || mkfifo "$1"
+}
+__vmt_ports() {
+  # The devices of the driver's virtio ports, in __vmt_cmdport and
+  # __vmt_ctlport (empty if the guest has none).
   local p name
-  __vmt_p=
+  __vmt_cmdport= __vmt_ctlport=
   for p in /sys/class/virtio-ports/*; do
-    [ -r "$p/name" ] && read -r name <"$p/name" && [ "$name" = "$1" ] &&
-      [ -c "/dev/${p##*/}" ] || continue
-    __vmt_p=/dev/${p##*/}
-    return 0
+    [ -r "$p/name" ] && read -r name <"$p/name" && [ -c "/dev/${p##*/}" ] || continue
+    case $name in
+      org.nix-vmtest.cmd) __vmt_cmdport=/dev/${p##*/} ;;
+      org.nix-vmtest.ctl) __vmt_ctlport=/dev/${p##*/} ;;
+    esac
   done
-  return 1
 }
 __vmt_ctl_start() {
   local old f
   if [[ -n $__vmt_listener ]] && kill -0 "$__vmt_listener" 2>/dev/null; then return; fi
   __vmt_listener=
-  __vmt_port org.nix-vmtest.ctl || return 0
+  [[ -n $__vmt_ctlport ]] || return 0
   # The listener of a backdoor shell that was killed outlives it where no
   # service manager kills what the shell left (init's respawn): it would
   # read requests meant for this one, and kill nothing. It holds the port.
   if read -r old 2>/dev/null <"$__vmt_pidfile" && [[ -n $old && $old != *[!0-9]* ]]; then
     for f in /proc/"$old"/fd/*; do
-      [[ $f -ef $__vmt_p ]] && { kill -KILL "$old" 2>/dev/null; break; }
+      [[ $f -ef $__vmt_ctlport ]] && { kill -KILL "$old" 2>/dev/null; break; }
     done
   fi
-  __vmt_listen "$__vmt_p" &
+  # An interactive shell would note the job on the console ("[1] 123").
+  # The listener holds no port but its own: a virtio port opens once at a
+  # time, and the command port must close when the serve loop leaves.
+  { __vmt_listen "$__vmt_ctlport" </dev/null >/dev/null & } 2>/dev/null
   __vmt_listener=$!
   echo "$__vmt_listener" 2>/dev/null >"$__vmt_pidfile"
 }
@@ -172,8 +185,8 @@ __vmt_next() {
   # this shell scatters its heap, and every later fork then costs more
   # page faults (about 10% more per command, measured under TCG).
   if [[ -n $__vmt_spent ]]; then : >"$__vmt_out"; __vmt_spent=; fi
-  if (( ++__vmt_n % 200 == 0 )); then ( rm -f "$__vmt_dir"/o.* ); fi
-  __vmt_out=$__vmt_dir/o.$__vmt_n
+  if (( ++__vmt_n % 200 == 0 )); then ( rm -f "$__vmt_at"o.* ); fi
+  __vmt_out=${__vmt_at}o.$__vmt_n
 }
 __vmt_serve() {
   # <sync>: from now on commands come as records on the command port, and
@@ -189,7 +202,13 @@ __vmt_serve() {
   # all that a condition runs, subshells included, and the loop runs the
   # test's commands (`set -euo pipefail; false; echo after` must stop).
   __vmt_loop <>"$__vmt_cmdport" >&0 2>/dev/null
-  if (( $? != 0 )); then
+  __vmt_served $?
+}
+__vmt_served() {
+  # The serve loop ended with status $1 and closed the port: the console
+  # says so (nothing if it never served).
+  [[ -n $__vmt_sync ]] || return 0
+  if (( $1 != 0 )); then
     printf '%s failed\n' "$__vmt_sync"
   elif [[ -n $__vmt_left ]]; then
     printf '%s left\n' "$__vmt_left"
@@ -198,6 +217,11 @@ __vmt_serve() {
   fi
 }
 __vmt_loop() {
+  __vmt_h=
+  while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 1; done
+  __vmt_records
+}
+__vmt_records() {
   # A record is `<length: 6 hex digits> <kind><body>`, all ASCII, so `read
   # -N` (one read(2) for all of it; a tty or a newline delimiter would make
   # bash read a byte at a time) counts bytes in any locale. `cancel.` (7
@@ -205,8 +229,6 @@ __vmt_loop() {
   # Kinds: `r<id> <command>` and `n<id> <command>` run a command as
   # `__vmt_exec` does when the host stops commands (output kept, or not);
   # `e<line>` is evaluated here, with the console as stderr again.
-  __vmt_h=
-  while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 1; done
   printf '%s serving\n' "$__vmt_sync"
   while read -r -N 7 __vmt_h; do
     [[ $__vmt_h == cancel. ]] && continue
@@ -256,16 +278,17 @@ __vmt_try() {
     __vmt_st=$? __vmt_why=
     return
   fi
+  __vmt_fifo "${__vmt_at}done" || { __vmt_st=1 __vmt_why=; return; }
   if [[ $__vmt_iso == 1 ]]; then
     # A command that may leave background subshells runs in an inner
     # subshell that never holds the FIFO's write end (bash keeps a saved
     # copy of a redirected fd, and forked subshells inherit it).
-    { exec 3>"$__vmt_dir/done"; ( exec 3>&-; eval "$__vmt_cmd" ); } </dev/null >"$__vmt_to" &
+    { exec 3>"${__vmt_at}done"; ( exec 3>&-; eval "$__vmt_cmd" ); } </dev/null >"$__vmt_to" &
   else
-    { exec 3>"$__vmt_dir/done"; eval "$__vmt_cmd" 3>&-; } </dev/null >"$__vmt_to" &
+    { exec 3>"${__vmt_at}done"; eval "$__vmt_cmd" 3>&-; } </dev/null >"$__vmt_to" &
   fi
   pid=$!
-  exec {r}<"$__vmt_dir/done"
+  exec {r}<"${__vmt_at}done"
   __vmt_why=
   while :; do
     read -t 0.2 -u "$r" line
@@ -347,17 +370,17 @@ __vmt_bus_start() {
     [ -S "$path" ] || { printf '%s no-manager\n' "$1"; return; }
   fi
   if [ -S "$path" ] && command -v systemd-stdio-bridge >/dev/null 2>&1 &&
-    { [ -p "$__vmt_dir/bus" ] || mkfifo "$__vmt_dir/bus"; }; then
+    __vmt_fifo "${__vmt_at}bus"; then
     # When systemd closes the connection (a daemon-reexec), the bridge
     # exits, and the console says so after its last message.
     {
-      systemd-stdio-bridge --bus-path="unix:path=$path" <"$__vmt_dir/bus" 2>/dev/null
+      systemd-stdio-bridge --bus-path="unix:path=$path" <"${__vmt_at}bus" 2>/dev/null
       printf '%s bus-ended\n' "$1"
     } &
     __vmt_bus_pid=$!
     # Read-write: opening never blocks, and a write never raises SIGPIPE
     # if the bridge is gone.
-    exec {__vmt_bus}<>"$__vmt_dir/bus"
+    exec {__vmt_bus}<>"${__vmt_at}bus"
     printf '%s bridge\n' "$1"
   else
     printf '%s no-bridge\n' "$1"
@@ -391,7 +414,7 @@ __vmt_until() {
     if [[ -n $__vmt_dl ]] && (( __vmt_t >= __vmt_dl )); then __vmt_why=timeout; break; fi
     # A pause: nothing ever writes the FIFO. (Opened for the pause only,
     # so that commands inherit no descriptor of the driver's.)
-    read -t 0.05 <>"$__vmt_dir/tick"
+    __vmt_fifo "${__vmt_at}tick" && read -t 0.05 <>"${__vmt_at}tick"
     if __vmt_cancelled; then __vmt_why=cancel; break; fi
     # This try's output is not sent: free it.
     __vmt_spent=1
@@ -708,6 +731,15 @@ pub fn own_shell_form(command: &str, exec: bool) -> Option<String> {
 /// characters) reads exactly it in any locale: an `e` line with other
 /// bytes goes as `eval $'…'` with those bytes escaped.
 fn record(kind: char, body: &str) -> Result<Vec<u8>, ShellError> {
+    // bash drops NUL bytes from what it reads, as nixpkgs' shell does from
+    // its command line; `read -N` would not count them, and wait.
+    let without_nul;
+    let body = if body.contains('\0') {
+        without_nul = body.replace('\0', "");
+        &without_nul
+    } else {
+        body
+    };
     let escaped;
     let body = if body.is_ascii() {
         body
@@ -739,6 +771,46 @@ fn ascii_quote(s: &str) -> String {
     }
     q.push('\'');
     q
+}
+
+/// Bash source as the console carries it: without comment lines and
+/// indentation (bash reads a console a byte at a time; the bootstrap is
+/// half as long this way).
+fn compact(source: &str) -> String {
+    source
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The bootstrap as it goes on the console: `PS2=` first, since a shell
+/// that reads the console interactively would otherwise prompt for every
+/// continuation line; then the functions and [`init_and_report`].
+fn console_bootstrap(defs: &str, n: &str, key: &str) -> String {
+    format!("PS2=\n{defs}\n{}\n", init_and_report(n, key, true))
+}
+
+/// The bash that runs `__vmt_init` and reports: `<n> ok[ ctl][ cmd]`, the
+/// names bash resolves itself (builtins, keywords, functions, aliases;
+/// `#` if it cannot list them), which [`exec_form`] must not exec, then
+/// `<n> end`; or `<n> failed`. On the `console`, the names go in one write
+/// (bash's stdout is line-buffered: a write a name, and there each one
+/// spins in the guest until QEMU took it).
+fn init_and_report(n: &str, key: &str, console: bool) -> String {
+    let names = if console {
+        "__vmt_h=; { compgen -b -k -A function -a >\"${__vmt_at}names\" && \
+         IFS= read -r -d '' __vmt_h <\"${__vmt_at}names\"; printf '%s' \"${__vmt_h:-#}\"; } 2>/dev/null"
+    } else {
+        "{ compgen -b -k -A function -a || echo '#'; } 2>/dev/null"
+    };
+    format!(
+        "if __vmt_init {key}; then \
+         printf '%s ok%s%s\\n' {n} \"${{__vmt_listener:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
+         {names}; printf '\\n%s end\\n' {n}; \
+         else printf '%s failed\\n' {n}; fi"
+    )
 }
 
 fn nonce() -> String {
@@ -947,20 +1019,26 @@ impl Shell {
         self.pending = None;
     }
 
+    /// Sets the backdoor shell up after a boot: defines [`BOOTSTRAP`]'s
+    /// functions, runs `__vmt_init` and lists the names bash resolves
+    /// itself. Through the command port where the guest has it
+    /// ([`Shell::bootstrap_on_port`]), else on the console.
     async fn bootstrap(&mut self) -> Result<(), ShellError> {
         let n = nonce();
         let key = format!("{}-", nonce());
-        // After `ok`: the names bash itself resolves (builtins, keywords,
-        // functions, aliases), which [`exec_form`] must not exec; `#` if
-        // bash cannot list them.
-        let script = format!(
-            "{BOOTSTRAP}\nif __vmt_init {key}; then \
-             printf '%s ok%s%s\\n' {n} \"${{__vmt_listener:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
-             {{ compgen -b -k -A function -a || echo '#'; }} 2>/dev/null; printf '\\n%s end\\n' {n}; \
-             else printf '%s failed\\n' {n}; fi\n"
-        );
+        let defs = compact(BOOTSTRAP);
+        if self.other.is_some() && self.bootstrap_on_port(&n, &key, &defs).await? {
+            return Ok(());
+        }
+        let script = console_bootstrap(&defs, &n, &key);
         self.stream.write_all(script.as_bytes()).await?;
         let before = self.read_until(format!("{n} ").as_bytes()).await?;
+        self.take_report(&n, &key, before).await
+    }
+
+    /// Reads what `init_and_report` prints after `<n> ` (on the stream in
+    /// use): `ok` and the ports, then the names up to `<n> end`.
+    async fn take_report(&mut self, n: &str, key: &str, before: Vec<u8>) -> Result<(), ShellError> {
         let status = self.read_until(b"\n").await?;
         if !status.starts_with(b"ok") {
             return Err(ShellError::Bootstrap(
@@ -977,9 +1055,86 @@ impl Shell {
             .collect();
         self.shell_names =
             (!names.contains("#") && !names.contains("command_not_found_handle")).then_some(names);
-        self.key = key;
+        self.key = key.to_string();
         self.bootstrapped = true;
         Ok(())
+    }
+
+    /// The bootstrap in one exchange, through the command port: bash reads
+    /// a port in blocks (`read -N`), where it reads the console a byte at a
+    /// time (about 30 µs each under TCG, 0.2 s for the functions). A short
+    /// line on the console finds the port, skips what an earlier boot left
+    /// there up to `<n>.`, and evaluates one record ([`record`]) with the
+    /// functions, `__vmt_init`, the report, and then the serve loop itself
+    /// (`__vmt_records`), still on the port it opened: the first command
+    /// needs no other round trip. `false` if the guest has no such port.
+    async fn bootstrap_on_port(
+        &mut self,
+        n: &str,
+        key: &str,
+        defs: &str,
+    ) -> Result<bool, ShellError> {
+        let host_ctl = u8::from(self.ctl.is_some());
+        let body = format!(
+            "{defs}\n__vmt_sync={n} __vmt_left=; set --\n{}\n\
+             if [[ {host_ctl} == 1 && -n $__vmt_listener && -n $__vmt_cmdport ]]; then \
+             __vmt_records 2>/dev/null; else __vmt_sync=; printf '%s idle\\n' {n}; fi\n",
+            init_and_report(n, key, false)
+        );
+        let mut bytes = format!("{n}.").into_bytes();
+        bytes.extend(record('e', &body)?);
+        let Some(port) = self.other.as_mut() else {
+            return Ok(false);
+        };
+        port.stream.write_all(&bytes).await?;
+        let line = format!(
+            "PS2= __vmt_b=; for __vmt_p in /sys/class/virtio-ports/*; do \
+             read -r __vmt_h 2>/dev/null <\"$__vmt_p/name\" && [[ $__vmt_h == {port} ]] && \
+             [[ -c /dev/${{__vmt_p##*/}} ]] && __vmt_b=/dev/${{__vmt_p##*/}} && break; done; \
+             if [[ -n $__vmt_b ]]; then {{ __vmt_h=; while [[ $__vmt_h != *{n} ]]; do \
+             read -r -d . __vmt_h || break; done; [[ $__vmt_h == *{n} ]] && \
+             read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_h && eval \"${{__vmt_h#e}}\"; \
+             }} <>\"$__vmt_b\" >&0; __vmt_st=$?; fi; \
+             if declare -F __vmt_served >/dev/null; then __vmt_served $__vmt_st; \
+             else printf '%s noport\\n' {n}; fi\n",
+            port = super::qemu::CMD_PORT
+        );
+        self.stream.write_all(line.as_bytes()).await?;
+        // `<n> ok …` on the port, or `<n> noport` on the console.
+        let head = format!("{n} ");
+        let noport = format!("{n} noport\n");
+        let before = loop {
+            let port = self.other.as_mut().expect("checked above");
+            if let Some(i) = memmem::find(&port.buf, head.as_bytes()) {
+                let before = port.buf[..i].to_vec();
+                port.buf.drain(..i + head.len());
+                break before;
+            }
+            if let Some(i) = memmem::find(&self.buf, noport.as_bytes()) {
+                self.buf.drain(..i + noport.len());
+                return Ok(false);
+            }
+            let got = tokio::select! {
+                r = port.stream.read_buf(&mut port.buf) => r?,
+                r = self.stream.read_buf(&mut self.buf) => r?,
+            };
+            if got == 0 {
+                return Err(ShellError::Closed);
+            }
+        };
+        // The rest comes on the port.
+        self.switch();
+        self.take_report(n, key, before).await?;
+        let state = self.read_until(format!("{n} ").as_bytes()).await?;
+        drop(state);
+        let state = self.read_until(b"\n").await?;
+        if state == b"serving" {
+            self.serving = true;
+            self.sync = n.to_string();
+        } else {
+            self.switch();
+        }
+        Ok(true)
     }
 
     /// Reads a framed answer for `nonce`.
@@ -1076,11 +1231,11 @@ impl Shell {
     /// guest has both ports (with `serve`), or ends it (without).
     async fn ready(&mut self, serve: bool) -> Result<(), ShellError> {
         self.settle().await?;
-        if !serve {
-            self.leave().await?;
-        }
         if !self.bootstrapped {
             self.bootstrap().await?;
+        }
+        if !serve {
+            self.leave().await?;
         }
         if serve && !self.serving && self.guest_cmd && self.guest_ctl {
             self.serve().await?;
@@ -1596,6 +1751,91 @@ impl Shell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The console bootstrap in the host's bash, read interactively from a
+    /// pty (as a guest whose backdoor shell were interactive would read
+    /// it): no continuation prompts, no job notice for the listener.
+    #[test]
+    fn an_interactive_shell_takes_the_bootstrap_quietly() {
+        let dir = std::env::temp_dir().join(format!("vmt-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctl = dir.join("ctl");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&ctl)
+            .status()
+            .unwrap()
+            .success());
+        // The guest's ports are a FIFO here (the listener opens it `<>`).
+        let defs = format!(
+            "{}\n__vmt_ports() {{ __vmt_cmdport= __vmt_ctlport={}; }}",
+            compact(BOOTSTRAP),
+            ctl.display()
+        );
+        let input = format!(
+            "PS1=\n{}kill \"$__vmt_listener\"; exit\n",
+            console_bootstrap(&defs, "N", "K-")
+        );
+        let file = dir.join("input");
+        std::fs::write(&file, input).unwrap();
+        let out = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", "bash --norc -i", "/dev/null"])
+            .stdin(std::fs::File::open(&file).unwrap())
+            .output()
+            .expect("script(1) from util-linux");
+        let _ = std::fs::remove_dir_all(&dir);
+        // Without the pty's carriage returns and bracketed-paste switches.
+        let text = String::from_utf8_lossy(&out.stdout)
+            .replace('\r', "")
+            .replace("\x1b[?2004h", "")
+            .replace("\x1b[?2004l", "");
+        assert!(text.contains("N ok ctl"), "{text}");
+        assert!(text.contains("__vmt_init"), "the names: {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("[1]")),
+            "a job notice: {text}"
+        );
+        let prompts = text.lines().filter(|l| l.starts_with("> ")).count();
+        assert_eq!(prompts, 0, "continuation prompts: {text}");
+    }
+
+    #[test]
+    fn records_drop_nul_bytes_as_bash_would() {
+        assert_eq!(
+            record('r', "1 echo a\0b").unwrap(),
+            record('r', "1 echo ab").unwrap()
+        );
+        assert_eq!(
+            record('e', "echo \u{e9}\0").unwrap(),
+            record('e', "echo \u{e9}").unwrap()
+        );
+    }
+
+    #[test]
+    fn the_compact_bootstrap_is_ascii_bash_that_parses() {
+        let defs = compact(BOOTSTRAP);
+        assert!(defs.is_ascii(), "a record carries ASCII only");
+        assert!(defs.len() < BOOTSTRAP.len() * 2 / 3, "{} bytes", defs.len());
+        assert!(!defs.lines().any(|l| l.starts_with('#') || l.is_empty()));
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &defs])
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every function survives.
+        for f in [
+            "__vmt_init",
+            "__vmt_loop",
+            "__vmt_serve",
+            "__vmt_until",
+            "__vmt_bus_stop",
+        ] {
+            assert!(format!("\n{defs}").contains(&format!("\n{f}() {{")), "{f}");
+        }
+    }
 
     #[test]
     fn only_commands_with_a_lone_ampersand_may_background() {
