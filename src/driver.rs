@@ -394,7 +394,7 @@ impl Driver {
         drop(theirs);
         let mut pipes = Vec::new();
         if let Some(out) = child.stdout.take() {
-            pipes.push(self.forward_lines(out));
+            pipes.push(self.forward_stdout(out));
         }
         if let Some(err) = child.stderr.take() {
             pipes.push(self.forward_lines(err));
@@ -432,12 +432,16 @@ impl Driver {
         } else {
             Some("the test script failed")
         });
-        self.shutdown_all().await;
         let elapsed = started.elapsed();
-        self.log.info(&format!(
-            "test script finished in {:.2}s",
-            elapsed.as_secs_f64()
-        ));
+        // As nixpkgs: only a script that ran to its end "finished", and
+        // before the machines are stopped.
+        if code == 0 {
+            self.log.info(&format!(
+                "test script finished in {:.2}s",
+                elapsed.as_secs_f64()
+            ));
+        }
+        self.shutdown_all().await;
         if let Some(junit) = &self.opts.junit_xml {
             let name = script
                 .as_ref()
@@ -470,6 +474,25 @@ impl Driver {
                 self.log.info(&format!("early start failed: {e}"));
             }
         }
+    }
+
+    /// The script's stdout (its subprocesses' output; `print()` comes
+    /// over the protocol, in order with the log) to the driver's stdout.
+    fn forward_stdout<R>(&self, mut r: R) -> tokio::task::JoinHandle<()>
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
+        use tokio::io::AsyncReadExt;
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                log.stdout(&buf[..n]);
+            }
+        })
     }
 
     fn forward_lines<R>(&self, r: R) -> tokio::task::JoinHandle<()>

@@ -1,7 +1,8 @@
 //! The test log: plain lines on stderr in the nixpkgs driver's shape
 //! (`<machine>: message`, `<machine> # console line`, nested blocks closed by
-//! `(finished: <msg>, in X.XX seconds)`), an optional copy in a file, and the
-//! subtests collected for the JUnit XML.
+//! `(finished: <msg>, in X.XX seconds)`), what the script prints on stdout,
+//! an optional copy of both in a file, and the subtests collected for the
+//! JUnit XML.
 
 use std::fs::File;
 use std::io::Write;
@@ -87,6 +88,21 @@ impl Log {
         let mut inner = self.lock();
         for line in msg.lines() {
             Self::write_line(&mut inner, line, true);
+        }
+    }
+
+    /// What the test script prints (`print()`, its subprocesses' output):
+    /// on stdout as it is, where nixpkgs' driver, which runs the script in
+    /// its own process, has it, and in the log file in order with the log.
+    pub fn stdout(&self, text: &[u8]) {
+        let mut inner = self.lock();
+        if !inner.quiet {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(text);
+            let _ = out.flush();
+        }
+        if let Some(f) = inner.file.as_mut() {
+            let _ = f.write_all(text);
         }
     }
 
@@ -218,6 +234,24 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printed_text_goes_to_the_log_file_in_order_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = Log::quiet();
+        log.tee_to(&path).unwrap();
+        log.begin("block");
+        log.stdout(b"printed, ");
+        log.stdout(b"not indented\n");
+        log.info("logged");
+        log.end(None);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("block"));
+        assert_eq!(lines.next(), Some("printed, not indented"));
+        assert_eq!(lines.next(), Some("  logged"));
+    }
 
     #[test]
     fn subtests_become_junit_cases_with_failures() {

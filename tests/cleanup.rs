@@ -187,7 +187,12 @@ fn a_failing_script_reports_its_line_and_leaves_nothing() {
         log.contains("command `exit 7` failed (exit code 7)"),
         "{log}"
     );
-    assert!(log.contains("test script finished in"), "{log}");
+    // As nixpkgs: the report marked `!!! `, and no "finished" after a failure.
+    assert!(
+        log.contains("\n!!! RequestedAssertionFailed: command `exit 7` failed (exit code 7)\n"),
+        "{log}"
+    );
+    assert!(!log.contains("test script finished in"), "{log}");
     run.assert_nothing_left(&log);
 }
 

@@ -9,6 +9,10 @@
 //! # expect: pass | fail                        exit code 0 | 1
 //! # expect-log: <substring>                    must appear in the driver's stdout+stderr
 //! # expect-no-log: <substring>                 must not appear
+//! # expect-stdout: <substring>                 must appear in the driver's stdout
+//! # expect-no-stdout: <substring>              must not appear there
+//! # expect-stderr: <substring>                 must appear in the driver's stderr (the log)
+//! # expect-no-stderr: <substring>              must not appear there
 //! # junit: <substring>                         must appear in the JUnit XML
 //! # junit-cases: N                             number of <testcase> elements
 //! # timeout: SECS                              --global-timeout (default 900)
@@ -52,6 +56,10 @@ struct Script {
     expect_pass: bool,
     expect_log: Vec<String>,
     expect_no_log: Vec<String>,
+    /// (substring, wanted) in the driver's stdout.
+    stdout: Vec<(String, bool)>,
+    /// (substring, wanted) in the driver's stderr.
+    stderr: Vec<(String, bool)>,
     junit: Vec<String>,
     junit_cases: Option<usize>,
     timeout: u64,
@@ -68,6 +76,8 @@ fn parse_header(path: &Path) -> Result<Script, String> {
         expect_pass: true,
         expect_log: vec![],
         expect_no_log: vec![],
+        stdout: vec![],
+        stderr: vec![],
         junit: vec![],
         junit_cases: None,
         timeout: DEFAULT_TIMEOUT,
@@ -124,6 +134,10 @@ fn parse_header(path: &Path) -> Result<Script, String> {
             }
             "expect-log" => s.expect_log.push(value.to_string()),
             "expect-no-log" => s.expect_no_log.push(value.to_string()),
+            "expect-stdout" => s.stdout.push((value.to_string(), true)),
+            "expect-no-stdout" => s.stdout.push((value.to_string(), false)),
+            "expect-stderr" => s.stderr.push((value.to_string(), true)),
+            "expect-no-stderr" => s.stderr.push((value.to_string(), false)),
             "junit" => s.junit.push(value.to_string()),
             "junit-cases" => {
                 s.junit_cases = Some(value.parse().map_err(|e| format!("bad junit-cases: {e}"))?)
@@ -218,8 +232,11 @@ fn run_script(s: &Script, g: &Path, base: &Path) -> Outcome {
     let nodes = dir.join("nodes.json");
     fs::write(&nodes, nodes_json(s, g)).unwrap();
     let junit = out.join("junit.xml");
+    // stderr (the log) and stdout (the script's print()) apart.
     let log_path = dir.join("log.txt");
     let log = fs::File::create(&log_path).unwrap();
+    let stdout_path = dir.join("stdout.txt");
+    let stdout = fs::File::create(&stdout_path).unwrap();
     let mut problems = Vec::new();
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixos-test-driver"));
@@ -247,7 +264,7 @@ fn run_script(s: &Script, g: &Path, base: &Path) -> Outcome {
         .env_remove("vlans")
         .env_remove("globalTimeout")
         .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
+        .stdout(stdout)
         .stderr(log);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
@@ -280,7 +297,9 @@ fn run_script(s: &Script, g: &Path, base: &Path) -> Outcome {
         }
     };
     let duration = started.elapsed();
-    let text = fs::read_to_string(&log_path).unwrap_or_default();
+    let stderr_text = fs::read_to_string(&log_path).unwrap_or_default();
+    let stdout_text = fs::read_to_string(&stdout_path).unwrap_or_default();
+    let text = format!("{stderr_text}{stdout_text}");
 
     if let Some(st) = status {
         let want = if s.expect_pass { 0 } else { 1 };
@@ -296,6 +315,20 @@ fn run_script(s: &Script, g: &Path, base: &Path) -> Outcome {
     for unwanted in &s.expect_no_log {
         if text.contains(unwanted.as_str()) {
             problems.push(format!("log has `{unwanted}`, which it must not"));
+        }
+    }
+    for (stream, text, checks) in [
+        ("stdout", &stdout_text, &s.stdout),
+        ("stderr", &stderr_text, &s.stderr),
+    ] {
+        for (part, wanted) in checks {
+            if text.contains(part.as_str()) != *wanted {
+                problems.push(if *wanted {
+                    format!("{stream} lacks `{part}`")
+                } else {
+                    format!("{stream} has `{part}`, which it must not")
+                });
+            }
         }
     }
     match fs::read_to_string(&junit) {

@@ -4,14 +4,21 @@ Environment: ``NIX_VMTEST_FD`` (connected AF_UNIX stream socket),
 ``NIX_VMTEST_SCRIPT`` (path of the test script), ``NIX_VMTEST_INTERACTIVE``
 (``1``: a REPL instead of running the script).
 
-Exit status: 0 when the script ran to the end, 1 when it raised (the
-traceback, trimmed to the script's frames, goes to stderr), the script's own
-code when it called ``sys.exit``.
+Exit status: 0 when the script ran to the end, 1 when it raised, whatever
+it raised (as nixpkgs' driver: ``sys.exit(1)`` after a ``MachineError`` or
+``RequestedAssertionFailed``, Python's own 1 for an uncaught exception), the
+script's own code when it called ``sys.exit``.
+
+Output, as under nixpkgs' driver: ``print()`` goes to the driver's stdout
+(``sys.stdout`` sends it over the protocol, so that it keeps its order with
+the log; fd 1, which subprocesses write to, is forwarded there too); the
+failure report, the traceback trimmed to the script's frames, goes to the
+log with every line marked ``!!! `` (to stderr if the driver is gone).
 """
 
 import os
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, TextIO, cast
 
 
 def _repl(driver: Any, globals_: Dict[str, Any]) -> int:
@@ -37,8 +44,20 @@ def _repl(driver: Any, globals_: Dict[str, Any]) -> int:
     return 0
 
 
+def report_failure(driver: Any, exc: BaseException) -> None:
+    """The failure report, every line marked ``!!! ``, into the log."""
+    from .driver import format_script_error, mark_test_error
+
+    report = format_script_error(exc, driver.script_path).rstrip("\n")
+    try:
+        driver.log.log_test_error(report)
+    except Exception:
+        sys.stderr.write(mark_test_error(report) + "\n")
+        sys.stderr.flush()
+
+
 def main() -> int:
-    from .driver import Driver, format_script_error
+    from .driver import Driver, ScriptStdout
     from .rpc import Client
 
     try:
@@ -65,14 +84,13 @@ def main() -> int:
     if interactive:
         return _repl(driver, globals_)
 
+    sys.stdout = cast(TextIO, ScriptStdout(client))
     try:
         driver.run_tests()
     except SystemExit:
         raise
     except BaseException as e:
-        sys.stdout.flush()
-        sys.stderr.write(format_script_error(e, driver.script_path))
-        sys.stderr.flush()
+        report_failure(driver, e)
         return 1
     finally:
         sys.stdout.flush()

@@ -6,7 +6,8 @@ Ops sent (Contract 3) by this module:
 - ``hello {}`` (from ``__main__``), ``log {message}``, ``log_begin {message}``,
   ``log_end {}``, ``subtest_begin {name}``, ``subtest_end {error}`` (``error``
   is ``null`` on success, else ``str(exception)`` or the exception's class name
-  when that is empty), ``serial_stdout {on}``,
+  when that is empty), ``serial_stdout {on}``, ``stdout {text}`` (what the
+  script writes to ``sys.stdout``, see ``ScriptStdout``),
   ``create_machine {start_command, name, keep_machine_state}`` (→ ``{"name"}``),
   ``join_all {}``; ``start {allow_reboot: false}`` per machine from
   ``start_all()``; ``is_up {}`` and ``execute {command: "sync", ...}`` per
@@ -33,6 +34,7 @@ Ops sent (Contract 3) by this module:
 """
 
 import contextlib
+import io
 import math
 import os
 import re
@@ -41,13 +43,23 @@ import time
 import unittest
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
-from .errors import PollingConditionError, RequestedAssertionFailed
+from .errors import PollingConditionError, ProtocolError, RequestedAssertionFailed
 from .machine import Machine, retry
 
 __all__ = [
     "Driver", "Logger", "Vlan", "PollingCondition", "AssertionTester",
-    "pythonize_name", "retry",
+    "ScriptStdout", "pythonize_name", "retry", "mark_test_error",
 ]
+
+#: What nixpkgs' driver puts before each line of a failure report
+#: (``log_test_error``), and what tools look for.
+TEST_ERROR_MARK = "!!! "
+
+
+def mark_test_error(message: str) -> str:
+    """Every line of ``message`` marked ``!!! `` (an empty message is one
+    marked empty line, as nixpkgs logs it)."""
+    return "\n".join(TEST_ERROR_MARK + line for line in (str(message).splitlines() or [""]))
 
 
 def pythonize_name(name: str) -> str:
@@ -95,7 +107,8 @@ class Logger:
         self.log(message, attributes or kw or None)
 
     def log_test_error(self, message: str, *args: Any, **kw: Any) -> None:
-        self.log(f"!!! {message}")
+        """A line of a failure report: marked ``!!! `` (every line of it)."""
+        self.log(mark_test_error(message))
 
     def log_serial(self, message: str, machine: str) -> None:
         self.log(f"{machine} # {message}")
@@ -400,8 +413,14 @@ class Driver:
 
     @contextlib.contextmanager
     def subtest(self, name: str) -> Iterator[None]:
+        """A subtest; a failure logs nixpkgs' ``!!! Test "<name>" failed with
+        error: "<error>"`` in it, and the driver marks the JUnit case failed."""
         with self.log.subtest(name):
-            yield
+            try:
+                yield
+            except Exception as e:
+                self.log.log_test_error(f'Test "{name}" failed with error: "{e}"')
+                raise
 
     def check_polling_conditions(self) -> None:
         for condition in list(self.polling_conditions):
@@ -418,6 +437,87 @@ class Driver:
         if fun is None:
             return lambda f: Poll(self, f, seconds_interval, description)
         return Poll(self, fun, seconds_interval, description)
+
+
+class _ScriptStdoutBytes:
+    """``sys.stdout.buffer`` of a ``ScriptStdout``: bytes, sent as text."""
+
+    def __init__(self, text: "ScriptStdout") -> None:
+        self._text = text
+
+    def write(self, data: bytes) -> int:
+        self._text.write(bytes(data).decode("utf-8", errors="replace"))
+        return len(data)
+
+    def writable(self) -> bool:
+        return True
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self._text.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class ScriptStdout(io.TextIOBase):
+    """``sys.stdout`` of a script the driver runs: each write goes to the
+    driver as a ``stdout {text}`` request (no reply), which writes it to its
+    stdout and its log file. Requests are handled in order, so what the
+    script prints and what it logs come out in the order it did them.
+    ``fileno()`` is the process's fd 1, which the driver also forwards to its
+    stdout (for subprocesses). Once the driver is gone, writes go to fd 1."""
+
+    def __init__(self, rpc: Any, fd: int = 1) -> None:
+        super().__init__()
+        self._rpc = rpc
+        self._fd = fd
+        self._broken = False
+        self.buffer = _ScriptStdoutBytes(self)
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    @property
+    def errors(self) -> str:  # type: ignore[override]
+        return "replace"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def flush(self) -> None:
+        pass
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        if not s:
+            return 0
+        try:
+            s.encode("utf-8")
+            text = s
+        except UnicodeEncodeError:  # lone surrogates: JSON would carry them, serde not
+            text = s.encode("utf-8", errors="replace").decode("utf-8")
+        if not self._broken:
+            try:
+                self._rpc.notify("stdout", None, {"text": text})
+                return len(s)
+            except ProtocolError:
+                self._broken = True
+        try:
+            os.write(self._fd, text.encode("utf-8"))
+        except OSError:
+            pass
+        return len(s)
 
 
 def format_script_error(exc: BaseException, script_path: str) -> str:

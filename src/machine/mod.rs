@@ -29,6 +29,22 @@ use monitor::{Monitor, MonitorError, Qmp};
 use qemu::Accel;
 use shell::{Ending, Outcome, Request, Shell, ShellError, UnitWait, UntilMode};
 
+/// What the driver puts before a test author's command, as nixpkgs does
+/// (`set -e`, `-u` and `pipefail` for the whole command).
+pub const USER_COMMAND_PREFIX: &str = "set -euo pipefail; ";
+
+/// A test author's command as it is run: [`USER_COMMAND_PREFIX`] first.
+pub fn user_command(command: &str) -> String {
+    format!("{USER_COMMAND_PREFIX}{command}")
+}
+
+/// A command as its author wrote it, for messages: without the
+/// [`USER_COMMAND_PREFIX`] the driver added (once: a command that starts
+/// with it itself keeps its own).
+pub fn as_written(command: &str) -> &str {
+    command.strip_prefix(USER_COMMAND_PREFIX).unwrap_or(command)
+}
+
 /// How many console lines a failure report shows.
 const TAIL_LINES: usize = 20;
 /// How many console lines are kept for `get_console_log` and waits.
@@ -644,7 +660,8 @@ impl Machine {
         timeout: Option<Duration>,
         capture: bool,
     ) -> Result<Outcome, MachineError> {
-        let doing = format!("while running `{command}`");
+        let shown = as_written(command);
+        let doing = format!("while running `{shown}`");
         let mut out = self
             .run(
                 Request::Exec {
@@ -659,7 +676,7 @@ impl Machine {
             self.log.machine(
                 &self.name,
                 &format!(
-                    "command `{command}` timed out after {} seconds and was killed",
+                    "command `{shown}` timed out after {} seconds and was killed",
                     timeout.map_or(0.0, |t| t.as_secs_f64())
                 ),
             );
@@ -1260,6 +1277,16 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_name_a_command_as_its_author_wrote_it() {
+        let sent = user_command("test -e /x");
+        assert_eq!(sent, "set -euo pipefail; test -e /x");
+        assert_eq!(as_written(&sent), "test -e /x");
+        assert_eq!(as_written("sync"), "sync");
+        let own = user_command("set -euo pipefail; false");
+        assert_eq!(as_written(&own), "set -euo pipefail; false");
+    }
 
     #[test]
     fn console_waits_consume_lines_in_order() {

@@ -107,6 +107,10 @@ async fn global(driver: &mut Driver, call: &Call) -> Result<Answer, CallError> {
             log.info(str_arg(a, "message", "log")?);
             Ok(Value::Null.into())
         }
+        "stdout" => {
+            log.stdout(str_arg(a, "text", "stdout")?.as_bytes());
+            Ok(Value::Null.into())
+        }
         "log_begin" => {
             log.begin(str_arg(a, "message", "log_begin")?);
             Ok(Value::Null.into())
@@ -281,7 +285,8 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             })
         }
         "wait_until" => {
-            let command = user_command(str_arg(a, "command", op)?);
+            let written = str_arg(a, "command", op)?;
+            let command = user_command(written);
             let command = command.as_str();
             let want = bool_arg(a, "want_success", true);
             let mode = if want {
@@ -289,7 +294,8 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             } else {
                 UntilMode::Fail
             };
-            let what = format!("`{command}` to {}", if want { "succeed" } else { "fail" });
+            // Messages name the command as the script wrote it.
+            let what = format!("`{written}` to {}", if want { "succeed" } else { "fail" });
             let out = m
                 .wait_until(
                     &what,
@@ -453,10 +459,8 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
     }
 }
 
-/// A test author's command, run as nixpkgs runs it: `set -euo pipefail` first.
-pub fn user_command(command: &str) -> String {
-    format!("set -euo pipefail; {command}")
-}
+// A test author's command, run as nixpkgs runs it: `set -euo pipefail` first.
+pub use crate::machine::user_command;
 
 /// A guest command that succeeds when `addr:port` accepts TCP connections.
 /// Local addresses use bash's `/dev/tcp` (no process started); others are

@@ -101,10 +101,41 @@ class DriverOps(unittest.TestCase):
             ("subtest_end", {"error": None}),
             ("subtest_end", {"error": None}),
             ("subtest_begin", {"name": "bad"}),
+            ("log", {"message": '!!! Test "bad" failed with error: "boom"'}),
             ("subtest_end", {"error": "boom"}),
             ("subtest_begin", {"name": "bare"}),
+            ("log", {"message": '!!! Test "bare" failed with error: ""'}),
             ("subtest_end", {"error": "AssertionError"}),
         ])
+
+    def test_failed_subtest_logs_nixpkgs_line_marked(self) -> None:
+        # nixpkgs' Driver.subtest: `Test "<name>" failed with error: "<str(e)>"`
+        # through log_test_error (`!!! `), inside the subtest, for each
+        # subtest the exception leaves; every line of it marked here.
+        with self.assertRaises(ValueError):
+            with self.g["subtest"]("outer"):
+                with self.g["subtest"]("inner"):
+                    raise ValueError("two\nlines")
+        with self.assertRaises(KeyboardInterrupt):  # not an Exception: no line
+            with self.g["subtest"]("interrupted"):
+                raise KeyboardInterrupt()
+        self.assertEqual([(r["op"], r["args"]) for r in self.fake.requests], [
+            ("subtest_begin", {"name": "outer"}),
+            ("subtest_begin", {"name": "inner"}),
+            ("log", {"message": '!!! Test "inner" failed with error: "two\n!!! lines"'}),
+            ("subtest_end", {"error": "two\nlines"}),
+            ("log", {"message": '!!! Test "outer" failed with error: "two\n!!! lines"'}),
+            ("subtest_end", {"error": "two\nlines"}),
+            ("subtest_begin", {"name": "interrupted"}),
+            ("subtest_end", {"error": "KeyboardInterrupt"}),
+        ])
+
+    def test_log_test_error_marks_every_line(self) -> None:
+        log = self.g["log"]
+        log.log_test_error("one")
+        log.log_test_error("a\nb\n")
+        log.log_test_error("")
+        self.assertEqual(self.fake.log_lines(), ["!!! one", "!!! a\n!!! b", "!!! "])
 
     def test_log_object(self) -> None:
         log = self.g["log"]

@@ -34,7 +34,17 @@ def run_client(script: str, machines=None, interactive: bool = False, stdin: str
         return proc, fake, path
 
 
+def failure_report(fake) -> str:
+    """The failure report: the last log message (it goes to the log, not to
+    stderr, so that it comes after everything the script logged)."""
+    return fake.of("log")[-1]["args"]["message"]
+
+
 class MainProcess(unittest.TestCase):
+    def assertMarked(self, report: str) -> None:
+        for line in report.split("\n"):
+            self.assertTrue(line.startswith("!!! "), f"unmarked line {line!r} in:\n{report}")
+
     def test_success_exit_0(self) -> None:
         proc, fake, _ = run_client("""\
             start_all()
@@ -47,7 +57,7 @@ class MainProcess(unittest.TestCase):
                          ["start", "execute", "wait_for_unit", "is_up"])
 
     def test_assertion_traceback_shows_script_line(self) -> None:
-        proc, _, path = run_client("""\
+        proc, fake, path = run_client("""\
             def helper():
                 machine.succeed("false")
 
@@ -55,33 +65,86 @@ class MainProcess(unittest.TestCase):
             helper()
             """, setup=lambda f: f.commands.update({"false": (1, b"")}))
         self.assertEqual(proc.returncode, 1)
-        err = proc.stderr
-        self.assertIn("Traceback (most recent call last):", err)
-        self.assertIn(f'File "{path}", line 5, in <module>', err)
-        self.assertIn(f'File "{path}", line 2, in helper', err)
-        self.assertIn('machine.succeed("false")', err)
-        self.assertTrue(err.rstrip().endswith(
-            "RequestedAssertionFailed: command `false` failed (exit code 1)"), err)
+        self.assertEqual(proc.stderr, "")
+        err = failure_report(fake)
+        self.assertMarked(err)
+        self.assertTrue(err.startswith("!!! Traceback (most recent call last):\n"), err)
+        self.assertIn(f'!!!   File "{path}", line 5, in <module>', err)
+        self.assertIn(f'!!!   File "{path}", line 2, in helper', err)
+        self.assertIn('!!!     machine.succeed("false")', err)
+        self.assertTrue(err.endswith(
+            "\n!!! RequestedAssertionFailed: command `false` failed (exit code 1)"), err)
         self.assertNotIn("nix_vmtest/machine.py", err)  # trimmed to the script's frames
 
     def test_plain_exception_and_driver_error(self) -> None:
-        proc, _, path = run_client("x = 1\nmachine.wait_for_unit('a')\n",
-                                   setup=lambda f: f.handlers.update(
-                                       {"wait_for_unit": lambda r: Err("machine", "QEMU died\nconsole tail")}))
+        # Exit status 1 whatever the script raised, as nixpkgs' driver
+        # (sys.exit(1), or Python's own 1 for an uncaught exception).
+        proc, fake, path = run_client("x = 1\nmachine.wait_for_unit('a')\n",
+                                      setup=lambda f: f.handlers.update(
+                                          {"wait_for_unit": lambda r: Err("machine", "QEMU died\nconsole tail")}))
         self.assertEqual(proc.returncode, 1)
-        self.assertIn(f'File "{path}", line 2, in <module>', proc.stderr)
-        self.assertIn("MachineError: QEMU died\nconsole tail", proc.stderr)
+        err = failure_report(fake)
+        self.assertMarked(err)
+        self.assertIn(f'!!!   File "{path}", line 2, in <module>', err)
+        self.assertIn("!!! MachineError: QEMU died\n!!! console tail", err)
 
-        proc, _, path = run_client("\n\n{}['k']\n")
+        # nixpkgs lets other exceptions through unmarked; here every failure
+        # report is marked, so one filter finds them all.
+        proc, fake, path = run_client("\n\n{}['k']\n")
         self.assertEqual(proc.returncode, 1)
-        self.assertIn(f'File "{path}", line 3, in <module>', proc.stderr)
-        self.assertIn("KeyError: 'k'", proc.stderr)
+        err = failure_report(fake)
+        self.assertMarked(err)
+        self.assertIn(f'!!!   File "{path}", line 3, in <module>', err)
+        self.assertIn("!!! KeyError: 'k'", err)
 
     def test_syntax_error(self) -> None:
-        proc, _, path = run_client("x = 1\nif x\n")
+        proc, fake, path = run_client("x = 1\nif x\n")
         self.assertEqual(proc.returncode, 1)
-        self.assertIn(f'File "{path}", line 2', proc.stderr)
-        self.assertIn("SyntaxError", proc.stderr)
+        err = failure_report(fake)
+        self.assertMarked(err)
+        self.assertIn(f'File "{path}", line 2', err)
+        self.assertIn("SyntaxError", err)
+
+    def test_report_goes_to_stderr_when_the_driver_is_gone(self) -> None:
+        def setup(fake):
+            def gone(req):
+                fake.server_sock.shutdown(socket.SHUT_RDWR)
+                return NoReply()
+
+            fake.handlers["execute"] = gone
+
+        proc, _, _ = run_client("machine.succeed('x')\n", setup=setup)
+        self.assertEqual(proc.returncode, 1)
+        self.assertTrue(proc.stderr.startswith("!!! Traceback (most recent call last):\n"),
+                        proc.stderr)
+        self.assertMarked(proc.stderr.rstrip("\n"))
+        self.assertIn("ProtocolError: lost the connection to the driver", proc.stderr)
+
+    def test_print_goes_to_the_driver_in_order_with_the_log(self) -> None:
+        # nixpkgs runs the script in its own process: print() reaches its
+        # stdout. Here sys.stdout sends a `stdout` op, in order with the log
+        # ops; fd 1 (subprocesses) is the child's stdout, which the driver
+        # forwards to its stdout too.
+        proc, fake, _ = run_client("""\
+            import subprocess, sys
+            log.info("one")
+            print("two", 2)
+            log.info("three")
+            sys.stdout.buffer.write(b"four\\n")
+            print("five", end="", flush=True)
+            subprocess.run(["echo", "from a subprocess"], check=True)
+            with subtest("s"):
+                print("in a subtest", file=sys.stdout)
+            """)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        seen = [(r["op"], r["args"].get("message", r["args"].get("text")))
+                for r in fake.requests if r["op"] in ("log", "stdout")]
+        printed = [r["args"]["text"] for r in fake.of("stdout")]
+        self.assertEqual("".join(printed), "two 2\nfour\nfivein a subtest\n")
+        self.assertEqual([x for x in seen if x[0] == "log" or x[1] in ("two", "four\n")][:4], [
+            ("log", "one"), ("stdout", "two"), ("log", "three"), ("stdout", "four\n")])
+        self.assertEqual(proc.stdout, "from a subprocess\n")
+        self.assertEqual(proc.stderr, "")
 
     def test_sys_exit_code_kept(self) -> None:
         proc, _, _ = run_client("import sys\nsys.exit(3)\n")
@@ -95,6 +158,13 @@ class MainProcess(unittest.TestCase):
         self.assertEqual(proc.returncode, 1)
         (end,) = fake.of("subtest_end")
         self.assertIn("1 != 2", end["args"]["error"])
+        # nixpkgs' line, logged in the subtest (before it ends), then the report.
+        ops = [(r["op"], r["args"].get("message")) for r in fake.requests
+               if r["op"] in ("log", "subtest_end")]
+        self.assertEqual(ops[:2], [("log", '!!! Test "one" failed with error: "1 != 2"'),
+                                   ("subtest_end", None)])
+        self.assertMarked(failure_report(fake))
+        self.assertIn("!!! RequestedAssertionFailed: 1 != 2", failure_report(fake))
 
     def test_interactive_repl(self) -> None:
         proc, fake, _ = run_client("machine.succeed('from-script')\n", interactive=True,
