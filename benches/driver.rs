@@ -391,6 +391,7 @@ fn binary_run() -> BinaryRun {
         .arg("-o")
         .arg(&dir)
         .arg(dir.join("script.py"))
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -416,12 +417,14 @@ fn binary_run() -> BinaryRun {
     let out = child.wait_with_output().unwrap();
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench script failed:\n{log}");
-    let hwm = log
+    // What the script prints comes on the driver's stdout.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let hwm = printed
         .lines()
         .find_map(|l| l.split("DRIVER-VmHWM:").nth(1))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmHWM line");
-    let medians: Vec<f64> = log
+    let medians: Vec<f64> = printed
         .lines()
         .find_map(|l| l.split("SCRIPT-MEDIANS:").nth(1))
         .expect("SCRIPT-MEDIANS line")
