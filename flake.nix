@@ -21,19 +21,45 @@
     {
       # Driver (bin/nixos-test-driver), plugin (lib/libnix_vmtest.so)
       # and Python client (share/nix-vmtest/python), built from Cargo.lock.
-      packages = forAllSystems (pkgs: {
-        default = pkgs.nix-vmtest;
-        nix-vmtest = pkgs.nix-vmtest;
-        # The driver alone (no Nix headers needed).
-        driver = pkgs.nix-vmtest.override { withPlugin = false; };
-      });
+      # The plugin loads only into the Nix it was built against: `default`
+      # is built against pkgs.nix; `nix-vmtest-nix_2_31` etc. against
+      # nixpkgs' other Nix versions; `lib.forNix pkgs yourNix` against any.
+      packages = forAllSystems (
+        pkgs:
+        {
+          default = pkgs.nix-vmtest;
+          nix-vmtest = pkgs.nix-vmtest;
+          # The driver alone (no Nix headers needed).
+          driver = pkgs.nix-vmtest.override { withPlugin = false; };
+        }
+        // nixpkgs.lib.mapAttrs' (name: nix: {
+          name = "nix-vmtest-${name}";
+          value = self.lib.forNix pkgs nix;
+        }) (
+          # The versions this nixpkgs still has (removed ones throw).
+          nixpkgs.lib.filterAttrs (
+            name: nix:
+            builtins.elem name [
+              "nix_2_28"
+              "nix_2_31"
+              "nix_2_34"
+              "nix_2_35"
+              "latest"
+            ]
+            && (builtins.tryEval nix).success
+          ) (pkgs.nixVersions or { })
+        )
+      );
 
       # runTest / nixosTest / runNixOSTest. NixOS nodes need hostPkgs in the
       # test (as nixpkgs' nixos.lib.runTest does); image nodes need nothing.
       #   self.lib.runTest { hostPkgs = pkgs; name = "x"; nodes = ...; testScript = "..."; }
       # lib.forPkgs pkgs: the same functions with pkgs preset.
+      # lib.forNix pkgs nix: the package with the plugin built against `nix`
+      # (e.g. pkgs.nixVersions.nix_2_31, or the Nix your daemon runs).
       lib = import ./nix { } // {
         forPkgs = pkgs: import ./nix { inherit pkgs; };
+        forNix = pkgs: nix: pkgs.nix-vmtest.override { inherit nix; };
       };
 
       # pkgs.nixosTest, pkgs.testers.nixosTest and pkgs.testers.runNixOSTest on

@@ -14,24 +14,13 @@
 //      its script and nodes from it) and return the test's result with
 //      `.driver` and `.driverInteractive` added.
 //
-// Nix's C++ API differs between versions; `build.rs` defines
-// NIX_VERSION_MAJOR/MINOR from pkg-config for the `#if`s here.
+// Nix's C++ API differs between versions: every difference is in
+// `nix-compat.hh` (namespace `nix_compat`, `compat` here); this file has no
+// `#if` of its own.
+// The loader in `src/plugin/loader.rs` checks the running Nix's version
+// before this code is loaded, then calls `nix_vmtest_glue_register`.
 
-#if NIX_VERSION_MAJOR > 2 || (NIX_VERSION_MAJOR == 2 && NIX_VERSION_MINOR >= 28)
-#include <nix/expr/eval.hh>
-#include <nix/expr/primops.hh>
-#include <nix/store/derivations.hh>
-#include <nix/store/store-api.hh>
-#include <nix/store/globals.hh>
-#else
-#include <nix/config.h>
-#include <nix/eval.hh>
-#include <nix/eval-inline.hh>
-#include <nix/primops.hh>
-#include <nix/derivations.hh>
-#include <nix/store-api.hh>
-#include <nix/globals.hh>
-#endif
+#include "nix-compat.hh"
 
 #include <nlohmann/json.hpp>
 
@@ -42,16 +31,11 @@
 #include "rust/cxx.h"
 #include "nix-vmtest/src/plugin/ffi.rs.h"
 
-#if NIX_VERSION_MAJOR > 2 || (NIX_VERSION_MAJOR == 2 && NIX_VERSION_MINOR >= 10)
-#define NIX_VMTEST_POSIDX 1
-using PosArg = nix::PosIdx;
-#else
-using PosArg = const nix::Pos &;
-#endif
-
 namespace {
 
+namespace compat = nix_compat;
 using json = nlohmann::json;
+using compat::PosArg;
 using nix::EvalState;
 using nix::Value;
 
@@ -59,37 +43,10 @@ using nix::Value;
 // list element. Anything deeper is not looked at (and not forced).
 constexpr int maxDepth = 5;
 
-std::string symbolName(EvalState & state, const nix::Symbol & sym)
-{
-#ifdef NIX_VMTEST_POSIDX
-    return std::string(state.symbols[sym]);
-#else
-    (void) state;
-    return std::string((const std::string &) sym);
-#endif
-}
-
-std::string posString(EvalState & state, const nix::Attr & attr)
-{
-#ifdef NIX_VMTEST_POSIDX
-    auto pos = state.positions[attr.pos];
-    if (!pos) return "";
-    std::ostringstream s;
-    s << pos;
-    return s.str();
-#else
-    (void) state;
-    const nix::Pos & pos = *attr.pos;
-    if (!pos) return "";
-    return std::string((const std::string &) pos.file) + ":" + std::to_string(pos.line) + ":"
-        + std::to_string(pos.column);
-#endif
-}
-
-json contextJson(const nix::PathSet & context)
+json contextJson(const compat::Context & context)
 {
     json ctx = json::array();
-    for (auto & c : context) ctx.push_back(c);
+    for (auto & c : compat::contextStrings(context)) ctx.push_back(c);
     return ctx;
 }
 
@@ -101,47 +58,46 @@ json encode(EvalState & state, Value & v, PosArg pos, int depth)
     case nix::nNull:
         return {{"t", "null"}};
     case nix::nBool:
-        return {{"t", "bool"}, {"v", v.boolean}};
+        return {{"t", "bool"}, {"v", compat::boolean(v)}};
     case nix::nInt:
-        return {{"t", "int"}, {"v", v.integer}};
+        return {{"t", "int"}, {"v", compat::integer(v)}};
     case nix::nFloat:
-        return {{"t", "float"}, {"v", v.fpoint}};
+        return {{"t", "float"}, {"v", compat::fpoint(v)}};
     case nix::nString: {
-        nix::PathSet context;
-        auto s = state.forceString(v, context, pos);
-        return {{"t", "string"}, {"v", std::string(s)}, {"ctx", contextJson(context)}};
+        compat::Context context;
+        auto s = compat::forceString(state, v, context, pos);
+        return {{"t", "string"}, {"v", s}, {"ctx", contextJson(context)}};
     }
     case nix::nPath: {
-        nix::PathSet context;
-        std::string original = v.path;
-        auto stored = state.copyPathToStore(context, original);
+        compat::Context context;
+        auto [original, stored] = compat::copyPathToStore(state, v, context);
         return {{"t", "path"}, {"v", original}, {"store", stored}, {"ctx", contextJson(context)}};
     }
     case nix::nAttrs: {
         // Derivations and other things with an out path stand for that path.
-        if (state.isDerivation(v) || v.attrs->find(state.sOutPath) != v.attrs->end()) {
-            nix::PathSet context;
-            std::string s = state.coerceToString(pos, v, context, false, true).toOwned();
+        if (state.isDerivation(v) || compat::getAttr(v, compat::outPathSymbol(state))) {
+            compat::Context context;
+            std::string s = compat::coerceToString(state, pos, v, context, true);
             return {{"t", "drv"}, {"v", s}, {"ctx", contextJson(context)}};
         }
         json attrs = json::object();
         json positions = json::object();
-        for (auto & attr : *v.attrs) {
-            auto name = symbolName(state, attr.name);
+        for (auto & attr : compat::attrs(v)) {
+            auto name = compat::symbolName(state, attr.name);
             if (depth < maxDepth)
                 attrs[name] = encode(state, *attr.value, pos, depth + 1);
             else
                 attrs[name] = {{"t", "unforced"}};
-            auto p = posString(state, attr);
+            auto p = compat::attrPos(state, attr);
             if (!p.empty()) positions[name] = p;
         }
         return {{"t", "attrs"}, {"v", attrs}, {"pos", positions}};
     }
     case nix::nList: {
         json items = json::array();
-        for (size_t i = 0; i < v.listSize(); ++i) {
+        for (auto * item : compat::listItems(v)) {
             if (depth < maxDepth)
-                items.push_back(encode(state, *v.listElems()[i], pos, depth + 1));
+                items.push_back(encode(state, *item, pos, depth + 1));
             else
                 items.push_back({{"t", "unforced"}});
         }
@@ -154,11 +110,11 @@ json encode(EvalState & state, Value & v, PosArg pos, int depth)
     }
 }
 
-nix::PathSet contextFrom(const json & j)
+compat::Context contextFrom(EvalState & state, const json & j)
 {
-    nix::PathSet context;
+    compat::Context context;
     if (j.contains("ctx"))
-        for (auto & c : j["ctx"]) context.insert(c.get<std::string>());
+        for (auto & c : j["ctx"]) compat::addContext(state, context, c.get<std::string>());
     return context;
 }
 
@@ -170,23 +126,22 @@ using Refs = std::map<std::string, Value *>;
 void decodeAttrValue(EvalState & state, const json & j, Value & v, const Refs & refs, PosArg pos)
 {
     if (j.contains("list")) {
-        auto & items = j["list"];
-        state.mkList(v, items.size());
-        for (size_t i = 0; i < items.size(); ++i) {
-            auto item = state.allocValue();
-            decodeAttrValue(state, items[i], *item, refs, pos);
-            v.listElems()[i] = item;
+        std::vector<Value *> items;
+        for (auto & item : j["list"]) {
+            items.push_back(state.allocValue());
+            decodeAttrValue(state, item, *items.back(), refs, pos);
         }
+        compat::mkList(state, v, items);
         return;
     }
-    auto context = contextFrom(j);
+    auto context = contextFrom(state, j);
     std::string s = j["s"].get<std::string>();
     if (j.contains("outOf")) {
         Value * drv = refs.at(j["outOf"].get<std::string>());
-        std::string out = state.coerceToString(pos, *drv, context, false, false).toOwned();
+        std::string out = compat::coerceToString(state, pos, *drv, context, false);
         s = out + s;
     }
-    v.mkString(s, context);
+    compat::mkString(state, v, s, context);
 }
 
 // Calls Nix's `derivation` with the attributes Rust described.
@@ -204,13 +159,14 @@ Value * callDerivation(EvalState & state, const json & drv, PosArg pos, const Re
     state.forceValue(derivation, pos);
     auto result = state.allocValue();
     state.callFunction(derivation, *arg, *result, pos);
-    state.forceAttrs(*result, pos);
+    compat::forceAttrs(state, *result, pos);
     return result;
 }
 
 // The store path of the driver (`bin/nixos-test-driver` + the Python
-// client), with its context. Added once per process.
-std::pair<std::string, nix::PathSet> driverStorePath(EvalState & state)
+// client); the Rust side makes it the builder's context. Added once per
+// process.
+std::string driverStorePath(EvalState & state)
 {
     static std::optional<std::string> cached;
     if (!cached) {
@@ -226,40 +182,28 @@ std::pair<std::string, nix::PathSet> driverStorePath(EvalState & state)
                 std::string path;
                 ~Release() { nix_vmtest::release_prefix(path); }
             } release{path};
-            auto storePath = state.store->addToStore(
-                prefix["name"].get<std::string>(), path, nix::FileIngestionMethod::Recursive,
-                nix::htSHA256, nix::defaultPathFilter, nix::NoRepair);
-            cached = state.store->printStorePath(storePath);
+            cached = compat::addDirToStore(state, prefix["name"].get<std::string>(), path);
         }
     }
-    return {*cached, nix::PathSet{*cached}};
-}
-
-[[noreturn]] void fail(PosArg pos, const std::string & message)
-{
-#ifdef NIX_VMTEST_POSIDX
-    throw nix::EvalError({.msg = nix::hintfmt("%s", nix::normaltxt(message))});
-#else
-    throw nix::EvalError({.msg = nix::hintfmt("%s", nix::normaltxt(message)), .errPos = pos});
-#endif
+    return *cached;
 }
 
 void prim_vmTest(EvalState & state, PosArg pos, Value ** args, Value & v)
 {
-    state.forceAttrs(*args[0], pos);
+    compat::forceAttrs(state, *args[0], pos);
     Value & input = *args[0];
 
     // A testScript that is a function gets `{ nodes }`, as nixpkgs' tests do.
     auto sTestScript = state.symbols.create("testScript");
     auto sNodes = state.symbols.create("nodes");
     Value * argsValue = &input;
-    auto script = input.attrs->find(sTestScript);
-    if (script != input.attrs->end()) {
+    auto script = compat::getAttr(input, sTestScript);
+    if (script) {
         state.forceValue(*script->value, pos);
         if (script->value->isLambda() || script->value->isPrimOp() || script->value->isPrimOpApp()) {
-            auto nodes = input.attrs->find(sNodes);
+            auto nodes = compat::getAttr(input, sNodes);
             auto fnArgs = state.buildBindings(1);
-            if (nodes != input.attrs->end())
+            if (nodes)
                 fnArgs.insert(sNodes, nodes->value);
             else {
                 auto empty = state.buildBindings(0);
@@ -270,8 +214,8 @@ void prim_vmTest(EvalState & state, PosArg pos, Value ** args, Value & v)
             auto text = state.allocValue();
             state.callFunction(*script->value, *fnArg, *text, pos);
 
-            auto copy = state.buildBindings(input.attrs->size());
-            for (auto & attr : *input.attrs)
+            auto copy = state.buildBindings(compat::attrs(input).size());
+            for (auto & attr : compat::attrs(input))
                 if (attr.name != sTestScript) copy.insert(attr);
             copy.insert(sTestScript, text, script->pos);
             argsValue = state.allocValue();
@@ -280,13 +224,13 @@ void prim_vmTest(EvalState & state, PosArg pos, Value ** args, Value & v)
     }
 
     json encoded = encode(state, *argsValue, pos, 0);
-    auto [driver, driverContext] = driverStorePath(state);
+    auto driver = driverStorePath(state);
     json drvs;
     try {
         drvs = json::parse(std::string(nix_vmtest::plan_test(
             encoded.dump(), driver, nix::hashPlaceholder("out"), state.store->storeDir, nix::settings.thisSystem.get())));
     } catch (rust::Error & e) {
-        fail(pos, e.what());
+        compat::throwEvalError(state, pos, e.what());
     }
 
     // The run reads its script and nodes from `.driver`'s output.
@@ -296,18 +240,14 @@ void prim_vmTest(EvalState & state, PosArg pos, Value ** args, Value & v)
     refs["driver"] = driverDrv;
     Value * test = callDerivation(state, drvs["test"], pos, refs);
 
-    auto result = state.buildBindings(test->attrs->size() + 2);
-    for (auto & attr : *test->attrs) result.insert(attr);
+    auto result = state.buildBindings(compat::attrs(*test).size() + 2);
+    for (auto & attr : compat::attrs(*test)) result.insert(attr);
     result.insert(state.symbols.create("driver"), driverDrv);
     result.insert(state.symbols.create("driverInteractive"), interactiveDrv);
     v.mkAttrs(result);
 }
 
-nix::RegisterPrimOp registerVmTest({
-    .name = "__vmTest",
-    .args = {"args"},
-    .arity = 1,
-    .doc = R"(
+const char * const vmTestDoc = R"(
       Describes a NixOS-style VM test and returns the derivation that runs it
       (`vm-test-run-<name>`), built by nix-vmtest's driver:
 
@@ -324,8 +264,14 @@ nix::RegisterPrimOp registerVmTest({
       Arguments: `name`, `nodes`, `testScript` (string or `{ nodes }: string`),
       and optionally `globalTimeout` (seconds), `requiredSystemFeatures`,
       `skipLint`, `vlans`. The result has `.driver` and `.driverInteractive`.
-    )",
-    .fun = prim_vmTest,
-});
+    )";
 
 } // namespace
+
+// Called once by the loader (src/plugin/loader.rs) after it has checked
+// that the running Nix is the one this was built for: from
+// `nix_plugin_entry` on Nix >= 2.22, while the plugin loads before that.
+extern "C" void nix_vmtest_glue_register()
+{
+    compat::registerPrimOp("__vmTest", {"args"}, vmTestDoc, prim_vmTest);
+}

@@ -2,8 +2,13 @@
 # builtins.vmTest (lib/libnix_vmtest.so) and the Python client
 # the test script imports (share/nix-vmtest/python), built from Cargo.lock.
 #
-# The plugin must be built against the Nix that loads it: override `nix`
-# with the Nix your daemon and CLI run (the NixOS module does).
+# The plugin must be built against the Nix that loads it (it refuses any
+# other version when loaded, naming both): `nix` is pkgs.nix by default;
+# override it with the Nix your daemon and CLI run (the NixOS module does),
+# e.g. `nix-vmtest.override { nix = pkgs.nixVersions.nix_2_31; }`.
+# build.rs finds that Nix through pkg-config (its .pc files, from `nix` in
+# buildInputs): version, headers, and -std=c++23 from 2.31 on. Supported:
+# Nix 2.8 and 2.28 and later (see the README's support table).
 {
   lib,
   rustPlatform,
@@ -64,9 +69,12 @@ rustPlatform.buildRustPackage {
     boehmgc
   ];
 
-  # build.rs looks for Nix's headers here (nix/eval.hh, or nix/expr/eval.hh
-  # from Nix 2.28 on).
-  NIX_INCLUDE_DIR = lib.optionalString withPlugin "${lib.getDev nix}/include";
+  # build.rs takes Nix's headers from the .pc files' include dirs
+  # (nix/expr/eval.hh from 2.28 on); say where they are for a Nix whose
+  # .pc files do not.
+  NIX_INCLUDE_DIR = lib.optionalString (
+    withPlugin && lib.versionOlder (nix.version or "2.28") "2.28"
+  ) "${lib.getDev nix}/include";
 
   # The integration tests boot VMs and run nix-build; only unit tests run here.
   cargoTestFlags = [ "--lib" ];

@@ -181,19 +181,103 @@ fn eval_errors_name_the_attribute_or_the_script_line() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// `nix derivation show` of one derivation, in the shape Nix 2.8 prints
+/// (`builder`, `args`, `env`, `inputSrcs` and `inputDrvs` with full store
+/// paths), whatever the version: 2.32 keys by base name, 2.33 wraps it in
+/// `{"derivations": ..., "version": 4}` with `inputs.srcs`/`inputs.drvs`.
 fn show_derivation(drv: &str) -> serde_json::Value {
-    let out = Command::new("nix")
-        .args([
-            "--extra-experimental-features",
-            "nix-command",
-            "show-derivation",
-            drv,
-        ])
-        .output()
-        .expect("nix show-derivation runs");
+    let run = |args: &[&str]| {
+        Command::new("nix")
+            .args(["--extra-experimental-features", "nix-command"])
+            .args(args)
+            .arg(drv)
+            .output()
+            .expect("nix runs")
+    };
+    let mut out = run(&["derivation", "show"]);
+    if !out.status.success() {
+        // Nix 2.8 has only `nix show-derivation`.
+        out = run(&["show-derivation"]);
+    }
     assert!(out.status.success(), "{}", text(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v[drv].clone()
+    let all = v.get("derivations").unwrap_or(&v);
+    let base = drv.rsplit('/').next().unwrap();
+    let mut d = all
+        .get(drv)
+        .or_else(|| all.get(base))
+        .unwrap_or_else(|| panic!("{drv} not in {all}"))
+        .clone();
+    let full = |p: &str| {
+        if p.starts_with('/') {
+            p.to_string()
+        } else {
+            format!("/nix/store/{p}")
+        }
+    };
+    if let Some(inputs) = d.get("inputs").cloned() {
+        if let Some(srcs) = inputs.get("srcs").and_then(|s| s.as_array()) {
+            let srcs: Vec<String> = srcs.iter().map(|s| full(s.as_str().unwrap())).collect();
+            d["inputSrcs"] = serde_json::json!(srcs);
+        }
+        if let Some(drvs) = inputs.get("drvs").and_then(|s| s.as_object()) {
+            let drvs: serde_json::Map<String, serde_json::Value> =
+                drvs.iter().map(|(k, v)| (full(k), v.clone())).collect();
+            d["inputDrvs"] = serde_json::Value::Object(drvs);
+        }
+    }
+    d
+}
+
+/// The version of the `nix-instantiate` on PATH (`nix-instantiate (Nix) 2.35.2`).
+fn nix_version() -> String {
+    let out = Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .expect("nix-instantiate runs");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .last()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// A plugin built for another Nix (`$NIX_VMTEST_OTHER_PLUGIN`; `.ci/with-nix`
+/// sets it to the host's 2.8 plugin when it runs a Nix built from source) is
+/// refused when loaded: one error naming both versions and what to rebuild,
+/// exit status 1, no crash.
+#[test]
+fn eval_plugin_for_another_nix_is_refused_with_a_clear_error() {
+    let Some(other) = std::env::var_os("NIX_VMTEST_OTHER_PLUGIN") else {
+        eprintln!(
+            "NOTE: not checked: NIX_VMTEST_OTHER_PLUGIN (a plugin built for another Nix) is not \
+             set; .ci/with-nix VERSION sets it"
+        );
+        return;
+    };
+    let running = nix_version();
+    let out = Command::new("nix-instantiate")
+        .arg("--option")
+        .arg("plugin-files")
+        .arg(&other)
+        .args(["--eval", "--expr", "builtins ? vmTest"])
+        .output()
+        .unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    for wanted in [
+        "error: nix-vmtest: the plugin ".to_string(),
+        " was built for Nix ".to_string(),
+        format!("but this is Nix {running}"),
+        format!("Rebuild it against Nix {running}"),
+    ] {
+        assert!(all.contains(&wanted), "lacks {wanted:?}: {all}");
+    }
+    assert_eq!(
+        all.matches("error:").count(),
+        1,
+        "one error, nothing else: {all}"
+    );
 }
 
 /// The good test instantiates to `vm-test-run-minimal-test` with the shape

@@ -20,6 +20,8 @@ pub mod wrapper;
 
 #[cfg(feature = "nix-plugin")]
 mod ffi;
+#[cfg(feature = "nix-plugin")]
+pub mod loader;
 
 use std::path::Path;
 

@@ -158,7 +158,7 @@ eval_fails "no plugin and no driver" "(let v = import $root/nix { useBuiltin = f
 echo "== flake.nix outputs (with a stand-in for nixpkgs)"
 eval_is "flake outputs" \
     "let fl = import $root/flake.nix; out = fl.outputs { self = out; nixpkgs = { lib = import $here/fake-nixpkgs/lib; outPath = $here/fake-nixpkgs; }; }; in { top = builtins.attrNames out; systems = builtins.attrNames out.packages; lib = builtins.attrNames out.lib; overlay = builtins.isFunction out.overlays.default; }" \
-    '{"top":["checks","devShells","lib","nixosModules","overlays","packages"],"systems":["aarch64-linux","x86_64-linux"],"lib":["addressing","evalTest","forPkgs","haveBuiltin","makeTest","nixosModule","nixosTest","options","overlay","runNixOSTest","runTest"],"overlay":true}'
+    '{"top":["checks","devShells","lib","nixosModules","overlays","packages"],"systems":["aarch64-linux","x86_64-linux"],"lib":["addressing","evalTest","forNix","forPkgs","haveBuiltin","makeTest","nixosModule","nixosTest","options","overlay","runNixOSTest","runTest"],"overlay":true}'
 eval_is "flake lib.runTest takes image nodes without nixpkgs" \
     "let fl = import $root/flake.nix; out = fl.outputs { self = out; nixpkgs = { lib = import $here/fake-nixpkgs/lib; outPath = $here/fake-nixpkgs; }; }; in (out.lib.runTest { name = \"fl\"; nodes.m = f.image; testScript = \"\"; }).name" \
     '"vm-test-run-fl"'
