@@ -1104,7 +1104,9 @@ impl Shell {
         let head = format!("{n} ");
         let noport = format!("{n} noport\n");
         let before = loop {
-            let port = self.other.as_mut().expect("checked above");
+            let Some(port) = self.other.as_mut() else {
+                return Ok(false);
+            };
             if let Some(i) = memmem::find(&port.buf, head.as_bytes()) {
                 let before = port.buf[..i].to_vec();
                 port.buf.drain(..i + head.len());
@@ -1125,8 +1127,7 @@ impl Shell {
         // The rest comes on the port.
         self.switch();
         self.take_report(n, key, before).await?;
-        let state = self.read_until(format!("{n} ").as_bytes()).await?;
-        drop(state);
+        self.read_until(format!("{n} ").as_bytes()).await?;
         let state = self.read_until(b"\n").await?;
         if state == b"serving" {
             self.serving = true;
