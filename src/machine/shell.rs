@@ -678,7 +678,7 @@ pub fn may_background(command: &str) -> bool {
 /// `shell_names`. The status is the same either way (127 for a missing
 /// program, with bash's `exec: … not found` on the console).
 pub fn exec_form(command: &str, shell_names: &HashSet<String>) -> Option<String> {
-    const PREFIX: &str = "set -euo pipefail; ";
+    const PREFIX: &str = super::USER_COMMAND_PREFIX;
     let (prefix, body) = match command.strip_prefix(PREFIX) {
         Some(rest) => (PREFIX, rest),
         None => ("", command),
