@@ -32,6 +32,8 @@
 //!   spawned, and the driver's peak memory (VmHWM) over that run.
 //!
 //! Set `NIX_VMTEST_BENCH_QUICK=1` for fewer samples.
+//! `cargo bench --bench driver -- first` prints only the first two figures
+//! (the first command after a boot on seven boots of each kind).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -445,6 +447,9 @@ fn main() {
         return;
     }
     let quick = std::env::var_os("NIX_VMTEST_BENCH_QUICK").is_some();
+    // `cargo bench --bench driver -- first`: only the first command after
+    // a boot, on more boots.
+    let first_only = std::env::args().skip(1).any(|a| a == "first");
     let calls = if quick { 50 } else { 200 };
     let wait_samples = if quick { 3 } else { 9 };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -459,13 +464,16 @@ fn main() {
         m.start(true).await.unwrap();
         m.connect().await.unwrap();
         println!("boot to shell (tiny):                 {}", ms(t.elapsed()));
-        let (o, n) = first_after_boot(m, if quick { 2 } else { 3 }).await;
+        let (o, n) = first_after_boot(m, if first_only { 7 } else if quick { 2 } else { 3 }).await;
         println!(
             "first succeed(\"true\") after a boot:  ours {}  nixpkgs framing {}  (goal ours <= nixpkgs: {})",
             ms(o),
             ms(n),
             verdict(o <= n)
         );
+        if first_only {
+            return;
+        }
         // Warm both paths up.
         for _ in 0..5 {
             m.execute("true", None, true).await.unwrap();

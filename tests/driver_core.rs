@@ -822,6 +822,78 @@ async fn reboot_waits_for_the_new_boot_on_the_same_console() {
     .await;
 }
 
+/// After a boot the guest gets only what the first command needs, and the
+/// rest of its functions in the record after that command (or before any
+/// other request). Whatever the first request is, and however it ends, the
+/// shell has all of them afterwards, and knows its names again.
+#[tokio::test(flavor = "current_thread")]
+async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.start(true).await.unwrap();
+        for first in [
+            "plain",
+            "timeout",
+            "cancelled",
+            "wait",
+            "non-ascii",
+            "quiet",
+        ] {
+            m.reboot().await.unwrap();
+            m.connect().await.unwrap();
+            match first {
+                "plain" => {
+                    let o = m.execute("echo one", None, true).await.unwrap();
+                    assert_eq!(o.output, b"one\n");
+                }
+                "timeout" => {
+                    let o = m.execute("sleep 100", Some(Duration::from_secs(1)), true);
+                    assert_eq!(o.await.unwrap().status, 124);
+                }
+                "cancelled" => {
+                    let o = m.execute("sleep 100", None, true);
+                    let cut = tokio::time::timeout(Duration::from_millis(500), o).await;
+                    assert!(cut.is_err(), "sleep 100 returned");
+                }
+                "wait" => {
+                    let o = m.wait_until("true", "true", UntilMode::Succeed, None);
+                    assert_eq!(o.await.unwrap().status, 0);
+                }
+                "non-ascii" => {
+                    let o = m.execute("echo \u{e9}", None, true).await.unwrap();
+                    assert_eq!(o.output, "\u{e9}\n".as_bytes());
+                }
+                _ => {
+                    let o = m.execute("echo gone", None, false).await.unwrap();
+                    assert_eq!(o.status, 0);
+                }
+            }
+            let o = m
+                .execute("type -t __vmt_until __vmt_bus_start; echo $0", None, true)
+                .await
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&o.output),
+                "function\nfunction\nbash\n",
+                "after a first request {first:?}"
+            );
+            // A program (sent in its exec form once the names are known),
+            // and a timeout again.
+            let o = m.execute("uname", None, true).await.unwrap();
+            assert_eq!(o.output, b"Linux\n", "after {first:?}");
+            let o = m.execute("sleep 100", Some(Duration::from_secs(1)), true);
+            assert_eq!(o.await.unwrap().status, 124, "after {first:?}");
+            assert_eq!(
+                shell_input(m).await,
+                "org.nix-vmtest.cmd",
+                "after {first:?}"
+            );
+        }
+    })
+    .await;
+}
+
 /// A unit wait listens to systemd through `systemd-stdio-bridge` on the
 /// console. Dropped midway (Ctrl-C in the interactive driver drops it
 /// like this), at its start or while it listens, it is ended before the

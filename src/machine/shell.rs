@@ -3,10 +3,11 @@
 //! The guest announces it with `Spawning backdoor root shell...`.
 //!
 //! On top of that plain shell (nothing else is assumed of the guest) the
-//! driver defines a few bash functions once per boot ([`BOOTSTRAP`]; sent
-//! through the command port where the guest has it, since bash reads the
-//! console a byte at a time; no process is started for it) and then
-//! frames every command as
+//! driver defines a few bash functions once per boot ([`BOOTSTRAP`] and
+//! [`BOOTSTRAP_REST`]; sent through the command port where the guest has
+//! it, since bash reads the console a byte at a time, the rest after the
+//! first command's record; no process is started for it but the control
+//! listener) and then frames every command as
 //!
 //! ```text
 //! host  → guest: __vmt_exec <n> <timeout ms|-> <isolate> '<command>' [/dev/null]
@@ -111,8 +112,7 @@ __vmt_init() {
   local d
   __vmt_key=$1 __vmt_at=
   for d in /run /dev/shm /tmp; do
-    [ -d "$d" ] && [ -w "$d" ] || continue
-    : 2>/dev/null >"$d/.nix-vmtest-$$.o.0" && __vmt_at=$d/.nix-vmtest-$$. && break
+    { : >"$d/.nix-vmtest-$$.o.0"; } 2>/dev/null && __vmt_at=$d/.nix-vmtest-$$. && break
   done
   [ -n "$__vmt_at" ] || return 1
   __vmt_pidfile=$d/.nix-vmtest-ctl.pid
@@ -123,24 +123,9 @@ __vmt_init() {
   # Commands see `$0` as under `bash -c` (the shell's is the console).
   BASH_ARGV0=bash
   __vmt_n=0 __vmt_out=${__vmt_at}o.0 __vmt_spent=
-  __vmt_ports
+  # The port bootstrap's first line found the ports already.
+  [[ -v __vmt_cmdport ]] || __vmt_ports
   __vmt_ctl_start
-}
-__vmt_fifo() {
-  [[ -p $1 ]] || mkfifo "$1"
-}
-__vmt_ports() {
-  # The devices of the driver's virtio ports, in __vmt_cmdport and
-  # __vmt_ctlport (empty if the guest has none).
-  local p name
-  __vmt_cmdport= __vmt_ctlport=
-  for p in /sys/class/virtio-ports/*; do
-    [ -r "$p/name" ] && read -r name <"$p/name" && [ -c "/dev/${p##*/}" ] || continue
-    case $name in
-      org.nix-vmtest.cmd) __vmt_cmdport=/dev/${p##*/} ;;
-      org.nix-vmtest.ctl) __vmt_ctlport=/dev/${p##*/} ;;
-    esac
-  done
 }
 __vmt_ctl_start() {
   local old f
@@ -160,10 +145,11 @@ __vmt_ctl_start() {
   # time, and the command port must close when the serve loop leaves.
   { __vmt_listen "$__vmt_ctlport" </dev/null >/dev/null & } 2>/dev/null
   __vmt_listener=$!
-  echo "$__vmt_listener" 2>/dev/null >"$__vmt_pidfile"
 }
 __vmt_listen() {
+  # The listener writes its own pid file: the shell goes on meanwhile.
   local c req kids k
+  echo "$BASHPID" 2>/dev/null >"$__vmt_pidfile"
   exec {c}<>"$1" || return
   while read -r -d . -u "$c" req; do
     kids=()
@@ -187,39 +173,6 @@ __vmt_next() {
   if [[ -n $__vmt_spent ]]; then : >"$__vmt_out"; __vmt_spent=; fi
   if (( ++__vmt_n % 200 == 0 )); then ( rm -f "$__vmt_at"o.* ); fi
   __vmt_out=${__vmt_at}o.$__vmt_n
-}
-__vmt_serve() {
-  # <sync>: from now on commands come as records on the command port, and
-  # answers go there too. The host first writes `<sync>.` on the port:
-  # whatever an earlier boot left there before it is skipped. If the port
-  # cannot be opened or read, the console says so. The loop ends on
-  # `__vmt_left=<n>; break`, and `<n> left` comes on the console once the
-  # port is closed: the guest's driver drops what reaches a port after its
-  # last close, so the host may write the next `<sync>.` only then.
-  __vmt_sync=$1 __vmt_left=
-  set --
-  # Called as a statement, never in a condition: bash ignores `set -e` in
-  # all that a condition runs, subshells included, and the loop runs the
-  # test's commands (`set -euo pipefail; false; echo after` must stop).
-  __vmt_loop <>"$__vmt_cmdport" >&0 2>/dev/null
-  __vmt_served $?
-}
-__vmt_served() {
-  # The serve loop ended with status $1 and closed the port: the console
-  # says so (nothing if it never served).
-  [[ -n $__vmt_sync ]] || return 0
-  if (( $1 != 0 )); then
-    printf '%s failed\n' "$__vmt_sync"
-  elif [[ -n $__vmt_left ]]; then
-    printf '%s left\n' "$__vmt_left"
-  else
-    printf '%s ended\n' "$__vmt_sync"
-  fi
-}
-__vmt_loop() {
-  __vmt_h=
-  while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 1; done
-  __vmt_records
 }
 __vmt_records() {
   # A record is `<length: 6 hex digits> <kind><body>`, all ASCII, so `read
@@ -252,6 +205,46 @@ __vmt_records() {
   done
   return 0
 }
+__vmt_send_output() {
+  # The answer of a command whose output file is not empty.
+  local small
+  __vmt_spent=1
+  # Output of up to 4096 characters without a NUL byte goes in one write
+  # with the answer, and no acknowledgement is awaited: `read` stops at a
+  # NUL or after 4097 characters (bytes kept as they are; a character
+  # is a byte in the C locale, at most 6 in a UTF-8 one), and fails only
+  # at the end. (`LC_ALL=C` here would make bash switch locales twice
+  # per command: 0.4 to 1.9 ms under TCG with LANG=C.UTF-8.)
+  if ! IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
+    printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
+      "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
+    return
+  fi
+  printf '%s%s %s %s 1\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
+  __vmt_send
+}
+__vmt_send() {
+  local i=0 ack
+  while :; do
+    dd if="$__vmt_to" bs=131072 skip=$i count=1 2>/dev/null
+    printf '\n%s%s c\n' "$__vmt_key" "$__vmt_id"
+    read -r -d . -u 0 ack || break
+    [[ $ack == more ]] || break
+    i=$((i + 1))
+  done
+}
+__vmt_served() {
+  # The serve loop ended with status $1 and closed the port: the console
+  # says so (nothing if it never served).
+  [[ -n $__vmt_sync ]] || return 0
+  if (( $1 != 0 )); then
+    printf '%s failed\n' "$__vmt_sync"
+  elif [[ -n $__vmt_left ]]; then
+    printf '%s left\n' "$__vmt_left"
+  else
+    printf '%s ended\n' "$__vmt_sync"
+  fi
+}
 __vmt_kill() {
   local p kids
   for p in "$@"; do
@@ -260,6 +253,50 @@ __vmt_kill() {
     __vmt_kill $kids
     kill -KILL "$p" 2>/dev/null
   done
+}
+"#;
+
+/// The rest of the guest's functions: those the first command through the
+/// command port needs are in [`BOOTSTRAP`]; these are defined after that
+/// command's answer, in the same exchange as its record (the port
+/// bootstrap), or before any other request (see [`Rest`]).
+pub const BOOTSTRAP_REST: &str = r#"
+__vmt_ports() {
+  # The devices of the driver's virtio ports, in __vmt_cmdport and
+  # __vmt_ctlport (empty if the guest has none).
+  local p name
+  __vmt_cmdport= __vmt_ctlport=
+  for p in /sys/class/virtio-ports/*; do
+    [ -r "$p/name" ] && read -r name <"$p/name" && [ -c "/dev/${p##*/}" ] || continue
+    case $name in
+      org.nix-vmtest.cmd) __vmt_cmdport=/dev/${p##*/} ;;
+      org.nix-vmtest.ctl) __vmt_ctlport=/dev/${p##*/} ;;
+    esac
+  done
+}
+__vmt_fifo() {
+  [[ -p $1 ]] || mkfifo "$1"
+}
+__vmt_serve() {
+  # <sync>: from now on commands come as records on the command port, and
+  # answers go there too. The host first writes `<sync>.` on the port:
+  # whatever an earlier boot left there before it is skipped. If the port
+  # cannot be opened or read, the console says so. The loop ends on
+  # `__vmt_left=<n>; break`, and `<n> left` comes on the console once the
+  # port is closed: the guest's driver drops what reaches a port after its
+  # last close, so the host may write the next `<sync>.` only then.
+  __vmt_sync=$1 __vmt_left=
+  set --
+  # Called as a statement, never in a condition: bash ignores `set -e` in
+  # all that a condition runs, subshells included, and the loop runs the
+  # test's commands (`set -euo pipefail; false; echo after` must stop).
+  __vmt_loop <>"$__vmt_cmdport" >&0 2>/dev/null
+  __vmt_served $?
+}
+__vmt_loop() {
+  __vmt_h=
+  while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 1; done
+  __vmt_records
 }
 __vmt_cancelled() {
   local line
@@ -317,34 +354,6 @@ __vmt_reply() {
   else
     printf '%s%s %s %s 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
   fi
-}
-__vmt_send_output() {
-  # The answer of a command whose output file is not empty.
-  local small
-  __vmt_spent=1
-  # Output of up to 4096 characters without a NUL byte goes in one write
-  # with the answer, and no acknowledgement is awaited: `read` stops at a
-  # NUL or after 4097 characters (bytes kept as they are; a character
-  # is a byte in the C locale, at most 6 in a UTF-8 one), and fails only
-  # at the end. (`LC_ALL=C` here would make bash switch locales twice
-  # per command: 0.4 to 1.9 ms under TCG with LANG=C.UTF-8.)
-  if ! IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
-    printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
-      "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
-    return
-  fi
-  printf '%s%s %s %s 1\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
-  __vmt_send
-}
-__vmt_send() {
-  local i=0 ack
-  while :; do
-    dd if="$__vmt_to" bs=131072 skip=$i count=1 2>/dev/null
-    printf '\n%s%s c\n' "$__vmt_key" "$__vmt_id"
-    read -r -d . -u 0 ack || break
-    [[ $ack == more ]] || break
-    i=$((i + 1))
-  done
 }
 __vmt_deadline() {
   __vmt_dl=
@@ -533,6 +542,8 @@ pub struct Shell {
     bootstrapped: bool,
     /// What a cancelled call left running in the guest.
     pending: Option<Pending>,
+    /// Whether [`BOOTSTRAP_REST`] is defined in the guest yet.
+    rest: Rest,
     /// The control port (`virtserialport` named [`super::qemu::CTL_PORT`]).
     ctl: Option<Ctl>,
     /// The guest listens on the control port: commands run without a
@@ -587,6 +598,20 @@ const CTL_ANSWER: Duration = Duration::from_secs(10);
 /// How long after its deadline a wait's try is stopped from the host (the
 /// guest checks the deadline itself between tries).
 const UNTIL_GRACE: Duration = Duration::from_secs(1);
+
+/// [`BOOTSTRAP_REST`] in the guest. The port bootstrap defines only what
+/// the first command needs; the rest, with the list of names bash resolves
+/// itself, goes in the record after that command's (so the guest defines
+/// it once the answer is out), or before any other request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Rest {
+    /// Defined, and the names are read.
+    Done,
+    /// Not sent yet.
+    Unsent,
+    /// Sent; its answer (`<n> names`) is not read yet.
+    Sent(String),
+}
 
 /// What a call that was cancelled midway left in the guest, to be ended
 /// before the next call.
@@ -787,30 +812,41 @@ fn compact(source: &str) -> String {
 
 /// The bootstrap as it goes on the console: `PS2=` first, since a shell
 /// that reads the console interactively would otherwise prompt for every
-/// continuation line; then the functions and [`init_and_report`].
-fn console_bootstrap(defs: &str, n: &str, key: &str) -> String {
-    format!("PS2=\n{defs}\n{}\n", init_and_report(n, key, true))
+/// continuation line; then all the functions, [`init_and_report`] and
+/// [`names_report`].
+fn console_bootstrap(n: &str, key: &str) -> String {
+    format!(
+        "PS2=\n{}\n{}\n{}\n{}\n",
+        compact(BOOTSTRAP),
+        compact(BOOTSTRAP_REST),
+        init_and_report(n, key),
+        names_report(n, true)
+    )
 }
 
-/// The bash that runs `__vmt_init` and reports: `<n> ok[ ctl][ cmd]`, the
-/// names bash resolves itself (builtins, keywords, functions, aliases;
-/// `#` if it cannot list them), which [`exec_form`] must not exec, then
-/// `<n> end`; or `<n> failed`. On the `console`, the names go in one write
-/// (bash's stdout is line-buffered: a write a name, and there each one
-/// spins in the guest until QEMU took it).
-fn init_and_report(n: &str, key: &str, console: bool) -> String {
+/// The bash that runs `__vmt_init` and reports `<n> ok[ ctl][ cmd]`, or
+/// `<n> failed`.
+fn init_and_report(n: &str, key: &str) -> String {
+    format!(
+        "if __vmt_init {key}; then \
+         printf '%s ok%s%s\\n' {n} \"${{__vmt_listener:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
+         else printf '%s failed\\n' {n}; fi"
+    )
+}
+
+/// The bash that prints `<n> names`, the names bash resolves itself
+/// (builtins, keywords, functions, aliases; `#` if it cannot list them),
+/// which [`exec_form`] must not exec, then `<n> end`. On the `console`,
+/// the names go in one write (bash's stdout is line-buffered: a write a
+/// name, and there each one spins in the guest until QEMU took it).
+fn names_report(n: &str, console: bool) -> String {
     let names = if console {
         "__vmt_h=; { compgen -b -k -A function -a >\"${__vmt_at}names\" && \
          IFS= read -r -d '' __vmt_h <\"${__vmt_at}names\"; printf '%s' \"${__vmt_h:-#}\"; } 2>/dev/null"
     } else {
         "{ compgen -b -k -A function -a || echo '#'; } 2>/dev/null"
     };
-    format!(
-        "if __vmt_init {key}; then \
-         printf '%s ok%s%s\\n' {n} \"${{__vmt_listener:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
-         {names}; printf '\\n%s end\\n' {n}; \
-         else printf '%s failed\\n' {n}; fi"
-    )
+    format!("printf '%s names\\n' {n}; {names}; printf '\\n%s end\\n' {n}")
 }
 
 fn nonce() -> String {
@@ -851,6 +887,7 @@ impl Shell {
             key: String::new(),
             serial: 0,
             shell_names: None,
+            rest: Rest::Done,
         }
     }
 
@@ -948,6 +985,10 @@ impl Shell {
                         self.switch();
                         self.serving = false;
                         self.pending = None;
+                        // What the loop did not run goes again.
+                        if let Rest::Sent(_) = self.rest {
+                            self.rest = Rest::Unsent;
+                        }
                         return Err(ShellError::LoopEnded);
                     }
                     if console.buf.len() > CONSOLE_KEPT {
@@ -1017,6 +1058,7 @@ impl Shell {
         self.guest_cmd = false;
         self.serving = false;
         self.pending = None;
+        self.rest = Rest::Done;
     }
 
     /// Sets the backdoor shell up after a boot: defines [`BOOTSTRAP`]'s
@@ -1026,19 +1068,22 @@ impl Shell {
     async fn bootstrap(&mut self) -> Result<(), ShellError> {
         let n = nonce();
         let key = format!("{}-", nonce());
-        let defs = compact(BOOTSTRAP);
-        if self.other.is_some() && self.bootstrap_on_port(&n, &key, &defs).await? {
+        self.rest = Rest::Done;
+        self.shell_names = None;
+        if self.other.is_some() && self.bootstrap_on_port(&n, &key).await? {
             return Ok(());
         }
-        let script = console_bootstrap(&defs, &n, &key);
+        let script = console_bootstrap(&n, &key);
         self.stream.write_all(script.as_bytes()).await?;
         let before = self.read_until(format!("{n} ").as_bytes()).await?;
-        self.take_report(&n, &key, before).await
+        self.take_report(&key, before).await?;
+        self.rest = Rest::Sent(n);
+        self.take_names().await
     }
 
     /// Reads what `init_and_report` prints after `<n> ` (on the stream in
-    /// use): `ok` and the ports, then the names up to `<n> end`.
-    async fn take_report(&mut self, n: &str, key: &str, before: Vec<u8>) -> Result<(), ShellError> {
+    /// use): `ok` and the ports.
+    async fn take_report(&mut self, key: &str, before: Vec<u8>) -> Result<(), ShellError> {
         let status = self.read_until(b"\n").await?;
         if !status.starts_with(b"ok") {
             return Err(ShellError::Bootstrap(
@@ -1048,38 +1093,70 @@ impl Shell {
         let has = |port: &[u8]| status.split(|&b| b == b' ').any(|w| w == port);
         self.guest_ctl = has(b"ctl") && self.ctl.is_some();
         self.guest_cmd = has(b"cmd") && self.other.is_some();
-        let names = self.read_until(format!("\n{n} end\n").as_bytes()).await?;
+        self.key = key.to_string();
+        self.bootstrapped = true;
+        Ok(())
+    }
+
+    /// Defines [`BOOTSTRAP_REST`] in the guest if it is not yet, and reads
+    /// the names it lists.
+    async fn complete(&mut self) -> Result<(), ShellError> {
+        if self.rest == Rest::Unsent {
+            let n = nonce();
+            let bytes = self.framed(&self.rest_line(&n))?;
+            self.rest = Rest::Sent(n);
+            self.stream.write_all(&bytes).await?;
+        }
+        self.take_names().await
+    }
+
+    /// [`BOOTSTRAP_REST`] and the [`names_report`], as one line of bash
+    /// for the stream in use.
+    fn rest_line(&self, n: &str) -> String {
+        format!(
+            "{}\n{}\n",
+            compact(BOOTSTRAP_REST),
+            names_report(n, !self.serving)
+        )
+    }
+
+    /// Reads the answer of [`BOOTSTRAP_REST`]'s line if it is due: the
+    /// names bash resolves itself, up to `<n> end`.
+    async fn take_names(&mut self) -> Result<(), ShellError> {
+        let Rest::Sent(n) = &self.rest else {
+            return Ok(());
+        };
+        let (head, end) = (format!("{n} names\n"), format!("\n{n} end\n"));
+        self.read_until(head.as_bytes()).await?;
+        let names = self.read_until(end.as_bytes()).await?;
         let names: HashSet<String> = String::from_utf8_lossy(&names)
             .split_whitespace()
             .map(str::to_string)
             .collect();
         self.shell_names =
             (!names.contains("#") && !names.contains("command_not_found_handle")).then_some(names);
-        self.key = key.to_string();
-        self.bootstrapped = true;
+        self.rest = Rest::Done;
         Ok(())
     }
 
     /// The bootstrap in one exchange, through the command port: bash reads
     /// a port in blocks (`read -N`), where it reads the console a byte at a
     /// time (about 30 µs each under TCG, 0.2 s for the functions). A short
-    /// line on the console finds the port, skips what an earlier boot left
-    /// there up to `<n>.`, and evaluates one record ([`record`]) with the
-    /// functions, `__vmt_init`, the report, and then the serve loop itself
-    /// (`__vmt_records`), still on the port it opened: the first command
-    /// needs no other round trip. `false` if the guest has no such port.
-    async fn bootstrap_on_port(
-        &mut self,
-        n: &str,
-        key: &str,
-        defs: &str,
-    ) -> Result<bool, ShellError> {
+    /// line on the console finds the ports, skips what an earlier boot left
+    /// on the command port up to `<n>.`, and evaluates one record
+    /// ([`record`]) with the functions the first command needs
+    /// ([`BOOTSTRAP`]), `__vmt_init`, the report, and then the serve loop
+    /// itself (`__vmt_records`), still on the port it opened: the first
+    /// command needs no other round trip. The rest ([`Rest`]) comes after
+    /// it. `false` if the guest has no such port.
+    async fn bootstrap_on_port(&mut self, n: &str, key: &str) -> Result<bool, ShellError> {
         let host_ctl = u8::from(self.ctl.is_some());
         let body = format!(
-            "{defs}\n__vmt_sync={n} __vmt_left=; set --\n{}\n\
+            "{}\n__vmt_sync={n} __vmt_left=; set --\n{}\n\
              if [[ {host_ctl} == 1 && -n $__vmt_listener && -n $__vmt_cmdport ]]; then \
              __vmt_records 2>/dev/null; else __vmt_sync=; printf '%s idle\\n' {n}; fi\n",
-            init_and_report(n, key, false)
+            compact(BOOTSTRAP),
+            init_and_report(n, key)
         );
         let mut bytes = format!("{n}.").into_bytes();
         bytes.extend(record('e', &body)?);
@@ -1087,17 +1164,21 @@ impl Shell {
             return Ok(false);
         };
         port.stream.write_all(&bytes).await?;
+        // It finds both ports (what `__vmt_ports` does), so `__vmt_init`
+        // need not look again.
         let line = format!(
-            "PS2= __vmt_b=; for __vmt_p in /sys/class/virtio-ports/*; do \
-             read -r __vmt_h 2>/dev/null <\"$__vmt_p/name\" && [[ $__vmt_h == {port} ]] && \
-             [[ -c /dev/${{__vmt_p##*/}} ]] && __vmt_b=/dev/${{__vmt_p##*/}} && break; done; \
-             if [[ -n $__vmt_b ]]; then {{ __vmt_h=; while [[ $__vmt_h != *{n} ]]; do \
+            "PS2= __vmt_cmdport= __vmt_ctlport=; for __vmt_p in /sys/class/virtio-ports/*; do \
+             read -r __vmt_h 2>/dev/null <\"$__vmt_p/name\"; case $__vmt_h in \
+             {cmd}) __vmt_cmdport=/dev/${{__vmt_p##*/}};; {ctl}) __vmt_ctlport=/dev/${{__vmt_p##*/}};; \
+             esac; done; [[ -c $__vmt_ctlport ]] || __vmt_ctlport=; \
+             if [[ -c $__vmt_cmdport ]]; then {{ __vmt_h=; while [[ $__vmt_h != *{n} ]]; do \
              read -r -d . __vmt_h || break; done; [[ $__vmt_h == *{n} ]] && \
              read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_h && eval \"${{__vmt_h#e}}\"; \
-             }} <>\"$__vmt_b\" >&0; __vmt_st=$?; fi; \
+             }} <>\"$__vmt_cmdport\" >&0; __vmt_st=$?; fi; \
              if declare -F __vmt_served >/dev/null; then __vmt_served $__vmt_st; \
              else printf '%s noport\\n' {n}; fi\n",
-            port = super::qemu::CMD_PORT
+            cmd = super::qemu::CMD_PORT,
+            ctl = super::qemu::CTL_PORT
         );
         self.stream.write_all(line.as_bytes()).await?;
         // `<n> ok …` on the port, or `<n> noport` on the console.
@@ -1126,7 +1207,7 @@ impl Shell {
         };
         // The rest comes on the port.
         self.switch();
-        self.take_report(n, key, before).await?;
+        self.take_report(key, before).await?;
         self.read_until(format!("{n} ").as_bytes()).await?;
         let state = self.read_until(b"\n").await?;
         if state == b"serving" {
@@ -1135,6 +1216,7 @@ impl Shell {
         } else {
             self.switch();
         }
+        self.rest = Rest::Unsent;
         Ok(true)
     }
 
@@ -1204,6 +1286,8 @@ impl Shell {
                 self.stream.write_all(word).await?;
                 self.send_line(&format!("printf '%s\\n' {n}-sync\n"))
                     .await?;
+                // The rest's answer (if it is due) comes before the sync.
+                self.take_names().await?;
                 self.read_until(format!("{n}-sync\n").as_bytes()).await?;
             }
             Some(Pending::Bus(n)) => {
@@ -1235,10 +1319,15 @@ impl Shell {
         if !self.bootstrapped {
             self.bootstrap().await?;
         }
+        self.take_names().await?;
         if !serve {
+            // Unit waits call the rest's functions on the console.
+            self.complete().await?;
             self.leave().await?;
         }
         if serve && !self.serving && self.guest_cmd && self.guest_ctl {
+            // `__vmt_serve` is one of the rest.
+            self.complete().await?;
             self.serve().await?;
         }
         Ok(())
@@ -1309,6 +1398,8 @@ impl Shell {
     /// once the guest closed the port (see `__vmt_serve`).
     async fn leave(&mut self) -> Result<(), ShellError> {
         if self.serving {
+            // `__vmt_serve` (to serve again) is one of the rest.
+            self.complete().await?;
             let n = nonce();
             let bytes = self.framed(&format!("__vmt_left={n}; break\n"))?;
             self.switch();
@@ -1345,6 +1436,13 @@ impl Shell {
             Request::Until { timeout, .. } => timeout.map(|t| t + UNTIL_GRACE),
         }
         .filter(|_| self.guest_ctl);
+        // The first plain command after the port bootstrap goes before the
+        // rest of the functions; anything else needs them first.
+        let plain =
+            self.serving && matches!(req, Request::Exec { command, .. } if command.is_ascii());
+        if !plain {
+            self.complete().await?;
+        }
         // The command as sent: in its exec form only where the host stops
         // commands (the guest's own watcher, without the port, needs the
         // subshell it forks).
@@ -1358,12 +1456,12 @@ impl Shell {
                 })
                 .unwrap_or_else(|| command.to_string())
         };
-        let sent_bytes = match req {
+        let mut sent_bytes = match req {
             // The serve loop runs a plain command itself, with no function
             // call and nothing to parse but the command.
             Request::Exec {
                 command, capture, ..
-            } if self.serving && command.is_ascii() => {
+            } if plain => {
                 let kind = if capture { 'r' } else { 'n' };
                 record(kind, &format!("{id} {}", sent(command)))?
             }
@@ -1396,6 +1494,11 @@ impl Shell {
                 ))?
             }
         };
+        if self.rest == Rest::Unsent {
+            let n = nonce();
+            sent_bytes.extend(record('e', &self.rest_line(&n))?);
+            self.rest = Rest::Sent(n);
+        }
         self.pending = Some(Pending::Command);
         self.stream.write_all(&sent_bytes).await?;
         let mut killed = false;
@@ -1766,15 +1869,12 @@ mod tests {
             .status()
             .unwrap()
             .success());
-        // The guest's ports are a FIFO here (the listener opens it `<>`).
-        let defs = format!(
-            "{}\n__vmt_ports() {{ __vmt_cmdport= __vmt_ctlport={}; }}",
-            compact(BOOTSTRAP),
-            ctl.display()
-        );
+        // The guest's ports are a FIFO here (the listener opens it `<>`),
+        // set as the port bootstrap's first line sets them.
         let input = format!(
-            "PS1=\n{}kill \"$__vmt_listener\"; exit\n",
-            console_bootstrap(&defs, "N", "K-")
+            "PS1=\n__vmt_cmdport= __vmt_ctlport={}\n{}kill \"$__vmt_listener\"; exit\n",
+            ctl.display(),
+            console_bootstrap("N", "K-")
         );
         let file = dir.join("input");
         std::fs::write(&file, input).unwrap();
@@ -1813,9 +1913,10 @@ mod tests {
 
     #[test]
     fn the_compact_bootstrap_is_ascii_bash_that_parses() {
-        let defs = compact(BOOTSTRAP);
+        let defs = format!("{}\n{}", compact(BOOTSTRAP), compact(BOOTSTRAP_REST));
         assert!(defs.is_ascii(), "a record carries ASCII only");
-        assert!(defs.len() < BOOTSTRAP.len() * 2 / 3, "{} bytes", defs.len());
+        let whole = BOOTSTRAP.len() + BOOTSTRAP_REST.len();
+        assert!(defs.len() < whole * 2 / 3, "{} bytes", defs.len());
         assert!(!defs.lines().any(|l| l.starts_with('#') || l.is_empty()));
         let out = std::process::Command::new("bash")
             .args(["-n", "-c", &defs])
