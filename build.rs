@@ -93,7 +93,7 @@ mod plugin {
         }
         let (major, minor, patch) = parse_version(&version)
             .unwrap_or_else(|| fail(format!("cannot read Nix version {version:?}")));
-        const TESTED: &[(u32, u32)] = &[(2, 8), (2, 35)];
+        const TESTED: &[(u32, u32)] = &[(2, 8), (2, 31), (2, 35)];
         if (major, minor) != (2, 8) && (major, minor) < (2, 28) {
             fail(format!(
                 "Nix {version} is not supported: the plugin builds against Nix 2.8 and 2.28 and later"
@@ -101,7 +101,7 @@ mod plugin {
         }
         if !TESTED.contains(&(major, minor)) {
             println!(
-                "cargo:warning=nix-vmtest's plugin is tested against Nix 2.8 and 2.35; \
+                "cargo:warning=nix-vmtest's plugin is tested against Nix 2.8, 2.31 and 2.35; \
                  Nix {version} is written for (cpp/nix-compat.hh) but not tested"
             );
         }

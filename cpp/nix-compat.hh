@@ -3,8 +3,8 @@
 // that did not move). `build.rs` defines NIX_VERSION_MAJOR/MINOR/PATCH from
 // the Nix that `pkg-config` finds.
 //
-// Built and tested: 2.8 (Debian 12's nix-bin) and 2.35 (built from source by
-// .ci/build-nix); compiled against 2.28.7's and 2.31.5's headers. Written for
+// Built and tested: 2.8 (Debian 12's nix-bin), 2.31 and 2.35 (built from
+// source by .ci/build-nix); compiled against 2.28.7's headers. Written for
 // 2.28-2.35 from where the API moved (see the README's support table):
 //   2.9   positions are `PosIdx` indices, symbols need the symbol table
 //   2.17  `RegisterPrimOp(PrimOp &&)`; errors through `state.error<...>()`

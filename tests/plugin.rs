@@ -255,6 +255,20 @@ fn eval_plugin_for_another_nix_is_refused_with_a_clear_error() {
         );
         return;
     };
+    // A `cargo build`/`cargo test` without `--features nix-plugin` leaves a
+    // `libnix_vmtest.so` that is no plugin (no check, no builtin): Nix
+    // loads it without a word, and this test would fail on exit status 0.
+    let bytes = std::fs::read(&other)
+        .unwrap_or_else(|e| panic!("NIX_VMTEST_OTHER_PLUGIN={}: {e}", other.to_string_lossy()));
+    assert!(
+        bytes
+            .windows(b" was built for Nix ".len())
+            .any(|w| w == b" was built for Nix "),
+        "NIX_VMTEST_OTHER_PLUGIN={} is not a nix-vmtest plugin (it has no version check: built \
+         without --features nix-plugin?); rebuild it with `cargo build --release --features \
+         nix-plugin`, or point NIX_VMTEST_OTHER_PLUGIN at a plugin built for another Nix",
+        other.to_string_lossy()
+    );
     let running = nix_version();
     let out = Command::new("nix-instantiate")
         .arg("--option")
