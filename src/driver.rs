@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::log::Log;
+use crate::log::{Level, Log};
 use crate::machine::qemu::{self, Accel, AccelChoice};
 use crate::machine::{Machine, MachineConfig};
 use crate::spec::{mac_address, MachineSpec, TestSpec};
@@ -168,10 +168,13 @@ impl Driver {
         let spec = opts.spec.clone().normalize()?;
         let base = temp_base();
         for dir in sweep_stale_state(&base) {
-            log.info(&format!(
-                "removed {}, left behind by a driver that was killed",
-                dir.display()
-            ));
+            log.at(
+                Level::Warning,
+                &format!(
+                    "removed {}, left behind by a driver that was killed",
+                    dir.display()
+                ),
+            );
         }
         let state_dir = private_temp_dir(&base, "nix-vmtest.")
             .and_then(|dir| claim(&dir).map(|()| dir))
@@ -180,10 +183,10 @@ impl Driver {
                 source,
             })?;
         let decision = qemu::choose_accel(opts.accel);
-        log.info(&format!(
-            "accelerator: {} ({})",
-            decision.accel, decision.reason
-        ));
+        log.at(
+            Level::Info,
+            &format!("accelerator: {} ({})", decision.accel, decision.reason),
+        );
         let mut driver = Driver {
             log,
             machines: Vec::new(),
@@ -196,13 +199,17 @@ impl Driver {
         };
         for &v in &spec.vlans {
             let socket = driver.state_dir.join(format!("vlan{v}.sock"));
-            let vlan = Vlan::start(v, socket)
+            // nixpkgs' driver names the vde_switch directory so too.
+            let vde_dir = driver.state_dir.join(format!("vde{v}.ctl"));
+            let vlan = Vlan::start_with_vde(v, socket, vde_dir)
                 .await
                 .map_err(|e| DriverError::Vlan {
                     vlan: v,
                     message: e.to_string(),
                 })?;
-            driver.log.info(&format!("vlan {v}: switch ready"));
+            driver
+                .log
+                .at(Level::Debug, &format!("vlan {v}: switch ready"));
             driver.vlans.insert(v, vlan);
         }
         std::fs::create_dir_all(&driver.opts.out_dir)?;
@@ -226,7 +233,6 @@ impl Driver {
         } else {
             self.state_dir.join(&spec.name)
         };
-        std::fs::create_dir_all(&machine_dir)?;
         let cfg = MachineConfig {
             node,
             state_dir: machine_dir,
@@ -236,6 +242,11 @@ impl Driver {
                 .iter()
                 .map(|(v, s)| (*v, s.socket_path().to_path_buf()))
                 .collect(),
+            vde_dirs: self
+                .vlans
+                .iter()
+                .filter_map(|(v, s)| Some((*v, s.vde_dir()?.to_path_buf())))
+                .collect(),
             network_params,
             accel: self.accel,
             qemu: qemu::find_qemu(),
@@ -243,9 +254,18 @@ impl Driver {
             start_command,
             spec,
         };
-        self.machines.push(Machine::new(cfg, self.log.clone()));
+        let machine = Machine::new(cfg, self.log.clone());
+        // As nixpkgs: the state and shared directories exist before the
+        // machine starts, for a script to put files in.
+        std::fs::create_dir_all(machine.shared_dir())?;
+        self.machines.push(machine);
         let last = self.machines.len() - 1;
         Ok(&mut self.machines[last])
+    }
+
+    /// The run's private state directory (removed with the driver).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     /// Adds a machine at run time (`create_machine`).
@@ -371,6 +391,14 @@ impl Driver {
         if let Some(s) = &script {
             cmd.env("NIX_VMTEST_SCRIPT", s);
         }
+        // As nixpkgs' driver, whose own environment has them: a script may
+        // start QEMU itself (e.g. `create_machine` with its own command).
+        for (v, vlan) in &self.vlans {
+            cmd.env(format!("QEMU_VLAN_SOCKET_{v}"), vlan.socket_path());
+            if let Some(dir) = vlan.vde_dir() {
+                cmd.env(format!("QEMU_VDE_SOCKET_{v}"), dir);
+            }
+        }
         if !self.opts.interactive {
             cmd.stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -404,11 +432,28 @@ impl Driver {
         let started = Instant::now();
         let timeout = self.opts.global_timeout;
         let interactive = self.opts.interactive;
+        // As nixpkgs: the global timeout runs against the script, not
+        // against a person at the REPL.
+        if !interactive {
+            self.log.at(
+                Level::Info,
+                &format!(
+                    "Test will time out and terminate in {} seconds",
+                    timeout.as_secs()
+                ),
+            );
+        }
+        let deadline = async {
+            if interactive {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(timeout).await;
+        };
         let outcome = {
             let serve = crate::script::serve(self, stream);
             tokio::select! {
                 r = serve => Ok(r),
-                _ = tokio::time::sleep(timeout) => Err(format!("global timeout of {} seconds reached: ending the test", timeout.as_secs())),
+                _ = deadline => Err(format!("global timeout of {} seconds reached: ending the test", timeout.as_secs())),
                 s = stop_signal(interactive) => Err(format!("received {s}: stopping every machine")),
             }
         };
@@ -436,10 +481,10 @@ impl Driver {
         // As nixpkgs: only a script that ran to its end "finished", and
         // before the machines are stopped.
         if code == 0 {
-            self.log.info(&format!(
-                "test script finished in {:.2}s",
-                elapsed.as_secs_f64()
-            ));
+            self.log.at(
+                Level::Info,
+                &format!("test script finished in {:.2}s", elapsed.as_secs_f64()),
+            );
         }
         self.shutdown_all().await;
         if let Some(junit) = &self.opts.junit_xml {
@@ -513,7 +558,7 @@ impl Driver {
     pub async fn shutdown_all(&mut self) {
         for m in &mut self.machines {
             if m.is_running() {
-                self.log.machine(&m.name, "killing QEMU");
+                self.log.machine_at(Level::Info, &m.name, "killing QEMU");
             }
             m.release_logged().await;
         }

@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for how the parts fit together.
 
+pub mod config;
 pub mod driver;
 pub mod log;
 pub mod machine;

@@ -1,14 +1,34 @@
 //! The test log: plain lines on stderr in the nixpkgs driver's shape
 //! (`<machine>: message`, `<machine> # console line`, nested blocks closed by
 //! `(finished: <msg>, in X.XX seconds)`), what the script prints on stdout,
-//! an optional copy of both in a file, and the subtests collected for the
-//! JUnit XML.
+//! an optional copy of both in a file, nixpkgs' XML log (`$LOGFILE`), and
+//! the subtests collected for the JUnit XML.
+//!
+//! Lines have nixpkgs' levels: most lines (a machine's messages, nested
+//! blocks, the failure report) are written whatever the level, as nixpkgs'
+//! `logger.log` does; [`Log::at`] writes a line only at or above the level
+//! `--log-level` set ([`Log::set_level`]), as nixpkgs' `logger.info`,
+//! `debug`, `warning` and `error` do.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// How much the driver says, as nixpkgs' `--log-level` (`LogLevel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, clap::ValueEnum)]
+pub enum Level {
+    /// Also the driver's machinery (VLAN switches).
+    Debug,
+    /// The default: also the run's progress (accelerator, timings, kills).
+    #[default]
+    Info,
+    /// Only what needs attention.
+    Warning,
+    /// Only errors (and the lines every level has).
+    Error,
+}
 
 /// One subtest's result, for the JUnit XML.
 #[derive(Debug, Clone)]
@@ -20,6 +40,9 @@ pub struct TestCase {
 
 struct Inner {
     file: Option<File>,
+    /// nixpkgs' XML log (`$LOGFILE`), when asked for.
+    xml: Option<XmlLog>,
+    level: Level,
     /// Open nested blocks: message, start time, whether it is a subtest.
     stack: Vec<(String, Instant, bool)>,
     cases: Vec<TestCase>,
@@ -45,6 +68,8 @@ impl Log {
         Log {
             inner: Arc::new(Mutex::new(Inner {
                 file: None,
+                xml: None,
+                level: Level::Info,
                 stack: Vec::new(),
                 cases: Vec::new(),
                 serial_stdout: true,
@@ -72,6 +97,31 @@ impl Log {
         Ok(())
     }
 
+    /// Also writes the log as nixpkgs' `XMLLogger` does (`<logfile>` of
+    /// `<line>`s and `<nest>`s), to `path`: what `$LOGFILE` asks for.
+    /// `/dev/null` (what nixpkgs' `run.nix` sets) writes nothing.
+    pub fn xml_to(&self, path: &Path) -> std::io::Result<()> {
+        let xml = XmlLog::create(path)?;
+        self.lock().xml = Some(xml);
+        Ok(())
+    }
+
+    /// Ends the XML log (closes its open blocks and `<logfile>`); later
+    /// lines no longer go there. Done on drop too.
+    pub fn finish(&self) {
+        self.lock().xml = None;
+    }
+
+    /// Sets the level below which [`Log::at`] writes nothing.
+    pub fn set_level(&self, level: Level) {
+        self.lock().level = level;
+    }
+
+    /// The level set by [`Log::set_level`].
+    pub fn level(&self) -> Level {
+        self.lock().level
+    }
+
     fn write_line(inner: &mut Inner, line: &str, to_terminal: bool) {
         let indent = "  ".repeat(inner.stack.len());
         if to_terminal && !inner.quiet {
@@ -83,11 +133,30 @@ impl Log {
         }
     }
 
-    /// A line of the driver's own.
+    /// A line of the driver's own, written at every level (nixpkgs'
+    /// `logger.log`).
     pub fn info(&self, msg: &str) {
         let mut inner = self.lock();
         for line in msg.lines() {
             Self::write_line(&mut inner, line, true);
+            if let Some(x) = inner.xml.as_mut() {
+                x.line(line, None, false);
+            }
+        }
+    }
+
+    /// A line written only when `level` is at or above the level set
+    /// (nixpkgs' `logger.debug`, `info`, `warning`, `error`).
+    pub fn at(&self, level: Level, msg: &str) {
+        if level >= self.level() {
+            self.info(msg);
+        }
+    }
+
+    /// `<machine>: msg`, only when `level` is at or above the level set.
+    pub fn machine_at(&self, level: Level, machine: &str, msg: &str) {
+        if level >= self.level() {
+            self.machine(machine, msg);
         }
     }
 
@@ -108,7 +177,15 @@ impl Log {
 
     /// `<machine>: msg`.
     pub fn machine(&self, machine: &str, msg: &str) {
-        self.info(&format!("{machine}: {msg}"));
+        let mut inner = self.lock();
+        for line in format!("{machine}: {msg}").lines() {
+            Self::write_line(&mut inner, line, true);
+        }
+        if let Some(x) = inner.xml.as_mut() {
+            for line in msg.lines() {
+                x.line(line, Some(machine), false);
+            }
+        }
     }
 
     /// `<machine> # line`, a line of a machine's serial console.
@@ -116,6 +193,11 @@ impl Log {
         let mut inner = self.lock();
         let show = inner.serial_stdout;
         Self::write_line(&mut inner, &format!("{machine} # {line}"), show);
+        if show {
+            if let Some(x) = inner.xml.as_mut() {
+                x.line(line, Some(machine), true);
+            }
+        }
     }
 
     /// Whether console lines reach the terminal (`serial_stdout_on/off`).
@@ -136,6 +218,9 @@ impl Log {
     fn open(&self, msg: &str, subtest: bool) {
         let mut inner = self.lock();
         Self::write_line(&mut inner, msg, true);
+        if let Some(x) = inner.xml.as_mut() {
+            x.open(msg);
+        }
         inner.stack.push((msg.to_string(), Instant::now(), subtest));
     }
 
@@ -148,6 +233,10 @@ impl Log {
         let elapsed = start.elapsed();
         let line = format!("(finished: {msg}, in {:.2} seconds)", elapsed.as_secs_f64());
         Self::write_line(&mut inner, &line, true);
+        if let Some(x) = inner.xml.as_mut() {
+            x.line(&line, None, false);
+            x.close();
+        }
         if subtest {
             inner.cases.push(TestCase {
                 name: msg.trim_start_matches("subtest: ").to_string(),
@@ -216,6 +305,69 @@ impl Log {
     }
 }
 
+/// nixpkgs' XML log: `<logfile>` holding `<line>`s (attribute `machine`
+/// for a machine's lines, plus `type="serial"` for its console) and, per
+/// nested block, `<nest><head>message</head>…</nest>`.
+struct XmlLog {
+    /// `None` for `/dev/null`: nothing to write.
+    file: Option<std::io::BufWriter<File>>,
+    open: usize,
+}
+
+impl XmlLog {
+    fn create(path: &Path) -> std::io::Result<XmlLog> {
+        let file = if path == Path::new("/dev/null") {
+            None
+        } else {
+            Some(std::io::BufWriter::new(File::create(path)?))
+        };
+        let mut x = XmlLog { file, open: 0 };
+        x.write("<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<logfile>");
+        Ok(x)
+    }
+
+    fn write(&mut self, text: &str) {
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.write_all(text.as_bytes());
+        }
+    }
+
+    fn line(&mut self, msg: &str, machine: Option<&str>, serial: bool) {
+        let mut attrs = String::new();
+        if let Some(m) = machine {
+            attrs.push_str(&format!(" machine=\"{}\"", xml_escape(m)));
+        }
+        if serial {
+            attrs.push_str(" type=\"serial\"");
+        }
+        self.write(&format!("<line{attrs}>{}</line>", xml_escape(msg)));
+    }
+
+    fn open(&mut self, msg: &str) {
+        self.open += 1;
+        self.write(&format!("<nest><head>{}</head>", xml_escape(msg)));
+    }
+
+    fn close(&mut self) {
+        if self.open > 0 {
+            self.open -= 1;
+            self.write("</nest>");
+        }
+    }
+}
+
+impl Drop for XmlLog {
+    fn drop(&mut self) {
+        while self.open > 0 {
+            self.close();
+        }
+        self.write("</logfile>\n");
+        if let Some(f) = self.file.as_mut() {
+            let _ = f.flush();
+        }
+    }
+}
+
 fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -251,6 +403,55 @@ mod tests {
         assert_eq!(lines.next(), Some("block"));
         assert_eq!(lines.next(), Some("printed, not indented"));
         assert_eq!(lines.next(), Some("  logged"));
+    }
+
+    #[test]
+    fn levels_filter_only_the_leveled_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = Log::quiet();
+        log.tee_to(&path).unwrap();
+        log.set_level(Level::Warning);
+        log.at(Level::Debug, "debug line");
+        log.at(Level::Info, "info line");
+        log.machine_at(Level::Info, "m", "info machine line");
+        log.at(Level::Warning, "warning line");
+        log.at(Level::Error, "error line");
+        log.info("always");
+        log.machine("m", "always too");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text, "warning line\nerror line\nalways\nm: always too\n",
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_xml_log_has_nixpkgs_shape() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.xml");
+        let log = Log::quiet();
+        log.xml_to(&path).unwrap();
+        log.begin("start <all>");
+        log.machine("server", "starting vm");
+        log.console("server", "boot \x1b[1mok");
+        log.begin("never closed");
+        log.finish();
+        log.info("after the end");
+        let xml = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            xml,
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<logfile>\
+             <nest><head>start &lt;all&gt;</head>\
+             <line machine=\"server\">starting vm</line>\
+             <line machine=\"server\" type=\"serial\">boot [1mok</line>\
+             <nest><head>never closed</head></nest></nest></logfile>\n"
+        );
+        // `/dev/null`, as nixpkgs' run.nix sets it: nothing to write.
+        let log = Log::quiet();
+        log.xml_to(Path::new("/dev/null")).unwrap();
+        log.info("x");
+        log.finish();
     }
 
     #[test]

@@ -2,11 +2,19 @@
 //! place where network faults are injected (link down, partition, loss,
 //! delay).
 //!
-//! A guest joins with
-//! `-netdev stream,id=vlan<v>,server=off,addr.type=unix,addr.path=<socket>`;
-//! every connection to the socket is one switch port. QEMU's stream netdev
-//! (like its `-netdev socket` backend) sends each Ethernet frame as a 4-byte
-//! big-endian length followed by the frame, and expects the same back.
+//! A guest joins in one of two ways, and both kinds of port are ports of
+//! the same switch:
+//!
+//! - `-netdev stream,id=vlan<v>,server=off,addr.type=unix,addr.path=<socket>`
+//!   (what the driver gives image nodes; `QEMU_VLAN_SOCKET_<v>`): every
+//!   connection to the socket is one switch port. QEMU's stream netdev (like
+//!   its `-netdev socket` backend) sends each Ethernet frame as a 4-byte
+//!   big-endian length followed by the frame, and expects the same back;
+//! - `-netdev vde,id=vlan<i>,sock=<dir>` (what NixOS start scripts pass,
+//!   with `QEMU_VDE_SOCKET_<v>`), when the switch was started with
+//!   [`Vlan::start_with_vde`]: the switch serves vde_switch's protocol on
+//!   `<dir>/ctl`, and each frame is one datagram on the port's own datagram
+//!   socket ([`vde`] has the protocol). No vde2 program is involved.
 //!
 //! The switch learns which port owns a MAC from the source address of the
 //! frames it sees, sends unicast frames to the learned port, and floods
@@ -57,9 +65,11 @@
 //! Each port has a reader task (buffered, one frame at a time) that forwards
 //! by queueing the frame on the destination ports' bounded queues, and a
 //! writer task that drains its queue and writes all queued frames with one
-//! `write_all`. A full queue drops the frame, as a real switch does, instead
-//! of slowing every other port down. The MAC table and fault state sit behind
-//! one `std::sync::Mutex` that is never held across an `.await`.
+//! `write_all` (a VDE port: one `send` per frame, as datagrams cannot be
+//! batched; its reader also watches its control connection). A full queue
+//! drops the frame, as a real switch does, instead of slowing every other
+//! port down. The MAC table and fault state sit behind one
+//! `std::sync::Mutex` that is never held across an `.await`.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -72,16 +82,19 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::{UnixDatagram, UnixListener, UnixStream};
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
+
+pub mod vde;
 
 /// An Ethernet MAC address.
 pub type Mac = [u8; 6];
 
 /// The largest frame length a port may announce; a larger one (or 0) closes
-/// the port, since its peer is not speaking QEMU's stream framing.
+/// a stream port, since its peer is not speaking QEMU's stream framing. A
+/// larger datagram on a VDE port is dropped (counted as malformed).
 pub const MAX_FRAME_LEN: usize = 65536;
 
 /// The longest unix socket path, in bytes: `sun_path` holds 108 bytes
@@ -144,6 +157,18 @@ pub enum VlanError {
         path: PathBuf,
         source: io::Error,
     },
+    /// The VDE directory's path leaves no room for the socket names in it.
+    #[error(
+        "VLAN {vlan}: the VDE switch directory {path} is {len} bytes long, but the sockets \
+         in it need it to be at most {max} bytes (unix socket paths are limited to \
+         {MAX_SOCKET_PATH_LEN} bytes): use a shorter state directory (e.g. a shorter TMPDIR)"
+    )]
+    VdeDirTooLong {
+        vlan: u32,
+        path: PathBuf,
+        len: usize,
+        max: usize,
+    },
     /// A MAC in a VLAN action is not written `52:54:00:12:01:02`.
     #[error("{0:?} is not a MAC address: write it as six hex bytes, e.g. 52:54:00:12:01:02")]
     BadMac(String),
@@ -160,6 +185,8 @@ pub enum VlanError {
 pub struct VlanStats {
     /// Ports connected now.
     pub ports: usize,
+    /// Of these, the ports that joined through VDE (`QEMU_VDE_SOCKET_<v>`).
+    pub vde_ports: usize,
     /// Frames the ports sent to the switch.
     pub frames_received: u64,
     /// Bytes of those frames (without the length prefix).
@@ -185,7 +212,8 @@ pub struct DroppedFrames {
     /// The receiving port's queue was full (its guest does not keep up), or
     /// the port was closing.
     pub queue_full: u64,
-    /// Shorter than an Ethernet header.
+    /// Shorter than an Ethernet header (or, on a VDE port, a datagram longer
+    /// than [`MAX_FRAME_LEN`]).
     pub malformed: u64,
 }
 
@@ -233,14 +261,36 @@ pub fn parse_mac(text: &str) -> Result<Mac, VlanError> {
     Ok(mac)
 }
 
-/// One VLAN's switch: a listening unix socket, a task per connected port,
-/// the MAC table and the faults. Dropping it stops every task and removes
-/// the socket file.
+/// One VLAN's switch: a listening unix socket (and a VDE directory, if
+/// asked for), tasks per connected port, the MAC table and the faults.
+/// Dropping it stops every task and removes the sockets it made.
 pub struct Vlan {
     number: u32,
     socket_path: PathBuf,
     shared: Arc<Shared>,
     accept_task: JoinHandle<()>,
+    vde: Option<VdeServer>,
+}
+
+/// The VDE directory a switch serves.
+struct VdeServer {
+    dir: PathBuf,
+    /// The switch made the directory (so it removes it again).
+    made_dir: bool,
+    accept_task: JoinHandle<()>,
+}
+
+/// How a port's peer is connected.
+enum Wire {
+    /// QEMU's `-netdev stream`: length-prefixed frames on one stream.
+    Stream(UnixStream),
+    /// A VDE client: its control connection, and the port's datagram
+    /// socket (a file the switch made, connected to the client's).
+    Vde {
+        ctl: UnixStream,
+        data: UnixDatagram,
+        socket_file: PathBuf,
+    },
 }
 
 type PortId = u64;
@@ -304,6 +354,8 @@ struct Port {
     link: Link,
     reader: AbortHandle,
     writer: AbortHandle,
+    /// A VDE port's datagram socket, removed with the port.
+    socket_file: Option<PathBuf>,
 }
 
 /// A frame waiting in a port's queue.
@@ -471,28 +523,48 @@ impl Shared {
     }
 
     /// Starts the tasks of a new port.
-    fn add_port(self: &Arc<Self>, stream: UnixStream) {
-        let (read, write) = stream.into_split();
+    fn add_port(self: &Arc<Self>, wire: Wire) {
         // Spawning under the lock keeps the tasks from running before the
         // port is in the table (they take the lock first thing they forward
         // or leave), and from being added after the `Vlan` was dropped.
         let mut state = self.lock();
         if state.closed {
+            if let Wire::Vde { socket_file, .. } = &wire {
+                let _ = std::fs::remove_file(socket_file);
+            }
             return;
         }
         let id = state.next_port;
         state.next_port += 1;
         let (queue, queued) = mpsc::channel(PORT_QUEUE_FRAMES);
-        let reader = tokio::spawn(read_port(Arc::clone(self), id, read)).abort_handle();
-        let writer = tokio::spawn(write_port(Arc::clone(self), id, queued, write)).abort_handle();
+        let (reader, writer, socket_file) = match wire {
+            Wire::Stream(stream) => {
+                let (read, write) = stream.into_split();
+                let reader = tokio::spawn(read_port(Arc::clone(self), id, read));
+                let writer = tokio::spawn(write_port(Arc::clone(self), id, queued, write));
+                (reader, writer, None)
+            }
+            Wire::Vde {
+                ctl,
+                data,
+                socket_file,
+            } => {
+                let data = Arc::new(data);
+                let reader =
+                    tokio::spawn(read_vde_port(Arc::clone(self), id, ctl, Arc::clone(&data)));
+                let writer = tokio::spawn(write_vde_port(Arc::clone(self), id, queued, data));
+                (reader, writer, Some(socket_file))
+            }
+        };
         state.ports.insert(
             id,
             Port {
                 queue,
                 macs: Vec::new(),
                 link: Link::default(),
-                reader,
-                writer,
+                reader: reader.abort_handle(),
+                writer: writer.abort_handle(),
+                socket_file,
             },
         );
     }
@@ -505,8 +577,18 @@ impl Shared {
             for mac in &port.macs {
                 state.macs.remove(mac);
             }
-            port.reader.abort();
-            port.writer.abort();
+            port.close();
+        }
+    }
+}
+
+impl Port {
+    /// Stops the port's tasks and removes its socket file (VDE).
+    fn close(self) {
+        self.reader.abort();
+        self.writer.abort();
+        if let Some(file) = &self.socket_file {
+            let _ = std::fs::remove_file(file);
         }
     }
 }
@@ -515,7 +597,7 @@ impl Shared {
 async fn accept_ports(shared: Arc<Shared>, listener: UnixListener) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => shared.add_port(stream),
+            Ok((stream, _)) => shared.add_port(Wire::Stream(stream)),
             Err(e) => {
                 // E.g. out of file descriptors: try again shortly rather
                 // than spinning.
@@ -638,6 +720,83 @@ async fn write_port(
     }
 }
 
+/// Reads a VDE port's datagrams and forwards them, until the client closes
+/// its control connection.
+async fn read_vde_port(
+    shared: Arc<Shared>,
+    id: PortId,
+    mut ctl: UnixStream,
+    data: Arc<UnixDatagram>,
+) {
+    // One byte more than the largest frame tells an oversized datagram
+    // (the kernel cuts a datagram to the buffer) from the largest.
+    let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
+    let mut ignored = [0u8; 256];
+    let c = &shared.counters;
+    let reason = loop {
+        tokio::select! {
+            read = ctl.read(&mut ignored) => match read {
+                Ok(0) => break None,
+                // Nothing is defined after the request: ignore it.
+                Ok(_) => {}
+                Err(e) => break Some(format!("its control connection failed: {e}")),
+            },
+            received = data.recv(&mut buf) => match received {
+                Ok(len) => {
+                    Counters::add(&c.frames_received, 1);
+                    Counters::add(&c.bytes_received, len as u64);
+                    if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
+                        Counters::add(&c.malformed, 1);
+                        continue;
+                    }
+                    shared.forward(id, buf[..len].to_vec());
+                }
+                Err(e) => break Some(format!("receiving failed: {e}")),
+            },
+        }
+    };
+    if let Some(reason) = reason {
+        eprintln!("vlan{}: closing VDE port {id}: {reason}", shared.number);
+    }
+    shared.remove_port(id);
+}
+
+/// Sends a VDE port's queued frames, one datagram each, waiting for
+/// delayed frames to be due. A client whose socket is full makes the send
+/// wait, so its queue fills and the switch drops frames for it, as for a
+/// stream port.
+async fn write_vde_port(
+    shared: Arc<Shared>,
+    id: PortId,
+    mut queued: mpsc::Receiver<Queued>,
+    data: Arc<UnixDatagram>,
+) {
+    let c = &shared.counters;
+    while let Some(item) = queued.recv().await {
+        if let Some(at) = item.deliver_at {
+            tokio::time::sleep_until(at).await;
+        }
+        match data.send(&item.frame).await {
+            Ok(_) => {
+                Counters::add(&c.frames_forwarded, 1);
+                Counters::add(&c.bytes_forwarded, item.frame.len() as u64);
+            }
+            Err(e) => {
+                // Refused: the client's socket is gone (QEMU exited); its
+                // control connection is ending too.
+                if e.kind() != io::ErrorKind::ConnectionRefused {
+                    eprintln!(
+                        "vlan{}: closing VDE port {id}: sending failed: {e}",
+                        shared.number
+                    );
+                }
+                shared.remove_port(id);
+                return;
+            }
+        }
+    }
+}
+
 impl Vlan {
     /// Starts VLAN `number`'s switch listening on `socket_path` (creating
     /// its directory, mode 0700, if needed; the socket gets mode 0600). A
@@ -691,7 +850,94 @@ impl Vlan {
             socket_path,
             shared,
             accept_task,
+            vde: None,
         })
+    }
+
+    /// Like [`Vlan::start`], and serves VDE clients too (QEMU's
+    /// `-netdev vde,sock=<vde_dir>`) on the control socket `<vde_dir>/ctl`,
+    /// making `vde_dir` (mode 0700) if needed; the ports' sockets go there
+    /// too. A stale `ctl` left by a dead switch is replaced; a live one is
+    /// refused.
+    pub async fn start_with_vde(
+        number: u32,
+        socket_path: PathBuf,
+        vde_dir: PathBuf,
+    ) -> Result<Vlan, VlanError> {
+        let len = vde_dir.as_os_str().len();
+        let max = MAX_SOCKET_PATH_LEN - vde::DIR_NAME_ROOM;
+        if len > max {
+            return Err(VlanError::VdeDirTooLong {
+                vlan: number,
+                path: vde_dir,
+                len,
+                max,
+            });
+        }
+        let mut vlan = Vlan::start(number, socket_path).await?;
+        let made_dir = match std::fs::symlink_metadata(&vde_dir) {
+            Ok(meta) if meta.is_dir() => false,
+            Ok(_) => {
+                return Err(VlanError::InUse {
+                    vlan: number,
+                    path: vde_dir,
+                })
+            }
+            Err(_) => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&vde_dir)
+                    .map_err(|source| VlanError::CreateDir {
+                        vlan: number,
+                        path: vde_dir.clone(),
+                        source,
+                    })?;
+                true
+            }
+        };
+        let ctl = vde_dir.join("ctl");
+        let listener = remove_stale_socket(number, &ctl)
+            .and_then(|()| {
+                UnixListener::bind(&ctl).map_err(|source| VlanError::Bind {
+                    vlan: number,
+                    path: ctl.clone(),
+                    source,
+                })
+            })
+            .and_then(|listener| {
+                let private = std::fs::Permissions::from_mode(0o600);
+                std::fs::set_permissions(&ctl, private)
+                    .map(|()| listener)
+                    .map_err(|source| {
+                        let _ = std::fs::remove_file(&ctl);
+                        VlanError::Permissions {
+                            vlan: number,
+                            path: ctl.clone(),
+                            source,
+                        }
+                    })
+            });
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                if made_dir {
+                    let _ = std::fs::remove_dir(&vde_dir);
+                }
+                return Err(e);
+            }
+        };
+        let accept_task = tokio::spawn(vde::accept_clients(
+            Arc::clone(&vlan.shared),
+            listener,
+            vde_dir.clone(),
+        ));
+        vlan.vde = Some(VdeServer {
+            dir: vde_dir,
+            made_dir,
+            accept_task,
+        });
+        Ok(vlan)
     }
 
     /// The VLAN's number (the `<v>` of `192.168.<v>.<n>`).
@@ -702,6 +948,12 @@ impl Vlan {
     /// The unix socket QEMU connects to.
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// The VDE switch directory (`QEMU_VDE_SOCKET_<v>`), if the switch
+    /// serves VDE ([`Vlan::start_with_vde`]).
+    pub fn vde_dir(&self) -> Option<&Path> {
+        self.vde.as_ref().map(|v| v.dir.as_path())
     }
 
     /// Takes the link of the port that owns `mac` down (`up == false`) or
@@ -777,8 +1029,14 @@ impl Vlan {
     /// Counters since the switch started, and the ports connected now.
     pub fn stats(&self) -> VlanStats {
         let c = &self.shared.counters;
+        let (ports, vde_ports) = {
+            let state = self.shared.lock();
+            let vde = state.ports.values().filter(|p| p.socket_file.is_some());
+            (state.ports.len(), vde.count())
+        };
         VlanStats {
-            ports: self.ports(),
+            ports,
+            vde_ports,
             frames_received: Counters::get(&c.frames_received),
             bytes_received: Counters::get(&c.bytes_received),
             frames_forwarded: Counters::get(&c.frames_forwarded),
@@ -834,14 +1092,33 @@ impl Vlan {
 impl Drop for Vlan {
     fn drop(&mut self) {
         self.accept_task.abort();
+        if let Some(vde) = &self.vde {
+            vde.accept_task.abort();
+        }
         let mut state = self.shared.lock();
         state.closed = true;
         for (_, port) in state.ports.drain() {
-            port.reader.abort();
-            port.writer.abort();
+            port.close();
         }
         state.macs.clear();
         drop(state);
+        if let Some(vde) = &self.vde {
+            let ctl = vde.dir.join("ctl");
+            if let Err(e) = std::fs::remove_file(&ctl) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    eprintln!(
+                        "vlan{}: cannot remove the VDE control socket {}: {e}",
+                        self.number,
+                        ctl.display()
+                    );
+                }
+            }
+            // Only when empty: a client that died in its handshake may have
+            // left its socket there (the driver removes its state dir).
+            if vde.made_dir {
+                let _ = std::fs::remove_dir(&vde.dir);
+            }
+        }
         if let Err(e) = std::fs::remove_file(&self.socket_path) {
             if e.kind() != io::ErrorKind::NotFound {
                 eprintln!(
@@ -882,6 +1159,7 @@ fn remove_stale_socket(vlan: u32, path: &Path) -> Result<(), VlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     const WAIT: Duration = Duration::from_secs(5);
     const QUIET: Duration = Duration::from_millis(150);
@@ -904,10 +1182,24 @@ mod tests {
     /// A stand-in for QEMU's `-netdev stream` client: sends length-prefixed
     /// frames; a background task collects what the switch sends back (the
     /// channel closes when the switch closes the connection).
+    ///
+    /// [`FakeQemu::connect_vde`] makes a stand-in for QEMU's `-netdev vde`
+    /// instead: it joins through the VDE directory as libvdeplug does, and
+    /// sends and receives frames as datagrams; the channel closes when the
+    /// switch closes the control connection. Dropping it closes its side of
+    /// the control connection, as QEMU exiting does.
     struct FakeQemu {
-        write: OwnedWriteHalf,
+        wire: FakeWire,
         frames: mpsc::UnboundedReceiver<Vec<u8>>,
         mac: Mac,
+    }
+
+    enum FakeWire {
+        Stream(OwnedWriteHalf),
+        Vde {
+            data: Arc<UnixDatagram>,
+            _ctl: OwnedWriteHalf,
+        },
     }
 
     impl FakeQemu {
@@ -930,15 +1222,66 @@ mod tests {
                 }
             });
             wait_for(|| vlan.ports() > before).await;
-            FakeQemu { write, frames, mac }
+            FakeQemu {
+                wire: FakeWire::Stream(write),
+                frames,
+                mac,
+            }
         }
 
+        async fn connect_vde(vlan: &Vlan, mac: Mac) -> FakeQemu {
+            let before = vlan.ports();
+            let (ctl, data) = vde_handshake(vlan).await;
+            let data = Arc::new(data);
+            let (mut ctl_read, ctl_write) = ctl.into_split();
+            let (tx, frames) = mpsc::unbounded_channel();
+            let recv = Arc::clone(&data);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; MAX_FRAME_LEN];
+                let mut ctl_buf = [0u8; 16];
+                loop {
+                    tokio::select! {
+                        read = ctl_read.read(&mut ctl_buf) => {
+                            if !matches!(read, Ok(n) if n > 0) {
+                                return;
+                            }
+                        }
+                        got = recv.recv(&mut buf) => {
+                            let Ok(n) = got else { return };
+                            if tx.send(buf[..n].to_vec()).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            wait_for(|| vlan.ports() > before).await;
+            FakeQemu {
+                wire: FakeWire::Vde {
+                    data,
+                    _ctl: ctl_write,
+                },
+                frames,
+                mac,
+            }
+        }
+
+        /// Bytes as they are: on a stream port, into the stream; on a VDE
+        /// port, as one datagram.
         async fn send_raw(&mut self, bytes: &[u8]) {
-            self.write.write_all(bytes).await.unwrap();
+            match &mut self.wire {
+                FakeWire::Stream(write) => write.write_all(bytes).await.unwrap(),
+                FakeWire::Vde { data, .. } => {
+                    data.send(bytes).await.unwrap();
+                }
+            }
         }
 
         async fn send_to(&mut self, dst: Mac, payload: &[u8]) {
             let f = frame(dst, self.mac, payload);
+            if matches!(self.wire, FakeWire::Vde { .. }) {
+                return self.send_raw(&f).await;
+            }
             let mut bytes = (f.len() as u32).to_be_bytes().to_vec();
             bytes.extend_from_slice(&f);
             self.send_raw(&bytes).await;
@@ -972,6 +1315,33 @@ mod tests {
         }
     }
 
+    /// Joins `vlan` through its VDE directory as libvdeplug does: a
+    /// datagram socket in the directory, the request on `ctl`, the answer,
+    /// and the datagram socket connected to the port's.
+    async fn vde_handshake(vlan: &Vlan) -> (UnixStream, UnixDatagram) {
+        let dir = vlan.vde_dir().expect("the switch serves VDE");
+        let client = dir.join(format!(".{}-{:05}", std::process::id(), fastrand::u32(..)));
+        let data = UnixDatagram::bind(&client).unwrap();
+        let mut ctl = UnixStream::connect(dir.join("ctl")).await.unwrap();
+        ctl.write_all(&vde::encode_request(&client, "fake QEMU"))
+            .await
+            .unwrap();
+        let mut answer = [0u8; vde::SOCKADDR_UN_LEN];
+        ctl.read_exact(&mut answer).await.unwrap();
+        assert_eq!(answer[..2], 1u16.to_ne_bytes(), "AF_UNIX");
+        let path = &answer[2..];
+        let path = &path[..path.iter().position(|b| *b == 0).unwrap()];
+        let port = PathBuf::from(std::ffi::OsStr::from_bytes(path));
+        assert_eq!(
+            port.parent(),
+            Some(dir),
+            "the port socket is in the directory"
+        );
+        data.connect(&port).unwrap();
+        std::fs::remove_file(&client).unwrap();
+        (ctl, data)
+    }
+
     async fn wait_for(mut cond: impl FnMut() -> bool) {
         let deadline = Instant::now() + WAIT;
         while !cond() {
@@ -984,6 +1354,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let vlan = Vlan::start(1, dir.path().join("vlan1.sock")).await.unwrap();
         (dir, vlan)
+    }
+
+    /// A switch that serves VDE too, on `<tmp>/vde1.ctl`.
+    async fn start_vde() -> (tempfile::TempDir, Vlan) {
+        let dir = tempfile::tempdir().unwrap();
+        let vlan = Vlan::start_with_vde(
+            1,
+            dir.path().join("vlan1.sock"),
+            dir.path().join("vde1.ctl"),
+        )
+        .await
+        .unwrap();
+        (dir, vlan)
+    }
+
+    /// Ports for `kinds` (`'s'` stream, `'v'` VDE) with MACs 1, 2, ...,
+    /// learned by the switch as [`learned`] does.
+    async fn learned_mixed(vlan: &Vlan, kinds: &str) -> Vec<FakeQemu> {
+        let mut ports = Vec::new();
+        for (i, kind) in kinds.chars().enumerate() {
+            let m = mac(i as u8 + 1);
+            ports.push(match kind {
+                'v' => FakeQemu::connect_vde(vlan, m).await,
+                _ => FakeQemu::connect(vlan, m).await,
+            });
+        }
+        for i in 0..ports.len() {
+            ports[i].send_to(BROADCAST, b"hello").await;
+            for (j, p) in ports.iter_mut().enumerate() {
+                if j != i {
+                    assert_eq!(p.recv_payload().await, b"hello");
+                }
+            }
+        }
+        ports
     }
 
     /// Connects ports for `macs` and makes the switch learn each of them
@@ -1330,6 +1735,212 @@ mod tests {
         let err = Vlan::start(5, long).await.err().unwrap();
         assert!(matches!(err, VlanError::PathTooLong { .. }), "{err}");
         assert!(err.to_string().contains("shorter"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vde_and_stream_ports_switch_together() {
+        let (_dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "svv").await;
+        let s = vlan.stats();
+        assert_eq!((s.ports, s.vde_ports), (3, 2));
+        for (from, to) in [(0, 1), (1, 0), (1, 2), (2, 0)] {
+            p[from].send_to(mac(to as u8 + 1), b"unicast").await;
+            let f = p[to].recv().await;
+            assert_eq!(f, frame(mac(to as u8 + 1), mac(from as u8 + 1), b"unicast"));
+        }
+        for q in &mut p {
+            q.expect_nothing().await;
+        }
+        // The largest frame passes both ways between the kinds.
+        let big = vec![0xcd; MAX_FRAME_LEN - 14];
+        p[1].send_to(mac(1), &big).await;
+        assert_eq!(p[0].recv_payload().await, big);
+        p[0].send_to(mac(3), &big).await;
+        assert_eq!(p[2].recv_payload().await, big);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn faults_apply_to_vde_ports_as_to_stream_ports() {
+        let (_dir, vlan) = start_vde().await;
+        // 1 stream, 2 and 3 VDE.
+        let mut p = learned_mixed(&vlan, "svv").await;
+
+        vlan.set_link(mac(2), false);
+        p[0].send_to(mac(2), b"to blocked").await;
+        p[1].send_to(mac(3), b"from blocked").await;
+        p[1].expect_nothing().await;
+        p[2].expect_nothing().await;
+        vlan.set_link(mac(2), true);
+        p[1].send_to(mac(3), b"unblocked").await;
+        assert_eq!(p[2].recv_payload().await, b"unblocked");
+
+        // {1, 2} | {3}: stream and VDE on one side.
+        vlan.partition(vec![vec![mac(1), mac(2)], vec![mac(3)]]);
+        p[0].send_to(mac(2), b"same side").await;
+        assert_eq!(p[1].recv_payload().await, b"same side");
+        p[1].send_to(mac(3), b"across").await;
+        p[0].send_to(mac(3), b"across").await;
+        p[2].send_to(BROADCAST, b"across").await;
+        for q in &mut p {
+            q.expect_nothing().await;
+        }
+        vlan.heal();
+        p[2].send_to(mac(2), b"healed").await;
+        assert_eq!(p[1].recv_payload().await, b"healed");
+
+        vlan.set_loss(Some(mac(3)), 1.0);
+        p[1].send_to(mac(3), b"lost").await;
+        p[2].expect_nothing().await;
+        vlan.set_loss(Some(mac(3)), 0.0);
+
+        let delay = Duration::from_millis(200);
+        vlan.set_delay(Some(mac(2)), delay);
+        let sent = Instant::now();
+        for i in 0..10u8 {
+            p[0].send_to(mac(2), &[i]).await;
+        }
+        for i in 0..10u8 {
+            assert_eq!(p[1].recv_payload().await, [i]);
+        }
+        assert!(sent.elapsed() >= delay, "after {:?}", sent.elapsed());
+
+        let d = vlan.stats().dropped;
+        assert_eq!((d.link_down, d.partitioned, d.loss), (2, 4, 1), "{d:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vde_port_ends_with_its_control_connection() {
+        let (dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "svv").await;
+        let port_files = || {
+            std::fs::read_dir(dir.path().join("vde1.ctl"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".port"))
+                .count()
+        };
+        assert_eq!(port_files(), 2);
+        drop(p.pop());
+        wait_for(|| vlan.ports() == 2).await;
+        assert_eq!(vlan.stats().vde_ports, 1);
+        assert_eq!(port_files(), 1, "the port's socket file is removed");
+        // mac(3) is unknown again: flooded.
+        p[0].send_to(mac(3), b"where").await;
+        assert_eq!(p[1].recv_payload().await, b"where");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vde_runts_and_oversized_datagrams_are_dropped() {
+        let (_dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "vv").await;
+        p[0].send_raw(&[1, 2, 3]).await;
+        p[0].send_raw(&vec![0; MAX_FRAME_LEN + 1]).await;
+        p[1].expect_nothing().await;
+        wait_for(|| vlan.stats().dropped.malformed == 2).await;
+        p[0].send_to(mac(2), b"still here").await;
+        assert_eq!(p[1].recv_payload().await, b"still here");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vde_client_that_does_not_read_loses_frames_without_stalling_others() {
+        let (_dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "sv").await;
+        // A VDE client that never reads its datagram socket.
+        let (_ctl, stalled) = vde_handshake(&vlan).await;
+        wait_for(|| vlan.ports() == 3).await;
+        stalled
+            .send(&frame(mac(1), mac(3), b"learn me"))
+            .await
+            .unwrap();
+        assert_eq!(p[0].recv_payload().await, b"learn me");
+        let payload = vec![0u8; 1500];
+        for _ in 0..2000 {
+            p[0].send_to(mac(3), &payload).await;
+        }
+        wait_for(|| vlan.stats().dropped.queue_full > 0).await;
+        p[0].send_to(mac(2), b"unaffected").await;
+        assert_eq!(p[1].recv_payload().await, b"unaffected");
+        p[1].send_to(mac(1), b"back").await;
+        assert_eq!(p[0].recv_payload().await, b"back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_vde_client_is_refused_and_others_still_join() {
+        let (_dir, vlan) = start_vde().await;
+        let ctl = vlan.vde_dir().unwrap().join("ctl");
+        // A stream netdev's first frame, a version-1 request, a request
+        // naming no socket.
+        let client = Path::new("/nonexistent/.1-0");
+        let mut v1 = vde::encode_request(client, "old");
+        v1[4..8].copy_from_slice(&0u32.to_ne_bytes());
+        let mut abstract_ = vde::encode_request(client, "abstract");
+        abstract_[14] = 0;
+        for bad in [
+            vec![0, 0, 0, 60, 0xff, 0xff, 0xff, 0xff],
+            v1,
+            abstract_,
+            vde::encode_request(client, "gone"),
+        ] {
+            let mut s = UnixStream::connect(&ctl).await.unwrap();
+            s.write_all(&bad).await.unwrap();
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+            assert!(matches!(read, Ok(Ok(0))), "refused: {read:?} {answer:?}");
+        }
+        assert_eq!(vlan.ports(), 0);
+        let mut p = learned_mixed(&vlan, "vs").await;
+        p[0].send_to(mac(2), b"fine").await;
+        assert_eq!(p[1].recv_payload().await, b"fine");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn start_with_vde_checks_and_drop_removes_the_vde_directory() {
+        let (dir, vlan) = start_vde().await;
+        let vde_dir = dir.path().join("vde1.ctl");
+        assert_eq!(vlan.vde_dir(), Some(vde_dir.as_path()));
+        let meta = std::fs::metadata(&vde_dir).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        let ctl = std::fs::metadata(vde_dir.join("ctl")).unwrap();
+        assert!(ctl.file_type().is_socket());
+        assert_eq!(ctl.permissions().mode() & 0o777, 0o600);
+        // Live: refused.
+        let err = Vlan::start_with_vde(1, dir.path().join("other.sock"), vde_dir.clone())
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, VlanError::InUse { .. }), "{err}");
+        let mut port = FakeQemu::connect_vde(&vlan, mac(1)).await;
+        drop(vlan);
+        port.expect_closed().await;
+        assert!(!vde_dir.exists(), "the VDE directory is removed");
+
+        // A stale ctl in an existing directory is replaced, and the
+        // directory, not made by the switch, stays.
+        std::fs::create_dir(&vde_dir).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(vde_dir.join("ctl")).unwrap());
+        let vlan = Vlan::start_with_vde(1, dir.path().join("vlan1.sock"), vde_dir.clone())
+            .await
+            .unwrap();
+        let _port = FakeQemu::connect_vde(&vlan, mac(1)).await;
+        drop(vlan);
+        assert!(vde_dir.is_dir());
+        assert!(!vde_dir.join("ctl").exists());
+
+        // Not a directory; too long.
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let err = Vlan::start_with_vde(2, dir.path().join("v2.sock"), file)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, VlanError::InUse { .. }), "{err}");
+        let long = dir.path().join("x".repeat(100));
+        let err = Vlan::start_with_vde(3, dir.path().join("v3.sock"), long)
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, VlanError::VdeDirTooLong { .. }), "{err}");
+        assert!(err.to_string().contains("shorter"), "{err}");
     }
 
     #[test]

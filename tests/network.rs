@@ -2,22 +2,26 @@
 //! names from `vmtest.hosts`, and the network faults (block, partition,
 //! loss, delay), plus the cleanup of switches, sockets and QEMUs.
 //!
-//! Two tests, to keep boots few:
+//! Three tests, to keep boots few:
 //! - `client_server_tutorial`: the NixOS tutorial's nginx server and curl
 //!   client (two `systemd` guests);
 //! - `vlans_and_faults`: four `tiny` guests on two VLANs for reachability,
-//!   block/unblock, partition/heal, loss, delay and the cleanup.
+//!   block/unblock, partition/heal, loss, delay and the cleanup;
+//! - `vde_start_scripts`: two `tiny` guests whose start scripts join VLAN 1
+//!   with `-netdev vde,sock=$QEMU_VDE_SOCKET_1` as NixOS' do, and one image
+//!   node on the same VLAN through `-netdev stream`.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix_vmtest::driver::Driver;
+use nix_vmtest::log::Log;
 use nix_vmtest::machine::shell::UntilMode;
 use nix_vmtest::machine::Machine;
 use nix_vmtest::script::ops::port_probe;
-use nix_vmtest::spec::{ip_address, mac_address};
+use nix_vmtest::spec::{format_mac, ip_address, mac_address, MachineSpec};
 
 /// How long one test may take: each boots several guests under TCG and
 /// takes 1 to 2 min on a loaded host.
@@ -447,6 +451,187 @@ async fn vlans_and_faults() {
         println!("QEMUs gone {:.2}s after drop", t.elapsed().as_secs_f64());
         let _ = std::fs::remove_dir_all(&out_dir);
         println!("vlans_and_faults: {:.1}s", t0.elapsed().as_secs_f64());
+    })
+    .await;
+}
+
+/// Writes `run-<name>-vm` into `dir`: a start script for the `tiny` guest
+/// as node `node` that joins VLAN 1 as nixpkgs' start scripts do, with
+/// nixpkgs' `qemuNICFlags` for interface 1 on VLAN 1 (`qemu-common.nix`):
+/// `-device virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:<n>` and
+/// `-netdev vde,id=vlan1,sock="$QEMU_VDE_SOCKET_1"`. The rest of the
+/// script is the guests' own (`tests/guests/make-start-script`, with no
+/// VLAN of its own); the guest's address for that MAC goes in through
+/// `QEMU_KERNEL_PARAMS`, which the Debian guests' init reads where a NixOS
+/// guest has its network configuration.
+fn vde_start_script(dir: &Path, name: &str, node: u32, hosts: &str) -> PathBuf {
+    let guests = common::guests();
+    let inner = dir.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    let make = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/make-start-script");
+    let out = std::process::Command::new("bash")
+        .arg(&make)
+        .args([name, "tiny", &node.to_string(), "", hosts])
+        .arg(&inner)
+        .env("NIX_VMTEST_GUESTS_DIR", &guests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make-start-script: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mac = format_mac(mac_address(1, node));
+    let ip = ip_address(1, node);
+    let script = dir.join(format!("run-{name}-vm"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             QEMU_KERNEL_PARAMS=\"vmtest.net={mac}={ip}/24 ${{QEMU_KERNEL_PARAMS:-}}\"\n\
+             export QEMU_KERNEL_PARAMS\n\
+             exec {inner}/run-{name}-vm \\\n    \
+             -device virtio-net-pci,netdev=vlan1,mac={mac} \\\n    \
+             -netdev vde,id=vlan1,sock=\"$QEMU_VDE_SOCKET_1\" \\\n    \
+             \"$@\"\n",
+            inner = inner.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// Guests a and c join VLAN 1 through VDE (NixOS start scripts), b through
+/// `-netdev stream` (an image node): all three talk through the one switch,
+/// and block, partition and delay act on the VDE ports as on stream ports.
+#[tokio::test(flavor = "current_thread")]
+async fn vde_start_scripts() {
+    common::within(LIMIT, async {
+        let t0 = Instant::now();
+        let scripts = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "vde-{}-{}",
+            std::process::id(),
+            fastrand::u32(..)
+        ));
+        std::fs::create_dir_all(&scripts).unwrap();
+        // Nodes are numbered in name order: a=1, b=2, c=3.
+        let hosts = "a=192.168.1.1,b=192.168.1.2,c=192.168.1.3";
+        let start_script = |name: &str, node: u32| MachineSpec {
+            name: name.into(),
+            start_script: Some(vde_start_script(&scripts, name, node, hosts)),
+            image: None,
+        };
+        let machines = vec![
+            start_script("a", 1),
+            common::tiny("b", vec![1]),
+            start_script("c", 3),
+        ];
+        let script_a = std::fs::read_to_string(scripts.join("run-a-vm")).unwrap();
+        assert!(
+            script_a.contains(r#"-netdev vde,id=vlan1,sock="$QEMU_VDE_SOCKET_1""#),
+            "{script_a}"
+        );
+        let mut opts = common::options(machines);
+        opts.spec.vlans = vec![1];
+        let out_dir = opts.out_dir.clone();
+        let mut d = Driver::new(opts, Log::new()).await.unwrap();
+        let vde_dir = d.vlans[&1].vde_dir().unwrap().to_path_buf();
+        assert!(vde_dir.join("ctl").exists());
+        let (a, b, c) = (idx(&d, "a"), idx(&d, "b"), idx(&d, "c"));
+        let ip = |n: u32| ip_address(1, n).to_string();
+        let (a1, b1, c1) = (ip(1), ip(2), ip(3));
+        let mac = |n: u32| mac_address(1, n);
+        boot_all(&mut d).await;
+        let stats = d.vlans[&1].stats();
+        assert_eq!(
+            (stats.ports, stats.vde_ports),
+            (3, 2),
+            "a and c joined through VDE, b through the stream socket"
+        );
+        let link = succeed(&mut d.machines[a], "ip -o link show eth0").await;
+        assert!(link.contains(&format_mac(mac(1))), "{link}");
+
+        // --- Reachability: VDE <-> VDE and VDE <-> stream, by name too. -----
+        let t = Instant::now();
+        #[rustfmt::skip]
+        expect_reach(&mut d, "one switch", &[
+            (a, "c", true),
+            (c, &a1, true),
+            (a, "b", true),
+            (b, &a1, true),
+            (b, &c1, true),
+            (c, "b", true),
+        ]).await;
+        // Full-size frames both ways (1400 bytes of ICMP payload).
+        succeed(&mut d.machines[a], &format!("ping -c 3 -s 1400 -W 3 {c1}")).await;
+        succeed(&mut d.machines[b], &format!("ping -c 3 -s 1400 -W 3 {a1}")).await;
+        println!("vde reachability: {:.1}s", t.elapsed().as_secs_f64());
+
+        // --- Partition {a} | {b, c}, then heal. ------------------------------
+        let t = Instant::now();
+        let before = d.vlans[&1].stats().dropped.partitioned;
+        d.vlans[&1].partition(vec![vec![mac(1)], vec![mac(2), mac(3)]]);
+        #[rustfmt::skip]
+        expect_reach(&mut d, "partition {a} | {b, c}", &[
+            (a, &c1, false),
+            (c, &a1, false),
+            (a, &b1, false),
+            (b, &c1, true), // stream <-> VDE on one side
+            (c, &b1, true),
+        ]).await;
+        assert!(d.vlans[&1].stats().dropped.partitioned > before);
+        d.vlans[&1].heal();
+        #[rustfmt::skip]
+        expect_reach(&mut d, "healed", &[
+            (a, &c1, true),
+            (c, &a1, true),
+            (a, &b1, true),
+        ]).await;
+        println!("vde partition/heal: {:.1}s", t.elapsed().as_secs_f64());
+
+        // --- block / unblock a VDE node. --------------------------------------
+        d.set_links(c, false);
+        #[rustfmt::skip]
+        expect_reach(&mut d, "c blocked", &[
+            (a, &c1, false),
+            (b, &c1, false),
+            (a, &b1, true),
+        ]).await;
+        d.set_links(c, true);
+        expect_reach(&mut d, "c unblocked", &[(a, &c1, true)]).await;
+
+        // --- Delay on a VDE port: 200 ms on c's link, both ways. -------------
+        d.vlans[&1].set_delay(Some(mac(3)), Duration::from_millis(200));
+        let slow = ping(&mut d.machines[a], &c1, 5, "0.3").await;
+        d.vlans[&1].set_delay(Some(mac(3)), Duration::ZERO);
+        assert!(
+            slow.received >= 4,
+            "delayed pings lost: {}/5",
+            slow.received
+        );
+        assert!(slow.min() >= 395.0, "delayed RTT min {:.1} ms", slow.min());
+
+        // --- Cleanup: the VDE directory goes with the driver. ------------------
+        let pids = qemu_pids(&d);
+        assert_eq!(pids.len(), 3, "three QEMUs run");
+        drop(d);
+        assert!(!vde_dir.exists(), "{} left behind", vde_dir.display());
+        let t = Instant::now();
+        while pids
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "QEMUs still run 10 s after the driver was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_dir_all(&out_dir);
+        let _ = std::fs::remove_dir_all(&scripts);
+        println!("vde_start_scripts: {:.1}s", t0.elapsed().as_secs_f64());
     })
     .await;
 }

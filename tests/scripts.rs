@@ -241,7 +241,8 @@ fn run_script(s: &Script, g: &Path, base: &Path) -> Outcome {
 
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nixos-test-driver"));
     let (out_arg, junit_arg) = if s.relative_out {
-        (PathBuf::from("out"), PathBuf::from("out/junit.xml"))
+        // A relative --junit-xml is taken from the output directory (nixpkgs).
+        (PathBuf::from("out"), PathBuf::from("junit.xml"))
     } else {
         (out.clone(), junit.clone())
     };

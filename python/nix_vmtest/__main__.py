@@ -57,8 +57,13 @@ def report_failure(driver: Any, exc: BaseException) -> None:
 
 
 def main() -> int:
-    from .driver import Driver, ScriptStdout
+    import warnings
+
+    from .driver import Driver, ScriptStdout, formatwarning
     from .rpc import Client
+
+    # Warnings (the `machine` alias's) look as under nixpkgs' driver.
+    warnings.formatwarning = formatwarning
 
     try:
         fd = int(os.environ["NIX_VMTEST_FD"])

@@ -44,11 +44,11 @@ import unittest
 from typing import Any, Callable, Dict, Iterator, List, Optional, Union
 
 from .errors import PollingConditionError, ProtocolError, RequestedAssertionFailed
-from .machine import Machine, retry
+from .machine import Machine, MachineDeprecationWrapper, Seconds, retry, to_seconds
 
 __all__ = [
     "Driver", "Logger", "Vlan", "PollingCondition", "AssertionTester",
-    "ScriptStdout", "pythonize_name", "retry", "mark_test_error",
+    "ScriptStdout", "pythonize_name", "retry", "mark_test_error", "formatwarning",
 ]
 
 #: What nixpkgs' driver puts before each line of a failure report
@@ -71,6 +71,18 @@ def identifier_name(name: str) -> str:
     """nixpkgs' form, which also replaces a leading digit (so the result is an
     identifier); bound too when it differs from ``pythonize_name``."""
     return re.sub(r"^[^A-Za-z_]|[^A-Za-z0-9_]", "_", name)
+
+
+def formatwarning(message: Union[Warning, str], category: type, filename: str, lineno: int,
+                  line: Optional[str] = None) -> str:
+    """A warning as nixpkgs' driver shows it (``warnings.formatwarning``,
+    set by ``__main__``), without its colours: the script's stderr goes to
+    the log."""
+    return (
+        f"??? Warning ({category.__name__}): {message}\n"
+        f'    File "{filename}", line {lineno}\n'
+        + (f"      {line.strip()}\n" if line else "")
+    )
 
 
 class AssertionTester(unittest.TestCase):
@@ -148,11 +160,12 @@ class PollingCondition:
         self,
         condition: Callable[[], Optional[bool]],
         logger: Logger,
-        seconds_interval: float = 2.0,
+        seconds_interval: Seconds = 2.0,
         description: Optional[str] = None,
     ) -> None:
         self.condition = condition
-        self.seconds_interval = seconds_interval
+        interval = to_seconds(seconds_interval, "polling_condition()'s seconds_interval")
+        self.seconds_interval: float = 2.0 if interval is None else float(interval)
         self.logger = logger
         if description is None:
             self.description = condition.__doc__ or getattr(condition, "__name__", repr(condition))
@@ -208,7 +221,7 @@ class Poll:
     """What ``polling_condition`` returns: a context manager that keeps the
     condition active inside its block, and ``.wait(timeout)``."""
 
-    def __init__(self, driver: "Driver", fun: Callable, seconds_interval: float,
+    def __init__(self, driver: "Driver", fun: Callable, seconds_interval: Seconds,
                  description: Optional[str]) -> None:
         self.driver = driver
         self.condition = PollingCondition(fun, driver.log, seconds_interval, description)
@@ -231,7 +244,14 @@ class Poll:
         res = self.driver.polling_conditions.pop()
         assert res is self.condition
 
-    def wait(self, timeout: int = 900) -> None:
+    def wait(self, timeout: Seconds = 900, timeout_seconds: Optional[Seconds] = None) -> None:
+        """Check the condition once a second until it holds, for up to
+        ``timeout`` (or ``timeout_seconds``, which later nixpkgs accepts
+        too); either may be a ``timedelta``."""
+        if timeout_seconds is not None:
+            if timeout != 900:
+                raise TypeError("wait() got both 'timeout' and 'timeout_seconds': pass only one")
+            timeout = timeout_seconds
         log = self.driver.log
 
         def condition(last: bool) -> bool:
@@ -283,9 +303,10 @@ class Vlan:
         self._op("loss", fraction=float(fraction),
                  machine=None if machine is None else _machine_name(machine))
 
-    def delay(self, seconds: float, machine: Optional[Union[Machine, str]] = None) -> None:
-        """Delay frames by ``seconds`` (to/from ``machine``, or all)."""
-        self._op("delay", seconds=float(seconds),
+    def delay(self, seconds: Seconds, machine: Optional[Union[Machine, str]] = None) -> None:
+        """Delay frames by ``seconds`` (or a ``timedelta``; to/from
+        ``machine``, or all)."""
+        self._op("delay", seconds=float(to_seconds(seconds, "delay") or 0),
                  machine=None if machine is None else _machine_name(machine))
 
     def stats(self) -> Any:
@@ -318,6 +339,10 @@ class Driver:
             (Machine(self, m["name"], m.get("vlans")) for m in hello.get("machines", [])),
             key=lambda m: m.name,
         )
+        # nixpkgs: the test's VMs and its containers (which we do not
+        # have), each a list of its own; `machines` is both, by name.
+        self.machines_qemu: List[Machine] = list(self.machines)
+        self.machines_nspawn: List[Machine] = []
         self.vlans: List[Vlan] = [Vlan(self, int(nr)) for nr in hello.get("vlans", [])]
         self.globals: Dict[str, Any] = {}
 
@@ -334,8 +359,8 @@ class Driver:
             start_all=self.start_all,
             test_script=self.test_script,
             machines=self.machines,
-            machines_qemu=self.machines,
-            machines_nspawn=[],
+            machines_qemu=self.machines_qemu,
+            machines_nspawn=self.machines_nspawn,
             vlans=self.vlans,
             driver=self,
             log=self.log,
@@ -358,8 +383,15 @@ class Driver:
         for m in self.machines:
             machine_symbols.setdefault(identifier_name(m.name), m)
             machine_symbols[pythonize_name(m.name)] = m
-        if len(self.machines) == 1:
-            machine_symbols["machine"] = self.machines[0]
+        # As nixpkgs: with exactly one machine, `machine` is it too, if
+        # no machine is called that; under another name, every use warns.
+        if len(self.machines) == 1 and "machine" not in machine_symbols:
+            only = identifier_name(self.machines[0].name)
+            machine_symbols["machine"] = MachineDeprecationWrapper(
+                "It's deprecated to use the `machine` variable when the only machine "
+                f"is called {only}. This behavior will no longer work in NixOS 27.05.",
+                self.machines[0],
+            )
         vlan_symbols = {f"vlan{v.nr}": v for v in self.vlans}
         return {**general, **machine_symbols, **vlan_symbols}
 

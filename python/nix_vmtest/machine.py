@@ -16,6 +16,15 @@ builds from one ``execute`` a second (``wait_until_succeeds/fails``,
 Python, so the conditions are re-checked during the wait; otherwise the
 driver's fast op is used.
 
+Timeouts, intervals and delays (``timeout=``, ``secs``, ``delay=``) are
+seconds, as nixpkgs' 26.11 driver takes them, or a ``datetime.timedelta``,
+as nixpkgs takes them from 2026-08 on (``to_seconds``); the driver gets
+seconds. A number gives no warning: the 26.11 driver has none to give.
+
+Attributes of nixpkgs' ``QemuMachine`` (``state_dir``, ``shared_dir``,
+``tmp_dir``, ``booted``, ``connected``, ``pid``) are read from the driver
+(op ``status``) each time, so they are what the driver has at that moment.
+
 Logging: the Python side sends the nested headers nixpkgs prints for command,
 wait, systemd, keyboard and screen methods (``log_begin``/``log_end``, message
 prefixed ``<machine>: ``). Lifecycle ops (start, connect, shutdown, crash,
@@ -25,6 +34,7 @@ copy_from_host/machine and the ``join_all`` op are logged by the driver.
 
 import base64
 import contextlib
+import datetime
 import os
 import re
 import shlex
@@ -32,12 +42,40 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from .errors import MachineError, MachineTimeout, RequestedAssertionFailed, Unsupported
 
-__all__ = ["Machine", "retry", "CHAR_TO_KEY", "make_command"]
+__all__ = [
+    "Machine", "QemuMachine", "BaseMachine", "retry", "CHAR_TO_KEY", "make_command",
+    "Seconds", "to_seconds", "MachineDeprecationWrapper",
+]
+
+#: A timeout, interval or delay: a number of seconds or a ``timedelta``.
+Seconds = Union[int, float, datetime.timedelta]
+
+
+def to_seconds(value: Optional[Seconds], what: str = "timeout") -> Optional[Union[int, float]]:
+    """``value`` in seconds: a ``timedelta``'s ``total_seconds()``, a number
+    as it is, ``None`` as ``None``; anything else is a ``TypeError`` that
+    names ``what``."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    raise TypeError(
+        f"{what} must be a datetime.timedelta or a number of seconds, "
+        f"not {type(value).__name__} ({value!r})"
+    )
+
+
+def _shown(seconds: Union[int, float]) -> str:
+    """Seconds as a message or a guest's ``sleep`` shows them: ``5``, ``1.5``."""
+    return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
 
 
 def _build_char_to_key() -> Dict[str, str]:
@@ -69,19 +107,28 @@ def make_command(args: list) -> str:
     return " ".join(shlex.quote(str(a)) for a in args)
 
 
-def retry(fn: Callable, timeout_seconds: int = 900) -> None:
+def retry(fn: Callable, timeout_seconds: Seconds = 900, timeout: Optional[Seconds] = None) -> None:
     """Call ``fn(False)`` once a second until it returns true; when
     ``timeout_seconds`` have passed, call ``fn(True)`` a last time and raise
-    ``RequestedAssertionFailed("action timed out ...")`` if that is false too."""
+    ``RequestedAssertionFailed("action timed out ...")`` if that is false too.
+    ``timeout`` is the same limit under the name later nixpkgs gives it."""
+    if timeout is not None:
+        if timeout_seconds != 900:
+            raise TypeError("retry() got both 'timeout' and 'timeout_seconds': pass only one")
+        timeout_seconds = timeout
+    limit = to_seconds(timeout_seconds, "retry()'s timeout")
+    if limit is None:
+        limit = timeout_seconds = 900
     start = time.monotonic()
-    while time.monotonic() - start < timeout_seconds:
+    while time.monotonic() - start < limit:
         if fn(False):
             return
         time.sleep(1)
     elapsed = time.monotonic() - start
     if not fn(True):
+        shown = timeout_seconds if not isinstance(timeout_seconds, datetime.timedelta) else _shown(limit)
         raise RequestedAssertionFailed(
-            f"action timed out after {elapsed:.2f} seconds (timeout={timeout_seconds})"
+            f"action timed out after {elapsed:.2f} seconds (timeout={shown})"
         )
 
 
@@ -139,6 +186,63 @@ class Machine:
     def __repr__(self) -> str:
         return f"<Machine '{self.name}'>"
 
+    # -- nixpkgs' QemuMachine attributes, as the driver has them --------
+    def _status(self) -> Dict[str, Any]:
+        """Op ``status``: ``booted``, ``connected``, ``pid`` and the
+        directories, as the driver has them now."""
+        status = self._op("status")
+        return status if isinstance(status, dict) else {}
+
+    @property
+    def state_dir(self) -> Path:
+        """The machine's private directory on the host: its start script's
+        ``TMPDIR`` and working directory (disk image, sockets). Assigning
+        it (``target.state_dir = installer.state_dir``) moves the machine
+        there from its next start; refused while it runs."""
+        return Path(self._status()["state_dir"])
+
+    @state_dir.setter
+    def state_dir(self, path: Union["os.PathLike[str]", str]) -> None:
+        self._op("set_state_dir", path=os.path.abspath(os.fspath(path)))
+
+    @property
+    def shared_dir(self) -> Path:
+        """The host directory the guest has as 9p tag ``shared``, mounted
+        at ``/tmp/shared`` (``copy_from_host`` goes through it)."""
+        return Path(self._status()["shared_dir"])
+
+    @property
+    def tmp_dir(self) -> Path:
+        """The directory ``state_dir`` is in."""
+        return Path(self._status()["tmp_dir"])
+
+    @property
+    def booted(self) -> bool:
+        """QEMU was started and has not exited."""
+        return bool(self._status().get("booted"))
+
+    @property
+    def connected(self) -> bool:
+        """The guest's backdoor shell is connected (and QEMU runs).
+        Assigning ``False`` takes the shell for gone (the guest kexecs, or
+        switches root), so ``connect()`` and the next command wait for a
+        new boot's backdoor shell; assigning ``True`` is ``connect()``."""
+        return bool(self._status().get("connected"))
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        if value:
+            self.connect()
+        else:
+            self._op("disconnect")
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The pid of the process the driver started for the machine (its
+        start script or QEMU) while it runs, else ``None``."""
+        pid = self._status().get("pid")
+        return None if pid is None else int(pid)
+
     # -- plumbing -------------------------------------------------------
     def _op(self, op: str, _check: bool = False, **args: Any) -> Any:
         if _check:
@@ -171,14 +275,14 @@ class Machine:
         command: str,
         check_return: bool = True,
         check_output: bool = True,
-        timeout: Optional[int] = 900,
+        timeout: Optional[Seconds] = 900,
     ) -> Tuple[int, str]:
         """Run a shell command (``set -euo pipefail``, bash); return
         ``(status, output)``. ``check_output=False`` returns ``(-2, "")``,
         ``check_return=False`` returns ``(-1, output)``."""
         value, data = self._op_bytes(
             "execute", True, command=command, check_return=check_return,
-            check_output=check_output, timeout=timeout,
+            check_output=check_output, timeout=to_seconds(timeout),
         )
         if not check_output:
             return (-2, "")
@@ -190,7 +294,7 @@ class Machine:
             return (-1, output)
         return (int(status), output)
 
-    def succeed(self, *commands: str, timeout: Optional[int] = None) -> str:
+    def succeed(self, *commands: str, timeout: Optional[Seconds] = None) -> str:
         output = ""
         for command in commands:
             with self.nested(f"must succeed: {command}"):
@@ -203,7 +307,7 @@ class Machine:
                 output += out
         return output
 
-    def fail(self, *commands: str, timeout: Optional[int] = None) -> str:
+    def fail(self, *commands: str, timeout: Optional[Seconds] = None) -> str:
         output = ""
         for command in commands:
             with self.nested(f"must fail: {command}"):
@@ -213,7 +317,7 @@ class Machine:
                 output += out
         return output
 
-    def _wait_until(self, command: str, timeout: int, want_success: bool) -> str:
+    def _wait_until(self, command: str, timeout: Seconds, want_success: bool) -> str:
         if self._polling_active():
             output = ""
 
@@ -225,52 +329,64 @@ class Machine:
             retry(check, timeout)
             return output
         _value, data = self._op_bytes(
-            "wait_until", True, command=command, timeout=timeout, want_success=want_success
+            "wait_until", True, command=command, timeout=to_seconds(timeout),
+            want_success=want_success,
         )
         return _decode(data)
 
-    def wait_until_succeeds(self, command: str, timeout: int = 900) -> str:
+    def wait_until_succeeds(self, command: str, timeout: Seconds = 900) -> str:
         with self.nested(f"waiting for success: {command}"):
             return self._wait_until(command, timeout, True)
 
-    def wait_until_fails(self, command: str, timeout: int = 900) -> str:
+    def wait_until_fails(self, command: str, timeout: Seconds = 900) -> str:
         with self.nested(f"waiting for failure: {command}"):
             return self._wait_until(command, timeout, False)
 
-    def sleep(self, secs: int) -> None:
-        """Sleep in guest time."""
-        self.succeed(f"sleep {secs}")
+    def sleep(self, secs: Optional[Seconds] = None, duration: Optional[Seconds] = None) -> None:
+        """Sleep in guest time. ``duration`` is the same under the name
+        later nixpkgs gives it."""
+        if duration is not None:
+            if secs is not None:
+                raise TypeError("sleep() got both 'secs' and 'duration': pass only one")
+            secs = duration
+        seconds = to_seconds(secs, "sleep()'s duration")
+        if seconds is None:
+            raise TypeError("sleep() needs a duration: sleep(5) or sleep(timedelta(seconds=5))")
+        self.succeed(f"sleep {_shown(seconds)}")
 
     # -- waits ----------------------------------------------------------
-    def _poll_execute(self, command: str, want_success: bool, timeout: int) -> None:
+    def _poll_execute(self, command: str, want_success: bool, timeout: Seconds) -> None:
         def check(_last_try: bool) -> bool:
             status, _ = self.execute(command)
             return (status == 0) == want_success
 
         retry(check, timeout)
 
-    def wait_for_file(self, filename: str, timeout: int = 900) -> None:
+    def wait_for_file(self, filename: str, timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for file '{filename}'"):
             if self._polling_active():
                 self._poll_execute(f"test -e {filename}", True, timeout)
             else:
-                self._op("wait_for_file", True, path=filename, timeout=timeout)
+                self._op("wait_for_file", True, path=filename, timeout=to_seconds(timeout))
 
-    def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: int = 900) -> None:
+    def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr}"):
             if self._polling_active():
                 self._poll_execute(f"nc -z {addr} {port}", True, timeout)
             else:
-                self._op("wait_for_open_port", True, port=port, addr=addr, timeout=timeout)
+                self._op("wait_for_open_port", True, port=port, addr=addr,
+                         timeout=to_seconds(timeout))
 
-    def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: int = 900) -> None:
+    def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
             if self._polling_active():
                 self._poll_execute(f"nc -z {addr} {port}", False, timeout)
             else:
-                self._op("wait_for_closed_port", True, port=port, addr=addr, timeout=timeout)
+                self._op("wait_for_closed_port", True, port=port, addr=addr,
+                         timeout=to_seconds(timeout))
 
-    def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False, timeout: int = 900) -> None:
+    def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False,
+                                  timeout: Seconds = 900) -> None:
         kind = "datagram" if is_datagram else "stream"
         with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
             if self._polling_active():
@@ -278,13 +394,14 @@ class Machine:
                 self._poll_execute(f"nc {flags} {addr}", True, timeout)
             else:
                 self._op("wait_for_open_unix_socket", True, addr=addr,
-                         is_datagram=is_datagram, timeout=timeout)
+                         is_datagram=is_datagram, timeout=to_seconds(timeout))
 
-    def wait_for_console_text(self, regex: str, timeout: Optional[int] = None) -> Any:
+    def wait_for_console_text(self, regex: str, timeout: Optional[Seconds] = None) -> Any:
         """Wait until ``regex`` matches the serial console output; returns the
         matched line (nixpkgs returns None)."""
         with self.nested(f"waiting for {regex} to appear on console"):
-            return self._op("wait_for_console_text", True, regex=regex, timeout=timeout)
+            return self._op("wait_for_console_text", True, regex=regex,
+                            timeout=to_seconds(timeout))
 
     def wait_for_shutdown(self) -> None:
         self._op("wait_for_shutdown")
@@ -300,12 +417,13 @@ class Machine:
             )
         return self.execute(f"systemctl {q}")
 
-    def wait_for_unit(self, unit: str, user: Optional[str] = None, timeout: int = 900) -> None:
+    def wait_for_unit(self, unit: str, user: Optional[str] = None, timeout: Seconds = 900) -> None:
         with self.nested(
             f"waiting for unit {unit}" + (f" with user {user}" if user is not None else "")
         ):
             if not self._polling_active():
-                self._op("wait_for_unit", True, unit=unit, user=user, timeout=timeout)
+                self._op("wait_for_unit", True, unit=unit, user=user,
+                         timeout=to_seconds(timeout))
                 return
 
             def check_active(_last_try: bool) -> bool:
@@ -408,6 +526,7 @@ class Machine:
             check_return=False,
             check_output=False,
         )
+        self.connected = False
         self.connect()
 
     # -- QEMU and consoles ----------------------------------------------
@@ -419,29 +538,33 @@ class Machine:
         return self._op("qmp", True, execute=execute, arguments=arguments)
 
     def wait_for_qmp_event(
-        self, event_filter: Callable[[Dict[str, Any]], bool], timeout: int = 60 * 10
+        self, event_filter: Callable[[Dict[str, Any]], bool], timeout: Seconds = 60 * 10
     ) -> Dict[str, Any]:
+        limit = to_seconds(timeout)
+        if limit is None:
+            limit = 600
         start = time.monotonic()
         while True:
-            remaining = max(0.0, timeout - (time.monotonic() - start))
+            remaining = max(0.0, limit - (time.monotonic() - start))
             try:
                 evt = self._op("next_qmp_event", timeout=remaining)
             except MachineTimeout as e:
                 raise TimeoutError(str(e)) from None
             if event_filter(evt):
                 return evt
-            if time.monotonic() - start >= timeout:
-                raise TimeoutError(f"no matching QMP event within {timeout} seconds")
+            if time.monotonic() - start >= limit:
+                raise TimeoutError(f"no matching QMP event within {_shown(limit)} seconds")
 
-    def send_key(self, key: str, delay: Optional[float] = 0.01, log: Optional[bool] = True) -> None:
+    def send_key(self, key: str, delay: Optional[Seconds] = 0.01, log: Optional[bool] = True) -> None:
         key = CHAR_TO_KEY.get(key, key)
+        pause = to_seconds(delay, "send_key()'s delay")
         ctx = self.nested(f"sending key {key!r}") if log else contextlib.nullcontext()
         with ctx:
             self.send_monitor_command(f"sendkey {key}")
-            if delay is not None:
-                time.sleep(delay)
+            if pause is not None:
+                time.sleep(pause)
 
-    def send_chars(self, chars: str, delay: Optional[float] = 0.01) -> None:
+    def send_chars(self, chars: str, delay: Optional[Seconds] = 0.01) -> None:
         with self.nested(f"sending keys {chars!r}"):
             for char in chars:
                 self.send_key(char, delay, log=False)
@@ -468,7 +591,7 @@ class Machine:
         )
         return output
 
-    def wait_until_tty_matches(self, tty: str, regexp: str, timeout: int = 900) -> None:
+    def wait_until_tty_matches(self, tty: str, regexp: str, timeout: Seconds = 900) -> None:
         matcher = re.compile(regexp)
 
         def tty_matches(last_try: bool) -> bool:
@@ -515,7 +638,7 @@ class Machine:
     def get_screen_text(self) -> str:
         return self._ocr(False)[0]
 
-    def wait_for_text(self, regex: str, timeout: int = 900) -> None:
+    def wait_for_text(self, regex: str, timeout: Seconds = 900) -> None:
         def screen_matches(last_try: bool) -> bool:
             variants = self.get_screen_text_variants()
             if any(re.search(regex, text) is not None for text in variants):
@@ -527,7 +650,7 @@ class Machine:
         with self.nested(f"waiting for {regex} to appear on screen"):
             retry(screen_matches, timeout)
 
-    def wait_for_x(self, timeout: int = 900) -> None:
+    def wait_for_x(self, timeout: Seconds = 900) -> None:
         def check_x(_last_try: bool) -> bool:
             cmd = 'journalctl -b SYSLOG_IDENTIFIER=systemd | grep "Reached target Current graphical"'
             status, _ = self.execute(cmd)
@@ -544,7 +667,7 @@ class Machine:
             r"xwininfo -root -tree | sed 's/.*0x[0-9a-f]* \"\([^\"]*\)\".*/\1/; t; d'"
         ).splitlines()
 
-    def wait_for_window(self, regexp: str, timeout: int = 900) -> None:
+    def wait_for_window(self, regexp: str, timeout: Seconds = 900) -> None:
         pattern = re.compile(regexp)
 
         def window_is_visible(last_try: bool) -> bool:
@@ -574,3 +697,26 @@ class Machine:
 # nixpkgs names the class QemuMachine and exposes BaseMachine for typing.
 QemuMachine = Machine
 BaseMachine = Machine
+
+
+class MachineDeprecationWrapper:
+    """``machine`` in a test whose only machine has another name, as nixpkgs
+    binds it: each attribute read warns (``UserWarning``, nixpkgs' text)
+    and is the machine's. An assignment goes to the machine (nixpkgs'
+    wrapper keeps it on itself, where no read sees it)."""
+
+    def __init__(self, msg: str, machine: Machine) -> None:
+        object.__setattr__(self, "msg", msg)
+        object.__setattr__(self, "machine", machine)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name in ("msg", "machine"):
+            return object.__getattribute__(self, name)
+        msg = object.__getattribute__(self, "msg")
+        machine = object.__getattribute__(self, "machine")
+        # nixpkgs names the machine's class, QemuMachine for a VM.
+        warnings.warn(f"invoking 'QemuMachine.{name}' is deprecated: {msg}")
+        return getattr(machine, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "machine"), name, value)

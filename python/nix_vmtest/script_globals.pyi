@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Callable, List, Optional, overload
 
 from .driver import Debug, Driver, Logger, Poll, Vlan
+from .machine import Seconds
 from .machine import Machine as Machine
 from .machine import Machine as BaseMachine
 from .machine import Machine as QemuMachine
@@ -25,11 +26,11 @@ def create_machine(
 ) -> Machine: ...
 @overload
 def polling_condition(
-    fun: None = None, *, seconds_interval: float = 2.0, description: Optional[str] = None
+    fun: None = None, *, seconds_interval: Seconds = 2.0, description: Optional[str] = None
 ) -> Callable[[Callable[[], Any]], Poll]: ...
 @overload
 def polling_condition(
-    fun: Callable[[], Any], *, seconds_interval: float = 2.0, description: Optional[str] = None
+    fun: Callable[[], Any], *, seconds_interval: Seconds = 2.0, description: Optional[str] = None
 ) -> Poll: ...
 
 log: Logger

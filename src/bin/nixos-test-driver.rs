@@ -1,27 +1,42 @@
-//! `nixos-test-driver`: runs a NixOS-style VM test (nixpkgs' command line).
+//! `nixos-test-driver`: runs a NixOS-style VM test, with nixpkgs' command
+//! line: today's (`--config driverConfiguration.json`, as nixpkgs'
+//! `nixos/lib/testing/driver.nix` and `run.nix` call it) and the older one
+//! (`--start-scripts`, `--vlans`, the test script as the last argument, or
+//! the environment variables `startScripts`, `vlans`, `testScript`,
+//! `globalTimeout`). Long options may be shortened while unambiguous, as
+//! with nixpkgs' argparse.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use nix_vmtest::driver::{Driver, RunOptions};
-use nix_vmtest::log::Log;
+use nix_vmtest::config::{DriverConfig, TestScript};
+use nix_vmtest::driver::{private_temp_dir, temp_base, Driver, RunOptions};
+use nix_vmtest::log::{Level, Log};
 use nix_vmtest::machine::qemu::AccelChoice;
 use nix_vmtest::spec::TestSpec;
 
 /// Runs a NixOS VM test script against QEMU machines.
 #[derive(Parser, Debug)]
-#[command(name = "nixos-test-driver", version)]
+#[command(name = "nixos-test-driver", version, infer_long_args = true)]
 struct Args {
+    /// nixpkgs' driver configuration (driverConfiguration.json): the
+    /// machines, VLANs, global timeout and test script.
+    #[arg(short = 'c', long)]
+    config: Option<PathBuf>,
     /// Start a Python REPL with the machines instead of running the script.
-    #[arg(short = 'I', long)]
+    #[arg(short = 'I', long, overrides_with = "no_interactive")]
     interactive: bool,
+    /// Run the script (the default; undoes --interactive).
+    #[arg(long = "no-interactive", overrides_with = "interactive")]
+    no_interactive: bool,
     /// Keep machine state (disk images) between runs, in $TMPDIR/vm-state-MACHINE.
     #[arg(short = 'K', long = "keep-machine-state", visible_aliases = ["keep-vm-state", "keep_vm_state"])]
     keep_state: bool,
-    /// Where screenshots, copied files, logs go.
+    /// Where screenshots, copied files, logs go [default: the current directory].
     #[arg(
         short = 'o',
         long = "output-directory",
@@ -29,20 +44,30 @@ struct Args {
         env = "out"
     )]
     output_directory: Option<PathBuf>,
-    /// Write a JUnit XML report (one case per subtest) here.
+    /// Write a JUnit XML report (one case per subtest) here; a relative
+    /// path is taken from the output directory, as in nixpkgs.
     #[arg(long = "junit-xml", visible_alias = "junit_xml")]
     junit_xml: Option<PathBuf>,
+    /// How much the driver says: debug, info (the default), warning, error.
+    #[arg(long = "log-level", env = "logLevel", value_enum)]
+    log_level: Option<Level>,
+    /// nixpkgs' enableDebugHook: not supported (the driver says why and stops).
+    #[arg(
+        long = "debug-hook-attach",
+        alias = "debug-hook",
+        value_name = "COMMAND"
+    )]
+    debug_hook_attach: Option<String>,
     /// Also write the log to this file.
     #[arg(long = "log-file")]
     log_file: Option<PathBuf>,
-    /// End everything after this many seconds.
+    /// End everything after this many seconds [default: 3600].
     #[arg(
         long = "global-timeout",
         visible_alias = "global_timeout",
-        env = "globalTimeout",
-        default_value_t = 3600
+        env = "globalTimeout"
     )]
-    global_timeout: u64,
+    global_timeout: Option<u64>,
     /// NixOS start scripts (`run-<name>-vm`).
     #[arg(long = "start-scripts", visible_aliases = ["vm-start-scripts", "start_scripts"], env = "startScripts", num_args = 0.., value_delimiter = ' ')]
     start_scripts: Vec<PathBuf>,
@@ -58,28 +83,81 @@ struct Args {
     /// Only check the script (syntax, machine names) and exit; boots nothing.
     #[arg(long)]
     check: bool,
-    /// The test script (a Python file).
+    /// The test script: a Python file (or, in $testScript, its text).
     #[arg(env = "testScript")]
-    test_script: Option<PathBuf>,
+    test_script: Option<String>,
 }
+
+/// The options of the older command line, which `--config` replaces:
+/// argument id, how it is written, its environment variable.
+const LEGACY: &[(&str, &str, &str)] = &[
+    ("start_scripts", "--start-scripts", "startScripts"),
+    ("vlans", "--vlans", "vlans"),
+    ("nodes_json", "--nodes-json", "nodesJson"),
+    ("global_timeout", "--global-timeout", "globalTimeout"),
+    ("test_script", "the test script argument", "testScript"),
+];
 
 fn main() -> ExitCode {
     // The builder of a test's `.driver` (see `plugin::wrapper`).
     if let Some(code) = nix_vmtest::plugin::wrapper::run_if_requested() {
         return code;
     }
-    let args = Args::parse();
+    let matches = Args::command().get_matches();
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     let log = Log::new();
-    match run(args, log.clone()) {
+    let result = run(args, &matches, log.clone());
+    let code = match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             log.info(&format!("error: {e}"));
             ExitCode::from(2)
         }
-    }
+    };
+    log.finish();
+    code
 }
 
-fn run(args: Args, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
+/// The machines, VLANs, timeout and script, from `--config` or from the
+/// older options.
+struct Test {
+    spec: TestSpec,
+    global_timeout: Duration,
+    script: Option<TestScript>,
+}
+
+fn from_config(path: &Path, matches: &ArgMatches, log: &Log) -> Result<Test, String> {
+    for &(id, flag, env) in LEGACY {
+        match matches.value_source(id) {
+            Some(ValueSource::CommandLine) => {
+                return Err(format!(
+                    "--config {} gives the machines, VLANs, global timeout and test script: \
+                     do not also give {flag}",
+                    path.display()
+                ))
+            }
+            Some(ValueSource::EnvVariable) => log.at(
+                Level::Warning,
+                &format!(
+                    "ignoring ${env} from the environment: --config {} gives what it would",
+                    path.display()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    let config = DriverConfig::from_file(path).map_err(|e| e.to_string())?;
+    Ok(Test {
+        spec: config.spec,
+        global_timeout: config.global_timeout,
+        script: Some(config.test_script),
+    })
+}
+
+fn from_legacy(args: &Args) -> Result<Test, Box<dyn std::error::Error>> {
     let mut spec = match &args.nodes_json {
         Some(p) => TestSpec::from_json_file(p)?,
         None => TestSpec::default(),
@@ -87,13 +165,74 @@ fn run(args: Args, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
     let from_scripts = TestSpec::from_start_scripts(&args.start_scripts, &args.vlans)?;
     spec.machines.extend(from_scripts.machines);
     spec.vlans.extend(from_scripts.vlans);
-    let spec = spec.normalize()?;
+    let script = match &args.test_script {
+        Some(s) => Some(TestScript::from_value(s).map_err(|e| format!("the test script {e}"))?),
+        None => None,
+    };
+    Ok(Test {
+        spec,
+        global_timeout: Duration::from_secs(args.global_timeout.unwrap_or(3600)),
+        script,
+    })
+}
+
+/// A file holding the script's text, for `--check` (removed on drop).
+struct ScriptFile(PathBuf);
+
+impl Drop for ScriptFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
+    if let Some(level) = args.log_level {
+        log.set_level(level);
+    }
+    if let Some(f) = std::env::var_os("LOGFILE").filter(|f| !f.is_empty()) {
+        let f = PathBuf::from(f);
+        log.xml_to(&f)
+            .map_err(|e| format!("cannot write the XML log $LOGFILE={}: {e}", f.display()))?;
+    }
+    if std::env::args().any(|a| a == "--keep-vm-state") {
+        log.at(
+            Level::Warning,
+            "??? Warning (DeprecationWarning): The flag '--keep-vm-state' is deprecated. \
+             Use '--keep-machine-state' instead.",
+        );
+    }
+    if args.debug_hook_attach.is_some() {
+        return Err(
+            "--debug-hook-attach (nixpkgs' enableDebugHook) is not supported: this \
+                    driver has no breakpoint hook that keeps a failed test's sandbox open to \
+                    attach to. Set enableDebugHook = false; to debug a test, run its \
+                    .driverInteractive (-I)"
+                .into(),
+        );
+    }
+    let interactive = args.interactive && !args.no_interactive;
+    let test = match args.config.clone() {
+        Some(path) => from_config(&path, matches, &log)?,
+        None => from_legacy(&args)?,
+    };
+    let spec = test.spec.normalize()?;
 
     if args.check {
-        let script = args
-            .test_script
+        let (script, _file) = match test
+            .script
             .as_ref()
-            .ok_or("--check needs the test script")?;
+            .ok_or("--check needs the test script")?
+        {
+            TestScript::File(p) => (p.clone(), None),
+            TestScript::Inline(text) => {
+                let dir = private_temp_dir(&temp_base(), "nix-vmtest-check.")?;
+                let file = ScriptFile(dir.join("test-script"));
+                std::fs::write(&file.0, text)?;
+                (file.0.clone(), Some(file))
+            }
+        };
         let names: Vec<&str> = spec.machines.iter().map(|m| m.name.as_str()).collect();
         let status = std::process::Command::new(Driver::python())
             .args(["-m", "nix_vmtest.check", "--machines", &names.join(",")])
@@ -104,6 +243,12 @@ fn run(args: Args, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
         return Ok(status.code().unwrap_or(1));
     }
 
+    if !args.keep_state {
+        log.at(
+            Level::Info,
+            "Machine state will be reset. To keep it, pass --keep-machine-state",
+        );
+    }
     if let Some(f) = &args.log_file {
         if let Some(dir) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -118,14 +263,20 @@ fn run(args: Args, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
         Some(d) => cwd.join(d),
         None => cwd,
     };
+    let (script_file, script_text) = match test.script {
+        Some(TestScript::File(p)) => (Some(p), None),
+        Some(TestScript::Inline(text)) => (None, Some(text)),
+        None => (None, None),
+    };
     let opts = RunOptions {
         spec,
-        test_script: args.test_script,
+        test_script: script_file,
+        // As nixpkgs: taken from the output directory (an absolute path stays).
+        junit_xml: args.junit_xml.map(|j| out_dir.join(j)),
         out_dir,
-        junit_xml: args.junit_xml,
         log_file: args.log_file,
-        global_timeout: Duration::from_secs(args.global_timeout),
-        interactive: args.interactive,
+        global_timeout: test.global_timeout,
+        interactive,
         keep_state: args.keep_state,
         accel: args.accel,
     };
@@ -136,9 +287,54 @@ fn run(args: Args, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
         .build()?;
     let code = rt.block_on(async move {
         let mut driver = Driver::new(opts, log).await?;
+        if let Some(text) = script_text {
+            // The script's text goes into a file in the run's state dir
+            // (removed with it), which the script host reads.
+            let path = driver.state_dir().join("test-script");
+            std::fs::write(&path, text)?;
+            driver.opts.test_script = Some(path);
+        }
         let code = driver.run().await?;
         drop(driver);
         Ok::<i32, nix_vmtest::driver::DriverError>(code)
     })?;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("nixos-test-driver").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_last_of_interactive_and_no_interactive_wins() {
+        let a = parse(&["-c", "x", "--interactive", "--no-interactive"]).unwrap();
+        assert!(!a.interactive && a.no_interactive);
+        let a = parse(&["-c", "x", "--no-interactive", "-I"]).unwrap();
+        assert!(a.interactive && !a.no_interactive);
+    }
+
+    #[test]
+    fn long_options_may_be_shortened_as_with_argparse() {
+        let a = parse(&[
+            "--conf",
+            "x",
+            "--debug-hook=y",
+            "--output_dir",
+            "o",
+            "--junit",
+            "j",
+        ])
+        .unwrap();
+        assert_eq!(a.config, Some(PathBuf::from("x")));
+        assert_eq!(a.debug_hook_attach.as_deref(), Some("y"));
+        assert_eq!(a.output_directory, Some(PathBuf::from("o")));
+        assert_eq!(a.junit_xml, Some(PathBuf::from("j")));
+        let a = parse(&["--keep-machine", "--log-level", "debug"]).unwrap();
+        assert!(a.keep_state);
+        assert_eq!(a.log_level, Some(Level::Debug));
+    }
 }

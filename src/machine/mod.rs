@@ -168,6 +168,8 @@ pub struct MachineConfig {
     pub out_dir: PathBuf,
     /// Every VLAN's switch socket.
     pub vlan_sockets: Vec<(u32, PathBuf)>,
+    /// Every VLAN's VDE switch directory (`QEMU_VDE_SOCKET_<v>`).
+    pub vde_dirs: Vec<(u32, PathBuf)>,
     /// `vmtest.*` kernel parameters for image nodes.
     pub network_params: String,
     pub accel: Accel,
@@ -293,6 +295,53 @@ impl Machine {
         self.path("shared")
     }
 
+    /// The machine's private directory: its start script's `TMPDIR` and
+    /// working directory, its sockets and disk overlay (nixpkgs'
+    /// `state_dir`).
+    pub fn state_dir(&self) -> &Path {
+        &self.cfg.state_dir
+    }
+
+    /// The directory the state directory is in (nixpkgs' `tmp_dir`).
+    pub fn tmp_dir(&self) -> &Path {
+        self.cfg.state_dir.parent().unwrap_or(&self.cfg.state_dir)
+    }
+
+    /// Makes `dir` the state directory from the next start on, as a script's
+    /// `machine.state_dir = other.state_dir` does in nixpkgs (an installer
+    /// test boots the disk the installer wrote). Refused while QEMU runs:
+    /// its sockets are in the current one.
+    pub fn set_state_dir(&mut self, dir: PathBuf) -> Result<(), MachineError> {
+        if self.is_running() {
+            return Err(MachineError::Usage {
+                name: self.name.clone(),
+                message: format!(
+                    "cannot move the state directory to {} while the machine runs: shut it down first",
+                    dir.display()
+                ),
+            });
+        }
+        if self.running.is_some() {
+            // QEMU exited without being waited for: its sockets go with
+            // the old directory.
+            self.stop_process();
+        }
+        let previous = std::mem::replace(&mut self.cfg.state_dir, dir);
+        if let Err(source) = std::fs::create_dir_all(self.shared_dir()) {
+            let dir = std::mem::replace(&mut self.cfg.state_dir, previous);
+            return Err(MachineError::Io {
+                name: self.name.clone(),
+                what: format!("creating the state directory {}", dir.display()),
+                source,
+            });
+        }
+        self.log.machine(
+            &self.name,
+            &format!("state directory is now {}", self.cfg.state_dir.display()),
+        );
+        Ok(())
+    }
+
     /// Whether QEMU has been started and has not exited.
     pub fn is_running(&self) -> bool {
         self.running
@@ -362,6 +411,9 @@ impl Machine {
                 format!("QEMU_VLAN_SOCKET_{v}"),
                 socket.display().to_string(),
             ));
+        }
+        for (v, dir) in &self.cfg.vde_dirs {
+            env.push((format!("QEMU_VDE_SOCKET_{v}"), dir.display().to_string()));
         }
         let argv: Vec<String> = if let Some(command) = &self.cfg.start_command {
             // Through a shell, as nixpkgs runs it; the process group makes
@@ -938,13 +990,21 @@ impl Machine {
     pub async fn reboot(&mut self) -> Result<(), MachineError> {
         self.connect().await?;
         self.send_monitor_command("sendkey ctrl-alt-delete").await?;
+        self.disconnect();
+        Ok(())
+    }
+
+    /// Takes the guest's shell for gone, as nixpkgs' `connected = False`
+    /// does: the next command (or `connect()`) waits until a new boot's
+    /// backdoor announces itself on the same connection (after a reboot,
+    /// a kexec or a switch_root).
+    pub fn disconnect(&mut self) {
         if let Some(r) = self.running.as_mut() {
             if let Some(mut shell) = r.shell.take() {
                 shell.reset();
                 r.rebooting = Some(shell);
             }
         }
-        Ok(())
     }
 
     fn stop_process(&mut self) {
@@ -1277,6 +1337,39 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_machines_state_dir_moves_with_its_shared_dir() {
+        let tmp = std::env::temp_dir().join(format!("nix-vmtest-unit-{}", std::process::id()));
+        let cfg = MachineConfig {
+            spec: MachineSpec {
+                name: "target".into(),
+                start_script: Some("/nonexistent/run-target-vm".into()),
+                image: None,
+            },
+            node: 1,
+            state_dir: tmp.join("vm-state-target"),
+            out_dir: tmp.join("out"),
+            vlan_sockets: vec![],
+            vde_dirs: vec![],
+            network_params: String::new(),
+            accel: Accel::Tcg,
+            qemu: "qemu-system-x86_64".into(),
+            keep_state: false,
+            start_command: None,
+        };
+        let mut m = Machine::new(cfg, Log::quiet());
+        assert_eq!(m.tmp_dir(), tmp.as_path());
+        assert_eq!(m.shared_dir(), tmp.join("vm-state-target/shared"));
+        m.set_state_dir(tmp.join("vm-state-installer")).unwrap();
+        assert_eq!(m.state_dir(), tmp.join("vm-state-installer").as_path());
+        assert_eq!(m.tmp_dir(), tmp.as_path());
+        assert!(m.shared_dir().is_dir());
+        assert!(!m.is_running() && !m.is_up() && m.qemu_pid().is_none());
+        // Nothing to forget: a no-op.
+        m.disconnect();
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 
     #[test]
     fn messages_name_a_command_as_its_author_wrote_it() {

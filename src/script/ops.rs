@@ -1,7 +1,7 @@
 //! Every operation the Python client can ask for, mapped onto the driver and
 //! its machines. Argument names are the Python keyword arguments.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -272,6 +272,23 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             Ok(unit())
         }
         "is_up" => Ok(json!(m.is_up()).into()),
+        "status" => Ok(json!({
+            "booted": m.is_running(),
+            "connected": m.is_up(),
+            "pid": m.qemu_pid(),
+            "state_dir": m.state_dir().display().to_string(),
+            "shared_dir": m.shared_dir().display().to_string(),
+            "tmp_dir": m.tmp_dir().display().to_string(),
+        })
+        .into()),
+        "disconnect" => {
+            m.disconnect();
+            Ok(unit())
+        }
+        "set_state_dir" => {
+            m.set_state_dir(PathBuf::from(str_arg(a, "path", op)?))?;
+            Ok(unit())
+        }
         "execute" => {
             let command = user_command(str_arg(a, "command", op)?);
             let command = command.as_str();

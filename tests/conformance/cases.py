@@ -59,12 +59,24 @@ result = machine.succeed(
 
 MAIN: List[Case] = [
     # -- boot ---------------------------------------------------------------
+    # nixpkgs' QemuMachine attributes, before and after the start.
+    Case("attributes_before_start", "(machine.booted, machine.connected, machine.pid)"),
+    Case("attribute_types",
+         "tuple(type(d).__name__ for d in (machine.state_dir, machine.shared_dir, machine.tmp_dir))"),
+    Case("attribute_dirs",
+         "(machine.state_dir.is_dir(), machine.shared_dir.is_dir(),"
+         " machine.state_dir.parent == machine.tmp_dir)"),
+    Case("machines_qemu", "([m.name for m in machines_qemu], machines_nspawn)"),
     Case("start", "machine.start()"),
     Case("console_text", 'machine.wait_for_console_text("connecting to host", timeout=120)'),
     Case("is_up_before_first_command", "machine.is_up()"),
     Case("first_command", 'machine.succeed("echo hello")'),
     Case("is_up", "machine.is_up()"),
     Case("name", "machine.name"),
+    Case("attributes_after_boot", "(machine.booted, machine.connected, type(machine.pid).__name__)"),
+    Case("shared_dir_in_guest",
+         '(machine.shared_dir / "conf-shared.txt").write_text("from the host\\n")\n'
+         'result = machine.succeed("cat /tmp/shared/conf-shared.txt")'),
     Case("prelude_coreutils_timeout", PRELUDE),
 
     # -- errexit (commands run under `set -euo pipefail`) ------------------
@@ -250,6 +262,15 @@ MAIN: List[Case] = [
     Case("wait_for_unit_without_systemd", 'machine.wait_for_unit("foo.service", timeout=2)'),
     Case("sleep", "machine.sleep(1)"),
     Case("retry_timeout", "retry(lambda last: False, timeout_seconds=1)", "numbers"),
+    # A datetime.timedelta as a timeout: nixpkgs takes one from 2026-08
+    # (PR #542374); the 26.11 reference does not.
+    Case("timedelta_succeed",
+         'import datetime\nresult = machine.succeed("echo td", timeout=datetime.timedelta(seconds=30))',
+         "any"),
+    Case("timedelta_wait",
+         'import datetime\n'
+         'result = machine.wait_until_succeeds("echo td", timeout=datetime.timedelta(seconds=30))',
+         "any"),
     Case("retry_second_try", "n = [0]\ndef f(last):\n    n[0] += 1\n    return n[0] >= 2\nretry(f, timeout_seconds=10)\nresult = n[0]"),
 
     # -- exceptions from the script's own helpers ----------------------------

@@ -93,6 +93,13 @@ KNOWN: Dict[str, str] = {
     "exit code: global_timeout":
         "When the global timeout fires nixpkgs ends its own process with SIGTERM (exit status"
         " 143); ours ends the test, says why, and exits 1.",
+    "timedelta_succeed":
+        "A datetime.timedelta timeout: nixpkgs' 26.11 driver puts it into `timeout 0:00:30 bash -c"
+        " ...`, which refuses it (exit 125, so succeed raises); ours, as nixpkgs from 2026-08"
+        " (PR #542374), takes it as its seconds.",
+    "timedelta_wait":
+        "Same: nixpkgs' 26.11 retry() compares a float with the timedelta and raises TypeError;"
+        " ours waits, as later nixpkgs.",
     "wait_for_unit_without_systemd":
         "On a guest without systemctl nixpkgs fails at once (RequestedAssertionFailed: systemctl"
         " exited 127); ours waits out the timeout and raises MachineTimeout (a"

@@ -149,6 +149,10 @@ class FakeDriver:
             return WithBytes({"status": status}, out if isinstance(out, bytes) else out.encode())
         if op == "is_up":
             return False
+        if op == "status":
+            d = f"/tmp/nix-vmtest-fake/{req['machine']}"
+            return {"booted": False, "connected": False, "pid": None, "state_dir": d,
+                    "shared_dir": d + "/shared", "tmp_dir": "/tmp/nix-vmtest-fake"}
         if op == "create_machine":
             return {"name": req["args"]["name"] or "created"}
         return None

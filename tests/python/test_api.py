@@ -22,7 +22,7 @@ MACHINE_API = {
     "fail": [("commands", "*"), ("timeout", None)],
     "wait_until_succeeds": [("command", E), ("timeout", 900)],
     "wait_until_fails": [("command", E), ("timeout", 900)],
-    "sleep": [("secs", E)],
+    "sleep": [("secs", None), ("duration", None)],  # `duration`: later nixpkgs' name
     "wait_for_file": [("filename", E), ("timeout", 900)],
     "wait_for_open_port": [("port", E), ("addr", "localhost"), ("timeout", 900)],
     "wait_for_closed_port": [("port", E), ("addr", "localhost"), ("timeout", 900)],
@@ -85,7 +85,8 @@ class Api(unittest.TestCase):
         finally:
             fake.close()
         sig = lambda f: str(inspect.signature(f))
-        self.assertEqual(sig(g["retry"]), "(fn: Callable, timeout_seconds: int = 900) -> None")
+        self.assertEqual([(p.name, p.default) for p in inspect.signature(g["retry"]).parameters.values()],
+                         [("fn", E), ("timeout_seconds", 900), ("timeout", None)])
         self.assertEqual([(p.name, p.default, p.kind.name) for p in
                           inspect.signature(g["polling_condition"]).parameters.values()],
                          [("fun", None, "POSITIONAL_OR_KEYWORD"),
@@ -146,8 +147,24 @@ class Api(unittest.TestCase):
             "    vlan1.partition([server], [client])\n"
             "alive.wait(10)\n"
             "retry(lambda last: True)\n"
+            "import datetime\n"
+            "server.wait_for_file('/f', timeout=datetime.timedelta(seconds=3))\n"
+            "server.succeed('true', timeout=datetime.timedelta(minutes=1))\n"
+            "server.sleep(datetime.timedelta(seconds=1))\n"
+            "alive.wait(datetime.timedelta(seconds=10))\n"
+            "retry(lambda last: True, timeout=datetime.timedelta(seconds=5))\n"
+            "p: Path = server.state_dir / 'x'\n"
+            "q: Path = server.shared_dir / server.tmp_dir\n"
+            "up: bool = server.booted and server.connected\n"
+            "server.connected = False\n"
+            "server.state_dir = client.state_dir\n"
+            "pid: Optional[int] = server.pid\n"
+            "for m in machines_qemu:\n"
+            "    m.log('x')\n"
         )
-        bad = script + "n: int = server.succeed('true')\nserver.wait_for_unit(3)\n"
+        script = "from pathlib import Path\nfrom typing import Optional\n" + script
+        bad = script + ("n: int = server.succeed('true')\nserver.wait_for_unit(3)\n"
+                        "server.wait_for_file('/f', timeout='3')\nserver.pid = 3\n")
         env = dict(os.environ, MYPYPATH=PYTHON_DIR)
         with tempfile.TemporaryDirectory() as d:
             good_path, bad_path = os.path.join(d, "good.py"), os.path.join(d, "bad.py")
@@ -167,6 +184,8 @@ class Api(unittest.TestCase):
             self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
             self.assertIn("Incompatible types in assignment", r.stdout)
             self.assertIn('incompatible type "int"; expected "str"', r.stdout)
+            self.assertIn('Argument "timeout" to "wait_for_file"', r.stdout)
+            self.assertIn('Property "pid" defined in "Machine" is read-only', r.stdout)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
+import datetime
 import os
 import time
 import unittest
+import warnings
 from unittest import mock
 
 from tests.python.fake_driver import FakeDriver, make_driver
 
-from nix_vmtest.driver import pythonize_name
+from nix_vmtest.driver import formatwarning, pythonize_name
 from nix_vmtest.errors import RequestedAssertionFailed
-from nix_vmtest.machine import Machine, retry
+from nix_vmtest.machine import Machine, MachineDeprecationWrapper, retry
 
 
 class Retry(unittest.TestCase):
@@ -34,6 +36,28 @@ class Retry(unittest.TestCase):
             retry(lambda last: calls.append(last) or last, timeout_seconds=3)
         self.assertEqual(calls, [False, False, False, True])
         self.assertEqual([c.args for c in sleep.call_args_list], [(1,), (1,), (1,)])
+
+    def test_timedelta_and_later_name(self) -> None:
+        for kw in ({"timeout_seconds": datetime.timedelta(seconds=3)},
+                   {"timeout": datetime.timedelta(milliseconds=3000)},
+                   {"timeout": 3}):
+            with self.subTest(kw=kw):
+                calls = []
+                clock = [0.0]
+                with mock.patch("nix_vmtest.machine.time.monotonic", side_effect=lambda: clock[0]), \
+                     mock.patch("nix_vmtest.machine.time.sleep",
+                                side_effect=lambda s: clock.__setitem__(0, clock[0] + s)):
+                    with self.assertRaises(RequestedAssertionFailed) as cm:
+                        retry(lambda last: calls.append(last) and False, **kw)
+                self.assertEqual(calls, [False, False, False, True])
+                self.assertEqual(str(cm.exception), "action timed out after 3.00 seconds (timeout=3)")
+        with self.assertRaises(TypeError):
+            retry(lambda last: True, timeout_seconds=5, timeout=datetime.timedelta(seconds=5))
+        with self.assertRaisesRegex(TypeError, r"timedelta or a number of seconds, not str"):
+            retry(lambda last: True, timeout_seconds="5")
+        with mock.patch("nix_vmtest.machine.time.sleep"):
+            with self.assertRaisesRegex(RequestedAssertionFailed, r"\(timeout=0.5\)$"):
+                retry(lambda last: False, timeout_seconds=datetime.timedelta(seconds=0.5))
 
 
 class Globals(unittest.TestCase):
@@ -64,7 +88,57 @@ class Globals(unittest.TestCase):
     def test_machine_alias_only_with_one(self) -> None:
         self.fake = FakeDriver(machines=["server"])
         g = make_driver(self.fake).make_globals()
-        self.assertIs(g["machine"], g["server"])
+        alias = g["machine"]
+        self.assertIsInstance(alias, MachineDeprecationWrapper)
+        self.assertIs(alias.machine, g["server"])
+        text = ("invoking 'QemuMachine.{}' is deprecated: It's deprecated to use the `machine` "
+                "variable when the only machine is called server. This behavior will no longer "
+                "work in NixOS 27.05.")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            self.assertEqual(alias.name, "server")
+            alias.succeed("true")
+        self.assertEqual([str(w.message) for w in caught],
+                         [text.format("name"), text.format("succeed")])
+        self.assertEqual({w.category for w in caught}, {UserWarning})
+        self.assertEqual(self.fake.of("execute")[0]["machine"], "server")
+        # An assignment reaches the machine.
+        alias.connected = False
+        self.assertEqual(self.fake.ops(exclude_logs=True)[-1], "disconnect")
+        # Under Python's default filter, once per attribute, as nixpkgs'.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.resetwarnings()
+            warnings.simplefilter("default")
+            for _ in range(3):
+                alias.name
+        self.assertEqual(len(caught), 1)
+
+    def test_machine_alias_plain_when_so_named_or_several(self) -> None:
+        self.fake = FakeDriver(machines=["machine"])
+        g = make_driver(self.fake).make_globals()
+        self.assertIsInstance(g["machine"], Machine)
+        self.fake.close()
+        self.fake = FakeDriver(machines=["a", "b"])
+        g = make_driver(self.fake).make_globals()
+        self.assertNotIn("machine", g)
+        self.fake.close()
+        self.fake = FakeDriver(machines=["9x"])
+        g = make_driver(self.fake).make_globals()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            g["machine"].name
+        self.assertIn("the only machine is called _x.", str(caught[0].message))
+
+    def test_machines_qemu(self) -> None:
+        self.fake = FakeDriver(machines=["b", "a"])
+        d = make_driver(self.fake)
+        g = d.make_globals()
+        self.assertEqual(g["machines_qemu"], g["machines"])
+        self.assertIsNot(g["machines_qemu"], g["machines"])
+        self.assertIs(g["machines_qemu"], d.machines_qemu)
+        self.assertEqual([m.name for m in g["machines_qemu"]], ["a", "b"])
+        self.assertEqual(g["machines_nspawn"], [])
+
 
     def test_t_raises_requested_assertion(self) -> None:
         self.fake = FakeDriver()
@@ -72,6 +146,13 @@ class Globals(unittest.TestCase):
         with self.assertRaises(RequestedAssertionFailed):
             g["t"].assertEqual(1, 2)
         g["t"].assertIn("a", "abc")
+
+
+class Warnings(unittest.TestCase):
+    def test_formatwarning_as_nixpkgs(self) -> None:
+        self.assertEqual(
+            formatwarning(UserWarning("it is old"), UserWarning, "/x/m.py", 7, "  warnings.warn(\n"),
+            '??? Warning (UserWarning): it is old\n    File "/x/m.py", line 7\n      warnings.warn(\n')
 
 
 class DriverOps(unittest.TestCase):
@@ -174,6 +255,7 @@ class DriverOps(unittest.TestCase):
         v.loss(0.5)
         v.loss(1, b)
         v.delay(0.2, machine=a)
+        v.delay(datetime.timedelta(milliseconds=50))
         v.stats()
         self.assertEqual([(r["machine"], r["args"]) for r in self.fake.of("vlan")], [
             (None, {"vlan": 1, "action": "block", "machine": "a"}),
@@ -183,6 +265,7 @@ class DriverOps(unittest.TestCase):
             (None, {"vlan": 1, "action": "loss", "fraction": 0.5, "machine": None}),
             (None, {"vlan": 1, "action": "loss", "fraction": 1.0, "machine": "b"}),
             (None, {"vlan": 1, "action": "delay", "seconds": 0.2, "machine": "a"}),
+            (None, {"vlan": 1, "action": "delay", "seconds": 0.05, "machine": None}),
             (None, {"vlan": 1, "action": "stats"}),
         ])
 
@@ -221,6 +304,8 @@ class PollingConditions(unittest.TestCase):
         self.assertEqual(with_args.description, "custom")
         self.assertEqual(with_args.seconds_interval, 10)
         self.assertEqual(self.pc(named).description, "named")
+        self.assertEqual(self.pc(named, seconds_interval=datetime.timedelta(minutes=1))
+                         .seconds_interval, 60.0)
 
     def test_context_manager_stack(self) -> None:
         p1, p2 = self.pc(lambda: True), self.pc(lambda: True)
@@ -254,6 +339,9 @@ class PollingConditions(unittest.TestCase):
         self.assertIn("(ready failure not fatal yet)", self.fake.log_lines())
         with self.assertRaises(RequestedAssertionFailed):
             self.pc(lambda: False, description="never").wait(timeout=0)
+        for kw in ({"timeout": datetime.timedelta(0)}, {"timeout_seconds": 0}):
+            with self.subTest(kw=kw), self.assertRaises(RequestedAssertionFailed):
+                self.pc(lambda: False, description="never").wait(**kw)
 
 
 if __name__ == "__main__":

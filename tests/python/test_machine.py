@@ -1,5 +1,7 @@
 import base64
+import datetime
 import os
+import pathlib
 import tempfile
 import time
 import unittest
@@ -12,6 +14,12 @@ from nix_vmtest.errors import (
     RequestedAssertionFailed,
     Unsupported,
 )
+
+
+def mock_sleep():
+    from unittest import mock
+
+    return mock.patch("nix_vmtest.machine.time.sleep")
 
 
 class MachineTests(unittest.TestCase):
@@ -173,7 +181,87 @@ class MachineTests(unittest.TestCase):
 
     def test_sleep_is_guest_time(self) -> None:
         self.m.sleep(3)
-        self.assertEqual(self.fake.of("execute")[0]["args"]["command"], "sleep 3")
+        self.m.sleep(datetime.timedelta(seconds=2))
+        self.m.sleep(duration=datetime.timedelta(milliseconds=1500))
+        self.m.sleep(secs=0.25)
+        self.assertEqual([r["args"]["command"] for r in self.fake.of("execute")],
+                         ["sleep 3", "sleep 2", "sleep 1.5", "sleep 0.25"])
+        with self.assertRaises(TypeError):
+            self.m.sleep()
+        with self.assertRaises(TypeError):
+            self.m.sleep(1, duration=datetime.timedelta(seconds=1))
+
+    def test_timedelta_everywhere(self) -> None:
+        """Every timeout, interval and delay takes a timedelta; the driver
+        gets seconds."""
+        td = datetime.timedelta
+        self.fake.handlers["wait_until"] = lambda req: WithBytes(None, b"")
+        self.fake.handlers["next_qmp_event"] = lambda req: {"event": "X"}
+        self.m.execute("e", timeout=td(minutes=2))
+        self.m.succeed("s", timeout=td(seconds=5))
+        self.fake.commands["f"] = (1, b"")
+        self.m.fail("f", timeout=td(seconds=6))
+        self.m.wait_until_succeeds("w", timeout=td(seconds=7))
+        self.m.wait_until_fails("w", timeout=td(seconds=8))
+        self.m.wait_for_file("/f", timeout=td(seconds=9))
+        self.m.wait_for_open_port(80, timeout=td(seconds=10))
+        self.m.wait_for_closed_port(80, timeout=td(seconds=11))
+        self.m.wait_for_open_unix_socket("/s", timeout=td(seconds=12))
+        self.m.wait_for_console_text("x", timeout=td(seconds=13))
+        self.m.wait_for_unit("u", timeout=td(seconds=14))
+        self.m.wait_for_qmp_event(lambda e: True, timeout=td(seconds=15))
+        timeouts = [(r["op"], r["args"]["timeout"]) for r in self.fake.requests
+                    if "timeout" in r["args"]]
+        self.assertAlmostEqual(timeouts[-1][1], 15.0, places=1)  # what is left of it
+        timeouts[-1] = ("next_qmp_event", 15.0)
+        self.assertEqual(timeouts, [
+            ("execute", 120.0), ("execute", 5.0), ("execute", 6.0), ("wait_until", 7.0), ("wait_until", 8.0),
+            ("wait_for_file", 9.0), ("wait_for_open_port", 10.0), ("wait_for_closed_port", 11.0),
+            ("wait_for_open_unix_socket", 12.0), ("wait_for_console_text", 13.0),
+            ("wait_for_unit", 14.0), ("next_qmp_event", 15.0)])
+        with mock_sleep() as sleep:
+            self.m.send_key("a", delay=td(milliseconds=20))
+            self.m.send_chars("b", delay=td(milliseconds=30))
+        self.assertEqual([c.args for c in sleep.call_args_list], [(0.02,), (0.03,)])
+        # The Python-side waits (retry) take it too.
+        self.fake.commands["fold -w$(stty -F /dev/tty1 size | awk '{print $2}') /dev/vcs1"] = (0, b"x")
+        with mock_sleep():
+            with self.assertRaisesRegex(RequestedAssertionFailed, r"\(timeout=0\)"):
+                self.m.wait_until_tty_matches("1", "never", timeout=td(0))
+        with self.assertRaisesRegex(TypeError, "not str"):
+            self.m.execute("x", timeout="10")
+
+    def test_attributes_from_the_driver(self) -> None:
+        state = {"booted": True, "connected": False, "pid": 4242, "state_dir": "/t/vm-state-server",
+                 "shared_dir": "/t/vm-state-server/shared", "tmp_dir": "/t"}
+        self.fake.handlers["status"] = lambda req: dict(state)
+        self.assertEqual(self.m.state_dir, pathlib.Path("/t/vm-state-server"))
+        self.assertIsInstance(self.m.state_dir, pathlib.Path)
+        self.assertEqual(self.m.shared_dir, pathlib.Path("/t/vm-state-server/shared"))
+        self.assertEqual(self.m.tmp_dir, pathlib.Path("/t"))
+        self.assertIs(self.m.booted, True)
+        self.assertIs(self.m.connected, False)
+        self.assertEqual(self.m.pid, 4242)
+        state["pid"] = None
+        self.assertIsNone(self.m.pid)
+        self.assertEqual({r["machine"] for r in self.fake.of("status")}, {"server"})
+        self.fake.requests.clear()
+        self.m.connected = False
+        self.m.connected = True
+        self.m.state_dir = pathlib.Path("rel/dir")
+        self.m.state_dir = "/abs/dir"
+        self.assertEqual([(r["op"], r["args"]) for r in self.fake.requests], [
+            ("disconnect", {}), ("connect", {}),
+            ("set_state_dir", {"path": os.path.abspath("rel/dir")}),
+            ("set_state_dir", {"path": "/abs/dir"})])
+        with self.assertRaises(AttributeError):
+            self.m.pid = 3  # type: ignore[misc]
+
+    def test_switch_root_reconnects(self) -> None:
+        self.fake.handlers["wait_for_unit"] = lambda req: None
+        self.m.switch_root()
+        self.assertEqual(self.fake.ops(exclude_logs=True),
+                         ["wait_for_unit", "execute", "disconnect", "connect"])
 
     def test_tty(self) -> None:
         self.fake.commands["fold -w$(stty -F /dev/tty1 size | awk '{print $2}') /dev/vcs1"] = (0, b"login: ")

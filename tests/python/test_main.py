@@ -56,6 +56,19 @@ class MainProcess(unittest.TestCase):
         self.assertEqual(fake.ops(exclude_logs=True)[1:],
                          ["start", "execute", "wait_for_unit", "is_up"])
 
+    def test_machine_alias_warns_on_stderr_as_nixpkgs(self) -> None:
+        proc, fake, _ = run_client("""\
+            machine.succeed("true")
+            machine.succeed("true")
+            server.succeed("true")
+            """, machines=["server"])
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(proc.stderr.count("??? Warning (UserWarning): invoking 'QemuMachine.succeed' "
+                                           "is deprecated: It's deprecated to use the `machine` variable "
+                                           "when the only machine is called server. This behavior will "
+                                           "no longer work in NixOS 27.05.\n"), 1, proc.stderr)
+        self.assertIn("nix_vmtest/machine.py", proc.stderr)
+
     def test_assertion_traceback_shows_script_line(self) -> None:
         proc, fake, path = run_client("""\
             def helper():
