@@ -41,7 +41,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix_vmtest::machine::shell::UntilMode;
+use nix_vmtest::machine::shell::{shell_quote, Shell, UntilMode};
 use nix_vmtest::machine::Machine;
 use nix_vmtest::script::ops::user_command;
 
@@ -66,11 +66,47 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Runs a command the way nixpkgs' driver frames it, over the same shell.
+/// Runs a command the way nixpkgs' Python driver frames it
+/// (`timeout T bash -c 'set -euo pipefail; ...' | (base64 -w 0; echo)`,
+/// then `echo ${PIPESTATUS[0]}`), over the same shell with bash itself on
+/// the console ([`Machine::raw_shell`]).
 async fn nixpkgs_execute(m: &mut Machine, cmd: &str) -> (i32, Vec<u8>) {
-    m.run_nixpkgs_framing(cmd, 900)
+    use base64::Engine;
+    let shell = m.raw_shell().await.expect("the shell, raw");
+    let line = format!(
+        "timeout 900 bash -c {} | (base64 -w 0; echo)\n",
+        shell_quote(&format!("set -euo pipefail; {cmd}"))
+    );
+    shell.write_raw(line.as_bytes()).await.expect("writing");
+    let mut got = Vec::new();
+    let encoded = read_line(shell, &mut got).await;
+    shell
+        .write_raw(b"echo ${PIPESTATUS[0]}\n")
         .await
-        .expect("nixpkgs framing")
+        .expect("writing");
+    let status = read_line(shell, &mut got).await;
+    let output = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim_ascii())
+        .expect("base64 output");
+    let status = String::from_utf8_lossy(&status)
+        .trim()
+        .parse()
+        .expect("a status");
+    (status, output)
+}
+
+/// The next line from a raw shell, without its newline; `buf` holds what
+/// came after it.
+async fn read_line(shell: &mut Shell, buf: &mut Vec<u8>) -> Vec<u8> {
+    loop {
+        if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line = buf[..i].to_vec();
+            buf.drain(..=i);
+            return line;
+        }
+        let more = shell.read_raw().await.expect("reading the shell");
+        buf.extend_from_slice(&more);
+    }
 }
 
 /// The floor under any protocol that runs a command in its own bash

@@ -737,22 +737,22 @@ impl Machine {
         Ok(out)
     }
 
-    /// Runs a command framed as nixpkgs' Python driver frames it (the
-    /// benchmark's baseline, on the same shell).
-    pub async fn run_nixpkgs_framing(
-        &mut self,
-        command: &str,
-        timeout_secs: u64,
-    ) -> Result<(i32, Vec<u8>), MachineError> {
-        let result = self
-            .shell()
-            .await?
-            .run_nixpkgs_framing(command, timeout_secs)
-            .await;
-        result.map_err(|e| MachineError::Shell {
-            name: self.name.clone(),
-            message: e.to_string(),
-        })
+    /// The connected backdoor shell with bash itself reading the console
+    /// ([`Shell::raw_mode`]: a cancelled call settled, the serve loop
+    /// ended), for a caller that writes bash to it with [`Shell::write_raw`]
+    /// and reads what comes back with [`Shell::read_raw`] (the benchmark's
+    /// nixpkgs framing). The next command sets the driver's framing up
+    /// again.
+    pub async fn raw_shell(&mut self) -> Result<&mut Shell, MachineError> {
+        let name = self.name.clone();
+        let shell = self.shell().await?;
+        match shell.raw_mode().await {
+            Ok(()) => Ok(shell),
+            Err(e) => Err(MachineError::Shell {
+                name,
+                message: e.to_string(),
+            }),
+        }
     }
 
     /// Runs `command` in the guest until the condition holds; the guest

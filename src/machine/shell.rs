@@ -1801,35 +1801,6 @@ impl Shell {
         }
     }
 
-    /// Runs `command` framed the way nixpkgs' Python driver does
-    /// (`timeout T bash -c 'set -euo pipefail; ...' | (base64 -w 0; echo)`,
-    /// then `echo ${PIPESTATUS[0]}`). Only the benchmark uses it, as the
-    /// baseline.
-    pub async fn run_nixpkgs_framing(
-        &mut self,
-        command: &str,
-        timeout: u64,
-    ) -> Result<(i32, Vec<u8>), ShellError> {
-        use base64::Engine;
-        self.raw_mode().await?;
-        let line = format!(
-            "timeout {timeout} bash -c {} | (base64 -w 0; echo)\n",
-            shell_quote(&format!("set -euo pipefail; {command}"))
-        );
-        self.stream.write_all(line.as_bytes()).await?;
-        let encoded = self.read_until(b"\n").await?;
-        self.stream.write_all(b"echo ${PIPESTATUS[0]}\n").await?;
-        let status = self.read_until(b"\n").await?;
-        let output = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim_ascii())
-            .map_err(|e| ShellError::Protocol(e.to_string()))?;
-        let status = String::from_utf8_lossy(&status)
-            .trim()
-            .parse()
-            .map_err(|_| ShellError::Protocol("status".into()))?;
-        Ok((status, output))
-    }
-
     /// Writes raw bytes into the shell (the interactive `shell_interact`,
     /// after [`Shell::raw_mode`]).
     pub async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), ShellError> {
