@@ -1,0 +1,156 @@
+# shellcheck shell=bash
+# The guest's backdoor shell: the functions the first command needs
+# (`BOOTSTRAP` in guest.rs). Defined once per boot, on the console or in one
+# record on the command port; comment lines and indentation are dropped
+# before they are sent. @CHUNK@ is filled in from the Rust constant.
+__vmt_init() {
+  # The driver's files are `$__vmt_at<name>`, in the first tmpfs-like
+  # directory bash can create a file in: no process is started (each costs
+  # 25 ms or more under TCG), and FIFOs are made when first needed.
+  local d
+  __vmt_key=$1 __vmt_at=
+  for d in /run /dev/shm /tmp; do
+    { : >"$d/.nix-vmtest-$$.o.0"; } 2>/dev/null && __vmt_at=$d/.nix-vmtest-$$. && break
+  done
+  [ -n "$__vmt_at" ] || return 1
+  __vmt_pidfile=$d/.nix-vmtest-ctl.pid
+  # Commands get this as stderr. The shell's own stderr is /dev/null where
+  # it reaps commands: bash reports a child killed at a deadline there
+  # ("Killed ( eval ... )"), which would say nothing to a test's reader.
+  exec {__vmt_err}>&2
+  # Commands see `$0` as under `bash -c` (the shell's is the console).
+  BASH_ARGV0=bash
+  __vmt_n=0 __vmt_out=${__vmt_at}o.0 __vmt_spent=
+  # The port bootstrap's first line found the ports already.
+  [[ -v __vmt_cmdport ]] || __vmt_ports
+  __vmt_ctl_start
+}
+__vmt_ctl_start() {
+  local old f
+  if [[ -n $__vmt_listener ]] && kill -0 "$__vmt_listener" 2>/dev/null; then return; fi
+  __vmt_listener=
+  [[ -n $__vmt_ctlport ]] || return 0
+  # The listener of a backdoor shell that was killed outlives it where no
+  # service manager kills what the shell left (init's respawn): it would
+  # read requests meant for this one, and kill nothing. It holds the port.
+  if read -r old 2>/dev/null <"$__vmt_pidfile" && [[ -n $old && $old != *[!0-9]* ]]; then
+    for f in /proc/"$old"/fd/*; do
+      [[ $f -ef $__vmt_ctlport ]] && { kill -KILL "$old" 2>/dev/null; break; }
+    done
+  fi
+  # An interactive shell would note the job on the console ("[1] 123").
+  # The listener holds no port but its own: a virtio port opens once at a
+  # time, and the command port must close when the serve loop leaves.
+  { __vmt_listen "$__vmt_ctlport" </dev/null >/dev/null & } 2>/dev/null
+  __vmt_listener=$!
+}
+__vmt_listen() {
+  # The listener writes its own pid file: the shell goes on meanwhile.
+  local c req kids k
+  echo "$BASHPID" 2>/dev/null >"$__vmt_pidfile"
+  exec {c}<>"$1" || return
+  while read -r -d . -u "$c" req; do
+    kids=()
+    read -r -a kids </proc/$$/task/$$/children
+    for k in "${kids[@]}"; do
+      [[ $k == "$BASHPID" ]] || __vmt_kill "$k"
+    done
+    # The shell is not signalled: bash catches a trapped signal without
+    # SA_RESTART, so it could cut the shell's write of an answer short
+    # (EINTR; on a tty, bash's printf writes a line at a time). A wait
+    # loop whose try was killed sees its deadline passed, or `cancel.`.
+    printf '%s done\n' "$req" >&"$c"
+  done
+}
+__vmt_next() {
+  # After an answer: the next command writes to a fresh file (a detached
+  # child may still hold the last one open), and a spent one is emptied.
+  # Old files go every 200 commands, in a subshell: expanding 200 names in
+  # this shell scatters its heap, and every later fork then costs more
+  # page faults (about 10% more per command, measured under TCG).
+  if [[ -n $__vmt_spent ]]; then : >"$__vmt_out"; __vmt_spent=; fi
+  if (( ++__vmt_n % 200 == 0 )); then ( rm -f "$__vmt_at"o.* ); fi
+  __vmt_out=${__vmt_at}o.$__vmt_n
+}
+__vmt_records() {
+  # A record is `<length: 6 hex digits> <kind><body>`, all ASCII, so `read
+  # -N` (one read(2) for all of it; a tty or a newline delimiter would make
+  # bash read a byte at a time) counts bytes in any locale. `cancel.` (7
+  # bytes, like a header) may come between records and is skipped.
+  # Kinds: `r<id> <command>` and `n<id> <command>` run a command as
+  # `__vmt_exec` does when the host stops commands (output kept, or not);
+  # `e<line>` is evaluated here, with the console as stderr again.
+  printf '%s serving\n' "$__vmt_sync"
+  while read -r -N 7 __vmt_h; do
+    [[ $__vmt_h == cancel. ]] && continue
+    read -r -N $((16#$__vmt_h)) __vmt_rec || break
+    case $__vmt_rec in
+      [rn]*)
+        __vmt_id=${__vmt_rec%% *} __vmt_cmd=${__vmt_rec#* } __vmt_to=$__vmt_out
+        [[ $__vmt_id == n* ]] && __vmt_to=/dev/null
+        __vmt_id=${__vmt_id#?}
+        ( eval "$__vmt_cmd" ) 2>&"$__vmt_err"- </dev/null >"$__vmt_to"
+        __vmt_st=$?
+        if [[ -s $__vmt_to ]]; then
+          __vmt_why=; __vmt_send_output
+        else
+          printf '%s%s %s done 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st"
+        fi
+        __vmt_next
+        ;;
+      *) eval "${__vmt_rec#?}" 2>&"$__vmt_err" ;;
+    esac
+  done
+  return 0
+}
+__vmt_send_output() {
+  # The answer of a command whose output file is not empty.
+  local small
+  __vmt_spent=1
+  # Output of up to 4096 characters without a NUL byte goes in one write
+  # with the answer, and no acknowledgement is awaited: `read` stops at a
+  # NUL or after 4097 characters (bytes kept as they are; a character
+  # is a byte in the C locale, at most 6 in a UTF-8 one), and fails only
+  # at the end. (`LC_ALL=C` here would make bash switch locales twice
+  # per command: 0.4 to 1.9 ms under TCG with LANG=C.UTF-8.)
+  if ! IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
+    printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
+      "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
+    return
+  fi
+  printf '%s%s %s %s 1\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
+  __vmt_send
+}
+__vmt_send() {
+  local i=0 ack
+  while :; do
+    dd if="$__vmt_to" bs=@CHUNK@ skip=$i count=1 2>/dev/null
+    printf '\n%s%s c\n' "$__vmt_key" "$__vmt_id"
+    read -r -d . -u 0 ack || break
+    [[ $ack == more ]] || break
+    i=$((i + 1))
+  done
+}
+__vmt_served() {
+  # The serve loop ended with status $1 and closed the port: the console
+  # says so (nothing if it never served).
+  [[ -n $__vmt_sync ]] || return 0
+  if (( $1 != 0 )); then
+    printf '%s failed\n' "$__vmt_sync"
+  elif [[ -n $__vmt_left ]]; then
+    printf '%s left\n' "$__vmt_left"
+  else
+    printf '%s ended\n' "$__vmt_sync"
+  fi
+}
+__vmt_kill() {
+  local p kids
+  for p in "$@"; do
+    kill -STOP "$p" 2>/dev/null
+    kids=$(cat /proc/"$p"/task/*/children 2>/dev/null)
+    # One word a pid: split on purpose.
+    # shellcheck disable=SC2086
+    __vmt_kill $kids
+    kill -KILL "$p" 2>/dev/null
+  done
+}

@@ -1,0 +1,427 @@
+//! The guest's side of the protocol: the bash functions the driver defines
+//! in the backdoor shell (`guest-core.bash`, `guest-rest.bash`), and the
+//! lines that send them and set the shell up. Tested here in the host's
+//! bash, without a VM.
+
+use std::sync::LazyLock;
+
+use super::CHUNK;
+use crate::machine::qemu::{CMD_PORT, CTL_PORT};
+
+/// Fills in the constants the bash shares with the Rust (`@NAME@`).
+fn fill(source: &str) -> String {
+    source
+        .replace("@CHUNK@", &CHUNK.to_string())
+        .replace("@CMD_PORT@", CMD_PORT)
+        .replace("@CTL_PORT@", CTL_PORT)
+}
+
+/// The bash functions the first command needs (`guest-core.bash`).
+pub(super) static BOOTSTRAP: LazyLock<String> =
+    LazyLock::new(|| fill(include_str!("guest-core.bash")));
+
+/// The rest of the guest's functions (`guest-rest.bash`): defined after
+/// the first command's answer, in the same exchange as its record (the port
+/// bootstrap), or before any other request (see [`super::Rest`]).
+pub(super) static BOOTSTRAP_REST: LazyLock<String> =
+    LazyLock::new(|| fill(include_str!("guest-rest.bash")));
+
+/// Bash source as the console carries it: without comment lines and
+/// indentation (bash reads a console a byte at a time; the bootstrap is
+/// half as long this way).
+pub(super) fn compact(source: &str) -> String {
+    source
+        .lines()
+        .map(str::trim_start)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The bootstrap as it goes on the console: `PS2=` first, since a shell
+/// that reads the console interactively would otherwise prompt for every
+/// continuation line; then all the functions, [`init_and_report`] and
+/// [`names_report`].
+pub(super) fn console_bootstrap(n: &str, key: &str) -> String {
+    format!(
+        "PS2=\n{}\n{}\n{}\n{}\n",
+        compact(&BOOTSTRAP),
+        compact(&BOOTSTRAP_REST),
+        init_and_report(n, key),
+        names_report(n, true)
+    )
+}
+
+/// The bash that runs `__vmt_init` and reports `<n> ok[ ctl][ cmd]`, or
+/// `<n> failed`.
+fn init_and_report(n: &str, key: &str) -> String {
+    format!(
+        "if __vmt_init {key}; then \
+         printf '%s ok%s%s\\n' {n} \"${{__vmt_listener:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
+         else printf '%s failed\\n' {n}; fi"
+    )
+}
+
+/// The bash that prints `<n> names`, the names bash resolves itself
+/// (builtins, keywords, functions, aliases; `#` if it cannot list them),
+/// which [`super::exec_form`] must not exec, then `<n> end`. On the
+/// `console`, the names go in one write (bash's stdout is line-buffered: a
+/// write a name, and there each one spins in the guest until QEMU took it).
+fn names_report(n: &str, console: bool) -> String {
+    let names = if console {
+        "__vmt_h=; { compgen -b -k -A function -a >\"${__vmt_at}names\" && \
+         IFS= read -r -d '' __vmt_h <\"${__vmt_at}names\"; printf '%s' \"${__vmt_h:-#}\"; } 2>/dev/null"
+    } else {
+        "{ compgen -b -k -A function -a || echo '#'; } 2>/dev/null"
+    };
+    format!("printf '%s names\\n' {n}; {names}; printf '\\n%s end\\n' {n}")
+}
+
+/// [`BOOTSTRAP_REST`] and the [`names_report`], as one line of bash for
+/// the console or (not `console`) a record of the serve loop.
+pub(super) fn rest_line(n: &str, console: bool) -> String {
+    format!(
+        "{}\n{}\n",
+        compact(&BOOTSTRAP_REST),
+        names_report(n, console)
+    )
+}
+
+/// The port bootstrap's record body: the functions the first command needs
+/// ([`BOOTSTRAP`]), `__vmt_init` and its report, then the serve loop
+/// itself (`__vmt_records`) where the host has the control port
+/// (`host_ctl`) and the guest both ports; else `<n> idle`.
+pub(super) fn port_record_body(n: &str, key: &str, host_ctl: bool) -> String {
+    let host_ctl = u8::from(host_ctl);
+    format!(
+        "{}\n__vmt_sync={n} __vmt_left=; set --\n{}\n\
+         if [[ {host_ctl} == 1 && -n $__vmt_listener && -n $__vmt_cmdport ]]; then \
+         __vmt_records 2>/dev/null; else __vmt_sync=; printf '%s idle\\n' {n}; fi\n",
+        compact(&BOOTSTRAP),
+        init_and_report(n, key)
+    )
+}
+
+/// The port bootstrap's line on the console: finds both ports (what
+/// `__vmt_ports` does, so `__vmt_init` need not look again), skips what
+/// the command port holds up to `<n>.` and evaluates the record after it
+/// ([`port_record_body`]); then `__vmt_served` reports the loop's end, or
+/// `<n> noport` if there was no port (or no record).
+pub(super) fn port_console_line(n: &str) -> String {
+    format!(
+        "PS2= __vmt_cmdport= __vmt_ctlport=; for __vmt_p in /sys/class/virtio-ports/*; do \
+         read -r __vmt_h 2>/dev/null <\"$__vmt_p/name\"; case $__vmt_h in \
+         {CMD_PORT}) __vmt_cmdport=/dev/${{__vmt_p##*/}};; {CTL_PORT}) __vmt_ctlport=/dev/${{__vmt_p##*/}};; \
+         esac; done; [[ -c $__vmt_ctlport ]] || __vmt_ctlport=; \
+         if [[ -c $__vmt_cmdport ]]; then {{ __vmt_h=; while [[ $__vmt_h != *{n} ]]; do \
+         read -r -d . __vmt_h || break; done; [[ $__vmt_h == *{n} ]] && \
+         read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_h && eval \"${{__vmt_h#e}}\"; \
+         }} <>\"$__vmt_cmdport\" >&0; __vmt_st=$?; fi; \
+         if declare -F __vmt_served >/dev/null; then __vmt_served $__vmt_st; \
+         else printf '%s noport\\n' {n}; fi\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::shell::Shell;
+    use tokio::net::UnixStream;
+
+    /// The console bootstrap in the host's bash, read interactively from a
+    /// pty (as a guest whose backdoor shell were interactive would read
+    /// it): no continuation prompts, no job notice for the listener.
+    #[test]
+    fn an_interactive_shell_takes_the_bootstrap_quietly() {
+        let dir = std::env::temp_dir().join(format!("vmt-boot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ctl = dir.join("ctl");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&ctl)
+            .status()
+            .unwrap()
+            .success());
+        // The guest's ports are a FIFO here (the listener opens it `<>`),
+        // set as the port bootstrap's first line sets them. The shell's
+        // files go at the end (`__vmt_init` made them in the host's /run or
+        // /dev/shm).
+        let input = format!(
+            "PS1=\n__vmt_cmdport= __vmt_ctlport={}\n{}rm -f \"$__vmt_at\"*; \
+             kill \"$__vmt_listener\"; exit\n",
+            ctl.display(),
+            console_bootstrap("N", "K-")
+        );
+        let file = dir.join("input");
+        std::fs::write(&file, input).unwrap();
+        let out = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", "bash --norc -i", "/dev/null"])
+            .stdin(std::fs::File::open(&file).unwrap())
+            .output()
+            .expect("script(1) from util-linux");
+        let _ = std::fs::remove_dir_all(&dir);
+        // Without the pty's carriage returns and bracketed-paste switches.
+        let text = String::from_utf8_lossy(&out.stdout)
+            .replace('\r', "")
+            .replace("\x1b[?2004h", "")
+            .replace("\x1b[?2004l", "");
+        assert!(text.contains("N ok ctl"), "{text}");
+        assert!(text.contains("__vmt_init"), "the names: {text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("[1]")),
+            "a job notice: {text}"
+        );
+        let prompts = text.lines().filter(|l| l.starts_with("> ")).count();
+        assert_eq!(prompts, 0, "continuation prompts: {text}");
+    }
+
+    #[test]
+    fn the_compact_bootstrap_is_ascii_bash_that_parses() {
+        let defs = format!("{}\n{}", compact(&BOOTSTRAP), compact(&BOOTSTRAP_REST));
+        assert!(defs.is_ascii(), "a record carries ASCII only");
+        let whole = BOOTSTRAP.len() + BOOTSTRAP_REST.len();
+        assert!(defs.len() < whole * 2 / 3, "{} bytes", defs.len());
+        assert!(!defs.lines().any(|l| l.starts_with('#') || l.is_empty()));
+        let out = std::process::Command::new("bash")
+            .args(["-n", "-c", &defs])
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every function survives.
+        for f in [
+            "__vmt_init",
+            "__vmt_loop",
+            "__vmt_serve",
+            "__vmt_until",
+            "__vmt_bus_stop",
+        ] {
+            assert!(format!("\n{defs}").contains(&format!("\n{f}() {{")), "{f}");
+        }
+    }
+
+    #[test]
+    fn the_shared_constants_are_filled_in() {
+        for placeholder in ["@CHUNK@", "@CMD_PORT@", "@CTL_PORT@"] {
+            assert!(!BOOTSTRAP.contains(placeholder), "{placeholder}");
+            assert!(!BOOTSTRAP_REST.contains(placeholder), "{placeholder}");
+        }
+        assert!(BOOTSTRAP.contains(&format!(" bs={CHUNK} ")));
+        assert!(BOOTSTRAP_REST.contains(&format!("{CMD_PORT}) ")));
+        assert!(BOOTSTRAP_REST.contains(&format!("{CTL_PORT}) ")));
+    }
+
+    /// shellcheck on the guest's bash as it is written (its directives say
+    /// what is disabled where, and why).
+    #[test]
+    fn shellcheck_finds_nothing_in_the_guest_bash() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/machine/shell");
+        let out = match std::process::Command::new("shellcheck")
+            .args(["--norc", "guest-core.bash", "guest-rest.bash"])
+            .current_dir(dir)
+            .output()
+        {
+            Ok(out) => out,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "shellcheck is not installed; it checks the guest's bash: install it \
+                 (Debian: apt-get install -y shellcheck)"
+            ),
+            Err(e) => panic!("cannot run shellcheck: {e}"),
+        };
+        assert!(
+            out.status.success(),
+            "shellcheck on {dir}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The host's `bash --norc` as a guest's backdoor shell without the
+    /// driver's ports: stdin and stdout one end of a socketpair, stderr
+    /// captured. Killed, and its files removed, when dropped.
+    struct HostBash {
+        child: std::process::Child,
+    }
+
+    impl HostBash {
+        fn start() -> (HostBash, Shell) {
+            use std::process::{Command, Stdio};
+            let (host, guest) = std::os::unix::net::UnixStream::pair().unwrap();
+            let child = Command::new("bash")
+                .arg("--norc")
+                .stdin(Stdio::from(std::os::fd::OwnedFd::from(
+                    guest.try_clone().unwrap(),
+                )))
+                .stdout(Stdio::from(std::os::fd::OwnedFd::from(guest)))
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("bash");
+            host.set_nonblocking(true).unwrap();
+            let shell = Shell::new(UnixStream::from_std(host).unwrap());
+            (HostBash { child }, shell)
+        }
+
+        /// What bash wrote on stderr, once it has exited (its input closed).
+        fn stderr(mut self) -> String {
+            use std::io::Read;
+            let mut err = String::new();
+            if let Some(mut e) = self.child.stderr.take() {
+                e.read_to_string(&mut err).unwrap();
+            }
+            err
+        }
+    }
+
+    impl Drop for HostBash {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            // `__vmt_init`'s files: `<dir>/.nix-vmtest-<bash's pid>.*`.
+            let prefix = format!(".nix-vmtest-{}.", self.child.id());
+            for dir in ["/run", "/dev/shm", "/tmp"] {
+                let Ok(entries) = std::fs::read_dir(dir) else {
+                    continue;
+                };
+                for e in entries.flatten() {
+                    if e.file_name().to_string_lossy().starts_with(&prefix) {
+                        let _ = std::fs::remove_file(e.path());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The console path end to end in the host's bash, no VM: bootstrap,
+    /// exact output and status, `set -e`, chunked output, a wait, a
+    /// timeout the guest's own watcher enforces (there is no control
+    /// port), a command naming `$$`, and the names the exec form avoids.
+    #[tokio::test]
+    async fn the_console_protocol_runs_in_the_hosts_bash() {
+        use super::super::{exec_form, Ending, Outcome, Request, UntilMode};
+        use crate::machine::user_command;
+        use std::time::{Duration, Instant};
+
+        async fn exec(shell: &mut Shell, command: &str, timeout: Option<Duration>) -> Outcome {
+            let req = Request::Exec {
+                command,
+                timeout,
+                capture: true,
+            };
+            shell.run(req).await.expect(command)
+        }
+        let (bash, mut shell) = HostBash::start();
+        let dir = tempfile::tempdir().unwrap();
+        let body = async {
+            let o = exec(&mut shell, &user_command("echo hi; echo there"), None).await;
+            assert_eq!((o.status, o.ending), (0, Ending::Done));
+            assert_eq!(o.output, b"hi\nthere\n");
+            assert!(shell.boot.as_ref().is_some_and(|b| !b.ctl && !b.cmd));
+
+            // `set -e` holds: the command ends at its first failure.
+            let o = exec(&mut shell, &user_command("false; echo after"), None).await;
+            assert_eq!((o.status, o.output.as_slice()), (1, &b""[..]));
+            let o = exec(&mut shell, &user_command("echo x | false | true"), None).await;
+            assert_eq!((o.status, o.output.as_slice()), (1, &b""[..]));
+            let o = exec(&mut shell, "printf 'a\\0b\\n\\377'; exit 3", None).await;
+            assert_eq!((o.status, o.output.as_slice()), (3, &b"a\0b\n\xff"[..]));
+            // Output is not kept.
+            let req = Request::Exec {
+                command: "echo gone; exit 4",
+                timeout: None,
+                capture: false,
+            };
+            let o = shell.run(req).await.unwrap();
+            assert_eq!((o.status, o.output.as_slice()), (4, &b""[..]));
+            // Two chunks, each acknowledged.
+            let big = CHUNK + 1000;
+            let o = exec(
+                &mut shell,
+                &format!("head -c {big} /dev/zero | tr '\\0' x"),
+                None,
+            )
+            .await;
+            assert_eq!(o.output, vec![b'x'; big]);
+            // The command sees no positional parameters and `$0` as under
+            // `bash -c`.
+            let o = exec(&mut shell, "echo \"$# $0\"", None).await;
+            assert_eq!(o.output, b"0 bash\n");
+
+            // A wait loops in the guest until the command succeeds.
+            let f = dir.path().join("tries");
+            let f = f.display();
+            let req = Request::Until {
+                command: &format!("echo . >>{f}; [ $(wc -l <{f}) -ge 3 ]"),
+                timeout: Some(Duration::from_secs(20)),
+                mode: UntilMode::Succeed,
+            };
+            let o = shell.run(req).await.unwrap();
+            assert_eq!((o.status, o.ending), (0, Ending::Done));
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join("tries")).unwrap(),
+                ".\n.\n.\n"
+            );
+
+            // Without a control port, the guest's watcher ends a command at
+            // its deadline.
+            let started = Instant::now();
+            let o = exec(
+                &mut shell,
+                "sleep 30; echo late",
+                Some(Duration::from_millis(300)),
+            )
+            .await;
+            assert_eq!(o.ending, Ending::Timeout);
+            assert_eq!(o.output, b"");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{:?}",
+                started.elapsed()
+            );
+            let o = exec(&mut shell, "echo next", None).await;
+            assert_eq!((o.status, o.output.as_slice()), (0, &b"next\n"[..]));
+
+            // `$$` is the command's own bash: `kill $$` ends the command,
+            // not the shell.
+            let o = exec(&mut shell, &user_command("kill $$; echo not"), None).await;
+            assert_eq!((o.status, o.output.as_slice()), (143, &b""[..]));
+            let o = exec(&mut shell, "echo alive", None).await;
+            assert_eq!(o.output, b"alive\n");
+
+            // The names bash resolves itself, as the bootstrap listed them:
+            // a command of a program is execed, and runs as it would.
+            let names = shell
+                .boot
+                .as_ref()
+                .and_then(|b| b.names.clone())
+                .expect("names");
+            for name in ["__vmt_exec", "__vmt_until", "echo", "if", "exec"] {
+                assert!(names.contains(name), "{name}: {names:?}");
+            }
+            assert!(!names.contains("ls"));
+            let ls = exec_form(&user_command("ls /nonexistent-vmt"), &names).expect("exec form");
+            assert_eq!(ls, "set -euo pipefail; exec ls /nonexistent-vmt");
+            assert_eq!(exec(&mut shell, &ls, None).await.status, 2);
+            let missing = exec_form("vmt-no-such-program", &names).expect("exec form");
+            assert_eq!(exec(&mut shell, &missing, None).await.status, 127);
+            assert_eq!(exec_form(&user_command("echo hi"), &names), None);
+        };
+        tokio::time::timeout(Duration::from_secs(120), body)
+            .await
+            .expect("the host's bash answered in time");
+        // bash exits when its input closes.
+        drop(shell);
+        let err = bash.stderr();
+        let unexpected: Vec<&str> = err
+            .lines()
+            .filter(|l| {
+                !["/nonexistent-vmt", "vmt-no-such-program", "Terminated"]
+                    .iter()
+                    .any(|s| l.contains(s))
+            })
+            .collect();
+        assert!(unexpected.is_empty(), "bash's stderr: {err}");
+        assert!(err.contains("vmt-no-such-program: not found"), "{err}");
+    }
+}
