@@ -1,5 +1,5 @@
 //! `cargo bench --bench network`: TCP throughput between two `tiny` guests
-//! through our in-process switch (`src/vlan.rs`), next to the same transfer
+//! through our in-process switch (`src/vlan/`), next to the same transfer
 //! between two other `tiny` guests through Debian's `vde_switch` (vde2), in
 //! the same run, on the same host.
 //!

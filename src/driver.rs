@@ -2,18 +2,15 @@
 //! the global timeout, signals, and the cleanup that leaves nothing behind.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 use crate::log::{Level, Log};
 use crate::machine::qemu::{self, Accel, AccelChoice};
 use crate::machine::{Machine, MachineConfig};
-use crate::spec::{mac_address, MachineSpec, TestSpec};
+use crate::script::python::{ScriptCommand, ScriptProcess, StartError};
+use crate::spec::{mac_address, MachineSpec, SpecError, TestSpec};
 use crate::vlan::Vlan;
 
 /// Why a run could not be set up or ended badly.
@@ -26,20 +23,42 @@ pub enum DriverError {
         dir: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot start the VLAN {vlan} switch: {message}")]
-    Vlan { vlan: u32, message: String },
-    #[error("cannot start the Python test-script host ({python}): {source}. Set NIX_VMTEST_PYTHON to a python3.")]
-    Python {
-        python: PathBuf,
-        source: std::io::Error,
+    #[error("cannot start the VLAN {vlan} switch: {source}")]
+    Vlan {
+        vlan: u32,
+        source: crate::vlan::VlanError,
     },
+    #[error(transparent)]
+    ScriptHost(#[from] StartError),
+    #[error("cannot wait for the test script's process: {0}")]
+    ScriptWait(#[source] std::io::Error),
     #[error("cannot read the test script {path}: {source}")]
     Script {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
+    #[error("cannot create {what} {dir}: {source}")]
+    CreateDir {
+        what: &'static str,
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the JUnit XML {path}: {source}")]
+    Junit {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Why `create_machine` was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CreateMachineError {
+    #[error("create_machine: {0}; pass name=...")]
+    NoName(#[source] SpecError),
+    #[error("create_machine: a machine named {0:?} exists already")]
+    Exists(String),
+    #[error("create_machine: {0}")]
+    Setup(#[source] DriverError),
 }
 
 /// Everything a run needs to know (the command line, resolved).
@@ -203,16 +222,17 @@ impl Driver {
             let vde_dir = driver.state_dir.join(format!("vde{v}.ctl"));
             let vlan = Vlan::start_with_vde(v, socket, vde_dir)
                 .await
-                .map_err(|e| DriverError::Vlan {
-                    vlan: v,
-                    message: e.to_string(),
-                })?;
+                .map_err(|source| DriverError::Vlan { vlan: v, source })?;
             driver
                 .log
                 .at(Level::Debug, &format!("vlan {v}: switch ready"));
             driver.vlans.insert(v, vlan);
         }
-        std::fs::create_dir_all(&driver.opts.out_dir)?;
+        std::fs::create_dir_all(&driver.opts.out_dir).map_err(|source| DriverError::CreateDir {
+            what: "the output directory",
+            dir: driver.opts.out_dir.clone(),
+            source,
+        })?;
         for (i, m) in spec.machines.iter().enumerate() {
             let params = spec.network_kernel_params(&m.name);
             driver.add_machine(m.clone(), i as u32 + 1, params, None)?;
@@ -257,7 +277,12 @@ impl Driver {
         let machine = Machine::new(cfg, self.log.clone());
         // As nixpkgs: the state and shared directories exist before the
         // machine starts, for a script to put files in.
-        std::fs::create_dir_all(machine.shared_dir())?;
+        let shared = machine.shared_dir();
+        std::fs::create_dir_all(&shared).map_err(|source| DriverError::CreateDir {
+            what: "the shared directory",
+            dir: shared,
+            source,
+        })?;
         self.machines.push(machine);
         let last = self.machines.len() - 1;
         Ok(&mut self.machines[last])
@@ -274,19 +299,17 @@ impl Driver {
         start_command: &str,
         name: Option<&str>,
         keep_state: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, CreateMachineError> {
         let name = match name {
             Some(n) => n.to_string(),
             None => {
                 let first = start_command.split_whitespace().next().unwrap_or("");
                 crate::spec::name_from_start_script(Path::new(first))
-                    .map_err(|e| format!("create_machine: {e}; pass name=..."))?
+                    .map_err(CreateMachineError::NoName)?
             }
         };
         if self.machine_index(&name).is_some() {
-            return Err(format!(
-                "create_machine: a machine named {name:?} exists already"
-            ));
+            return Err(CreateMachineError::Exists(name));
         }
         let node = self.next_node;
         self.next_node += 1;
@@ -298,7 +321,7 @@ impl Driver {
         let keep = self.opts.keep_state || keep_state;
         let m = self
             .add_machine(spec, node, String::new(), Some(start_command.to_string()))
-            .map_err(|e| e.to_string())?;
+            .map_err(CreateMachineError::Setup)?;
         m.set_keep_state(keep);
         Ok(name)
     }
@@ -323,30 +346,6 @@ impl Driver {
                 "links down (blocked)"
             },
         );
-    }
-
-    /// The directory of the Python client (`nix_vmtest` package).
-    pub fn python_path() -> PathBuf {
-        if let Some(p) = std::env::var_os("NIX_VMTEST_PYTHONPATH") {
-            return PathBuf::from(p);
-        }
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(prefix) = exe.parent().and_then(Path::parent) {
-                let installed = prefix.join("share/nix-vmtest/python");
-                if installed.join("nix_vmtest").is_dir() {
-                    return installed;
-                }
-            }
-        }
-        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
-    }
-
-    /// The Python interpreter: `$NIX_VMTEST_PYTHON`, `python3` in `$PATH`, `/usr/bin/python3`.
-    pub fn python() -> PathBuf {
-        if let Some(p) = std::env::var_os("NIX_VMTEST_PYTHON") {
-            return PathBuf::from(p);
-        }
-        qemu::find_in_path("python3").unwrap_or_else(|| PathBuf::from("/usr/bin/python3"))
     }
 
     /// Runs the script (or the REPL) to its end; returns the exit code.
@@ -375,60 +374,24 @@ impl Driver {
                 self.start_early(&text).await;
             }
         }
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        let theirs: OwnedFd = theirs.into();
-        let python = Self::python();
-        let mut cmd = Command::new(&python);
-        cmd.args(["-u", "-m", "nix_vmtest"])
-            .env("PYTHONPATH", Self::python_path())
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("NIX_VMTEST_FD", "3")
-            .env(
-                "NIX_VMTEST_INTERACTIVE",
-                if self.opts.interactive { "1" } else { "0" },
-            )
-            .kill_on_drop(true);
-        if let Some(s) = &script {
-            cmd.env("NIX_VMTEST_SCRIPT", s);
-        }
         // As nixpkgs' driver, whose own environment has them: a script may
         // start QEMU itself (e.g. `create_machine` with its own command).
+        let mut env: Vec<(OsString, OsString)> = Vec::new();
         for (v, vlan) in &self.vlans {
-            cmd.env(format!("QEMU_VLAN_SOCKET_{v}"), vlan.socket_path());
+            env.push((
+                format!("QEMU_VLAN_SOCKET_{v}").into(),
+                vlan.socket_path().into(),
+            ));
             if let Some(dir) = vlan.vde_dir() {
-                cmd.env(format!("QEMU_VDE_SOCKET_{v}"), dir);
+                env.push((format!("QEMU_VDE_SOCKET_{v}").into(), dir.into()));
             }
         }
-        if !self.opts.interactive {
-            cmd.stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-        }
-        let fd = theirs.as_raw_fd();
-        // SAFETY: dup2 and prctl are async-signal-safe.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child = cmd.spawn().map_err(|source| DriverError::Python {
-            python: python.clone(),
-            source,
-        })?;
-        drop(theirs);
-        let mut pipes = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            pipes.push(self.forward_stdout(out));
-        }
-        if let Some(err) = child.stderr.take() {
-            pipes.push(self.forward_lines(err));
-        }
-        ours.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(ours)?;
+        let command = ScriptCommand {
+            script: script.clone(),
+            interactive: self.opts.interactive,
+            env,
+        };
+        let (process, stream) = ScriptProcess::start(&command, &self.log)?;
         let started = Instant::now();
         let timeout = self.opts.global_timeout;
         let interactive = self.opts.interactive;
@@ -458,17 +421,10 @@ impl Driver {
             }
         };
         let code = match outcome {
-            Ok(()) => {
-                let status = child.wait().await?;
-                for p in pipes {
-                    let _ = p.await;
-                }
-                status.code().unwrap_or(1)
-            }
+            Ok(()) => process.wait().await.map_err(DriverError::ScriptWait)?,
             Err(why) => {
                 self.log.info(&why);
-                let _ = child.start_kill();
-                let _ = child.wait().await;
+                process.kill().await;
                 1
             }
         };
@@ -494,7 +450,12 @@ impl Driver {
                 .map(|s| s.to_string_lossy().to_string())
                 .unwrap_or_else(|| "test".into());
             let failure = (code != 0).then_some("the test script failed");
-            self.log.write_junit(junit, &name, elapsed, failure)?;
+            self.log
+                .write_junit(junit, &name, elapsed, failure)
+                .map_err(|source| DriverError::Junit {
+                    path: junit.clone(),
+                    source,
+                })?;
         }
         Ok(code)
     }
@@ -505,7 +466,7 @@ impl Driver {
     /// start-up; what the script observes does not change (`start` of a
     /// running machine does nothing, as in nixpkgs).
     async fn start_early(&mut self, script: &str) {
-        let targets = early_starts(
+        let targets = crate::script::early_starts(
             script,
             &self
                 .machines
@@ -521,38 +482,6 @@ impl Driver {
         }
     }
 
-    /// The script's stdout (its subprocesses' output; `print()` comes
-    /// over the protocol, in order with the log) to the driver's stdout.
-    fn forward_stdout<R>(&self, mut r: R) -> tokio::task::JoinHandle<()>
-    where
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    {
-        use tokio::io::AsyncReadExt;
-        let log = self.log.clone();
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = r.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-                log.stdout(&buf[..n]);
-            }
-        })
-    }
-
-    fn forward_lines<R>(&self, r: R) -> tokio::task::JoinHandle<()>
-    where
-        R: tokio::io::AsyncRead + Unpin + Send + 'static,
-    {
-        let log = self.log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                log.info(&line);
-            }
-        })
-    }
-
     /// Kills every machine that is still running, and logs what their
     /// consoles printed last.
     pub async fn shutdown_all(&mut self) {
@@ -565,64 +494,46 @@ impl Driver {
     }
 }
 
-/// Which machines (indexes) a script's first statement starts: every one
-/// for `start_all()`, or the machine whose command comes first.
-pub fn early_starts(script: &str, names: &[String]) -> Vec<usize> {
-    // Methods that connect to (and so start) their machine in nixpkgs.
-    const STARTING: &[&str] = &[
-        "succeed",
-        "fail",
-        "execute",
-        "wait_for_unit",
-        "wait_until_succeeds",
-        "wait_until_fails",
-        "wait_for_file",
-        "wait_for_open_port",
-        "wait_for_closed_port",
-        "wait_for_open_unix_socket",
-        "systemctl",
-        "get_unit_info",
-        "connect",
-        "copy_from_host",
-        "copy_from_machine",
-        "sleep",
-        "start_job",
-        "stop_job",
-    ];
-    let Some(first) = script
-        .lines()
-        .map(str::trim_end)
-        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-    else {
-        return Vec::new();
-    };
-    if first == "start_all()" {
-        return (0..names.len()).collect();
+/// What the script's server reaches of the run.
+impl crate::script::Host for Driver {
+    type CreateError = CreateMachineError;
+
+    fn log(&self) -> &Log {
+        &self.log
     }
-    let pythonized = |n: &str| -> String {
-        n.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    let Some((object, rest)) = first.split_once('.') else {
-        return Vec::new();
-    };
-    let method = rest.split('(').next().unwrap_or("");
-    if !rest.contains('(') || !STARTING.contains(&method) {
-        return Vec::new();
+
+    fn out_dir(&self) -> &Path {
+        &self.opts.out_dir
     }
-    let found = if object == "machine" && names.len() == 1 {
-        Some(0)
-    } else {
-        names.iter().position(|n| pythonized(n) == object)
-    };
-    found.into_iter().collect()
+
+    fn interactive(&self) -> bool {
+        self.opts.interactive
+    }
+
+    fn machines(&self) -> &[Machine] {
+        &self.machines
+    }
+
+    fn machines_mut(&mut self) -> &mut [Machine] {
+        &mut self.machines
+    }
+
+    fn vlans(&self) -> &BTreeMap<u32, Vlan> {
+        &self.vlans
+    }
+
+    fn set_links(&self, index: usize, up: bool) {
+        Driver::set_links(self, index, up);
+    }
+
+    fn create_machine(
+        &mut self,
+        start_command: &str,
+        name: Option<&str>,
+        keep_state: bool,
+    ) -> Result<String, CreateMachineError> {
+        Driver::create_machine(self, start_command, name, keep_state)
+    }
 }
 
 /// Resolves when the driver is asked to stop (SIGTERM, SIGHUP, and SIGINT
@@ -677,27 +588,5 @@ mod tests {
         );
         assert!(!dead.exists() && !reused.exists());
         assert!(live.exists() && unowned.exists() && other.exists());
-    }
-
-    #[test]
-    fn only_a_first_statement_that_starts_machines_starts_them_early() {
-        let names = vec!["client".to_string(), "my-server".to_string()];
-        assert_eq!(
-            early_starts("# a test\n\nstart_all()\nx", &names),
-            vec![0, 1]
-        );
-        assert_eq!(early_starts("my_server.succeed('true')", &names), vec![1]);
-        assert_eq!(
-            early_starts("client.start(allow_reboot=True)", &names),
-            Vec::<usize>::new()
-        );
-        assert_eq!(
-            early_starts("import os\nstart_all()", &names),
-            Vec::<usize>::new()
-        );
-        assert_eq!(early_starts("  start_all()", &names), Vec::<usize>::new());
-        let one = vec!["m".to_string()];
-        assert_eq!(early_starts("machine.wait_for_unit('x')", &one), vec![0]);
-        assert_eq!(early_starts("machine.is_up()", &one), Vec::<usize>::new());
     }
 }

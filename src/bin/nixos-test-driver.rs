@@ -13,11 +13,12 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use nix_vmtest::config::{DriverConfig, TestScript};
-use nix_vmtest::driver::{private_temp_dir, temp_base, Driver, RunOptions};
+use nix_vmtest::config::{ConfigError, DriverConfig, TestScript};
+use nix_vmtest::driver::{private_temp_dir, temp_base, Driver, DriverError, RunOptions};
 use nix_vmtest::log::{Level, Log};
 use nix_vmtest::machine::qemu::AccelChoice;
-use nix_vmtest::spec::TestSpec;
+use nix_vmtest::script::python::{python, python_path};
+use nix_vmtest::spec::{SpecError, TestSpec};
 
 /// Runs a NixOS VM test script against QEMU machines.
 #[derive(Parser, Debug)]
@@ -88,6 +89,70 @@ struct Args {
     test_script: Option<String>,
 }
 
+/// Why the driver could not run the test: what `error: ...` says, with
+/// exit status 2.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(
+        "--config {} gives the machines, VLANs, global timeout and test script: \
+         do not also give {flag}",
+        config.display()
+    )]
+    ConfigAndLegacy { config: PathBuf, flag: &'static str },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// `TestScript::from_value` says why in words only.
+    #[error("the test script {0}")]
+    TestScript(String),
+    #[error("cannot write the XML log $LOGFILE={}: {source}", path.display())]
+    XmlLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "--debug-hook-attach (nixpkgs' enableDebugHook) is not supported: this \
+         driver has no breakpoint hook that keeps a failed test's sandbox open to \
+         attach to. Set enableDebugHook = false; to debug a test, run its \
+         .driverInteractive (-I)"
+    )]
+    DebugHook,
+    #[error("--check needs the test script")]
+    CheckWithoutScript,
+    #[error("cannot write the script to check to {}: {source}", path.display())]
+    CheckFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot start {} to check the script: {source}. Set NIX_VMTEST_PYTHON to a python3.", python.display())]
+    Checker {
+        python: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot create {} for the log file: {source}", dir.display())]
+    LogDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the log file {}: {source}", path.display())]
+    LogFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read the current directory: {0}")]
+    Cwd(#[source] std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot write the test script to {}: {source}", path.display())]
+    ScriptText {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Driver(#[from] DriverError),
+}
+
 /// The options of the older command line, which `--config` replaces:
 /// argument id, how it is written, its environment variable.
 const LEGACY: &[(&str, &str, &str)] = &[
@@ -129,15 +194,14 @@ struct Test {
     script: Option<TestScript>,
 }
 
-fn from_config(path: &Path, matches: &ArgMatches, log: &Log) -> Result<Test, String> {
+fn from_config(path: &Path, matches: &ArgMatches, log: &Log) -> Result<Test, CliError> {
     for &(id, flag, env) in LEGACY {
         match matches.value_source(id) {
             Some(ValueSource::CommandLine) => {
-                return Err(format!(
-                    "--config {} gives the machines, VLANs, global timeout and test script: \
-                     do not also give {flag}",
-                    path.display()
-                ))
+                return Err(CliError::ConfigAndLegacy {
+                    config: path.to_path_buf(),
+                    flag,
+                })
             }
             Some(ValueSource::EnvVariable) => log.at(
                 Level::Warning,
@@ -149,7 +213,7 @@ fn from_config(path: &Path, matches: &ArgMatches, log: &Log) -> Result<Test, Str
             _ => {}
         }
     }
-    let config = DriverConfig::from_file(path).map_err(|e| e.to_string())?;
+    let config = DriverConfig::from_file(path)?;
     Ok(Test {
         spec: config.spec,
         global_timeout: config.global_timeout,
@@ -157,7 +221,7 @@ fn from_config(path: &Path, matches: &ArgMatches, log: &Log) -> Result<Test, Str
     })
 }
 
-fn from_legacy(args: &Args) -> Result<Test, Box<dyn std::error::Error>> {
+fn from_legacy(args: &Args) -> Result<Test, CliError> {
     let mut spec = match &args.nodes_json {
         Some(p) => TestSpec::from_json_file(p)?,
         None => TestSpec::default(),
@@ -166,7 +230,7 @@ fn from_legacy(args: &Args) -> Result<Test, Box<dyn std::error::Error>> {
     spec.machines.extend(from_scripts.machines);
     spec.vlans.extend(from_scripts.vlans);
     let script = match &args.test_script {
-        Some(s) => Some(TestScript::from_value(s).map_err(|e| format!("the test script {e}"))?),
+        Some(s) => Some(TestScript::from_value(s).map_err(CliError::TestScript)?),
         None => None,
     };
     Ok(Test {
@@ -187,14 +251,14 @@ impl Drop for ScriptFile {
     }
 }
 
-fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, Box<dyn std::error::Error>> {
+fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, CliError> {
     if let Some(level) = args.log_level {
         log.set_level(level);
     }
     if let Some(f) = std::env::var_os("LOGFILE").filter(|f| !f.is_empty()) {
         let f = PathBuf::from(f);
         log.xml_to(&f)
-            .map_err(|e| format!("cannot write the XML log $LOGFILE={}: {e}", f.display()))?;
+            .map_err(|source| CliError::XmlLog { path: f, source })?;
     }
     if std::env::args().any(|a| a == "--keep-vm-state") {
         log.at(
@@ -204,13 +268,7 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, Box<dyn std::e
         );
     }
     if args.debug_hook_attach.is_some() {
-        return Err(
-            "--debug-hook-attach (nixpkgs' enableDebugHook) is not supported: this \
-                    driver has no breakpoint hook that keeps a failed test's sandbox open to \
-                    attach to. Set enableDebugHook = false; to debug a test, run its \
-                    .driverInteractive (-I)"
-                .into(),
-        );
+        return Err(CliError::DebugHook);
     }
     let interactive = args.interactive && !args.no_interactive;
     let test = match args.config.clone() {
@@ -220,26 +278,33 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, Box<dyn std::e
     let spec = test.spec.normalize()?;
 
     if args.check {
-        let (script, _file) = match test
-            .script
-            .as_ref()
-            .ok_or("--check needs the test script")?
-        {
+        let (script, _file) = match test.script.as_ref().ok_or(CliError::CheckWithoutScript)? {
             TestScript::File(p) => (p.clone(), None),
             TestScript::Inline(text) => {
-                let dir = private_temp_dir(&temp_base(), "nix-vmtest-check.")?;
+                let base = temp_base();
+                let dir = private_temp_dir(&base, "nix-vmtest-check.").map_err(|source| {
+                    CliError::CheckFile {
+                        path: base.join("nix-vmtest-check.XXXXXX"),
+                        source,
+                    }
+                })?;
                 let file = ScriptFile(dir.join("test-script"));
-                std::fs::write(&file.0, text)?;
+                std::fs::write(&file.0, text).map_err(|source| CliError::CheckFile {
+                    path: file.0.clone(),
+                    source,
+                })?;
                 (file.0.clone(), Some(file))
             }
         };
         let names: Vec<&str> = spec.machines.iter().map(|m| m.name.as_str()).collect();
-        let status = std::process::Command::new(Driver::python())
+        let python = python();
+        let status = std::process::Command::new(&python)
             .args(["-m", "nix_vmtest.check", "--machines", &names.join(",")])
             .arg(script)
-            .env("PYTHONPATH", Driver::python_path())
+            .env("PYTHONPATH", python_path())
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .status()?;
+            .status()
+            .map_err(|source| CliError::Checker { python, source })?;
         return Ok(status.code().unwrap_or(1));
     }
 
@@ -251,14 +316,18 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, Box<dyn std::e
     }
     if let Some(f) = &args.log_file {
         if let Some(dir) = f.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {} for the log file: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| CliError::LogDir {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
         }
-        log.tee_to(f)
-            .map_err(|e| format!("cannot write the log file {}: {e}", f.display()))?;
+        log.tee_to(f).map_err(|source| CliError::LogFile {
+            path: f.clone(),
+            source,
+        })?;
     }
     // Absolute: QEMU (screendump) resolves paths from its own directory.
-    let cwd = std::env::current_dir()?;
+    let cwd = std::env::current_dir().map_err(CliError::Cwd)?;
     let out_dir = match args.output_directory {
         Some(d) => cwd.join(d),
         None => cwd,
@@ -284,19 +353,23 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, Box<dyn std::e
     // thread that spawned them, so every spawn happens on the main thread.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?;
+        .build()
+        .map_err(CliError::Runtime)?;
     let code = rt.block_on(async move {
         let mut driver = Driver::new(opts, log).await?;
         if let Some(text) = script_text {
             // The script's text goes into a file in the run's state dir
             // (removed with it), which the script host reads.
             let path = driver.state_dir().join("test-script");
-            std::fs::write(&path, text)?;
+            std::fs::write(&path, text).map_err(|source| CliError::ScriptText {
+                path: path.clone(),
+                source,
+            })?;
             driver.opts.test_script = Some(path);
         }
         let code = driver.run().await?;
         drop(driver);
-        Ok::<i32, nix_vmtest::driver::DriverError>(code)
+        Ok::<i32, CliError>(code)
     })?;
     Ok(code)
 }

@@ -1,278 +1,166 @@
-//! Every operation the Python client can ask for, mapped onto the driver and
-//! its machines. Argument names are the Python keyword arguments.
-
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+//! Runs each request of the script against the run ([`Host`]): the log, the
+//! VLANs, and the machines.
 
 use serde_json::{json, Value};
 
-use super::{Answer, Call, CallError};
-use crate::driver::Driver;
-use crate::machine::shell::{shell_quote, UntilMode};
-use crate::machine::{Machine, MachineError};
+use super::reply::{Answer, CallError};
+use super::request::{GlobalOp, MachineOp, Request, VlanOp, VlanRequest};
+use super::Host;
+use crate::machine::shell::{shell_quote, Ending, UntilMode};
 use crate::spec::mac_address;
 
-impl From<MachineError> for CallError {
-    fn from(e: MachineError) -> Self {
-        let kind = match &e {
-            MachineError::Timeout { .. } => "timeout",
-            MachineError::Usage { .. } => "usage",
-            MachineError::Cancelled { .. } => "cancelled",
-            _ => "machine",
-        };
-        CallError {
-            kind,
-            message: e.to_string(),
+// A test author's command, run as nixpkgs runs it: `set -euo pipefail` first.
+pub use crate::machine::user_command;
+
+/// Runs one request.
+pub async fn run<H: Host>(host: &mut H, request: Request) -> Result<Answer, CallError> {
+    match request {
+        Request::Cancel => Ok(Answer::done()),
+        Request::Global(op) => global(host, op).await,
+        Request::Machine { machine, op } => {
+            let index = host
+                .machines()
+                .iter()
+                .position(|m| m.name == machine)
+                .ok_or_else(|| CallError::NoMachine {
+                    name: machine,
+                    known: machine_names(host),
+                })?;
+            on_machine(host, index, op).await
         }
     }
 }
 
-fn str_arg<'a>(args: &'a Value, key: &str, op: &str) -> Result<&'a str, CallError> {
-    args.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| CallError::usage(format!("{op}: argument `{key}` must be a string")))
+fn machine_names<H: Host>(host: &H) -> Vec<String> {
+    host.machines().iter().map(|m| m.name.clone()).collect()
 }
 
-fn opt_str<'a>(args: &'a Value, key: &str) -> Option<&'a str> {
-    args.get(key).and_then(Value::as_str)
-}
-
-fn bool_arg(args: &Value, key: &str, default: bool) -> bool {
-    args.get(key).and_then(Value::as_bool).unwrap_or(default)
-}
-
-/// A timeout in seconds; `null` or absent means `default`.
-fn timeout_arg(
-    args: &Value,
-    key: &str,
-    default: Option<f64>,
-) -> Result<Option<Duration>, CallError> {
-    match args.get(key) {
-        None | Some(Value::Null) => Ok(default.map(Duration::from_secs_f64)),
-        Some(v) => match v.as_f64() {
-            Some(s) if s >= 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s))),
-            _ => Err(CallError::usage(format!(
-                "`{key}` must be a non-negative number of seconds, got {v}"
-            ))),
-        },
-    }
-}
-
-fn machine_mut<'a>(driver: &'a mut Driver, call: &Call) -> Result<&'a mut Machine, CallError> {
-    let name = call
-        .machine
-        .as_deref()
-        .ok_or_else(|| CallError::usage(format!("{} needs a machine", call.op)))?;
-    let i = driver.machine_index(name).ok_or_else(|| {
-        CallError::usage(format!(
-            "no machine named {name:?}; machines are: {}",
-            driver
-                .machines
-                .iter()
-                .map(|m| m.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-    })?;
-    Ok(&mut driver.machines[i])
-}
-
-/// Runs one call.
-pub async fn dispatch(driver: &mut Driver, call: &Call) -> Result<Answer, CallError> {
-    match call.machine {
-        None => global(driver, call).await,
-        Some(_) => machine_op(driver, call).await,
-    }
-}
-
-async fn global(driver: &mut Driver, call: &Call) -> Result<Answer, CallError> {
-    let a = &call.args;
-    let log = driver.log.clone();
-    match call.op.as_str() {
-        "hello" => {
-            let machines: Vec<Value> = driver
-                .machines
+async fn global<H: Host>(host: &mut H, op: GlobalOp) -> Result<Answer, CallError> {
+    let log = host.log().clone();
+    match op {
+        GlobalOp::Hello {} => {
+            let machines: Vec<Value> = host
+                .machines()
                 .iter()
                 .map(|m| json!({ "name": m.name, "vlans": m.config().spec.vlans() }))
                 .collect();
-            Ok(json!({
-                "machines": machines,
-                "vlans": driver.vlans.keys().collect::<Vec<_>>(),
-                "out_dir": driver.opts.out_dir,
-                "interactive": driver.opts.interactive,
-            })
-            .into())
-        }
-        "log" => {
-            log.info(str_arg(a, "message", "log")?);
-            Ok(Value::Null.into())
-        }
-        "stdout" => {
-            log.stdout(str_arg(a, "text", "stdout")?.as_bytes());
-            Ok(Value::Null.into())
-        }
-        "log_begin" => {
-            log.begin(str_arg(a, "message", "log_begin")?);
-            Ok(Value::Null.into())
-        }
-        "log_end" => {
-            log.end(None);
-            Ok(Value::Null.into())
-        }
-        "subtest_begin" => {
-            log.begin_subtest(str_arg(a, "name", "subtest_begin")?);
-            Ok(Value::Null.into())
-        }
-        "subtest_end" => {
-            log.end(opt_str(a, "error"));
-            Ok(Value::Null.into())
-        }
-        "serial_stdout" => {
-            log.set_serial_stdout(bool_arg(a, "on", true));
-            Ok(Value::Null.into())
-        }
-        "create_machine" => {
-            let cmd = str_arg(a, "start_command", "create_machine")?;
-            let name = driver
-                .create_machine(
-                    cmd,
-                    opt_str(a, "name"),
-                    bool_arg(a, "keep_machine_state", false),
-                )
-                .map_err(CallError::usage)?;
-            Ok(json!({ "name": name }).into())
-        }
-        "join_all" => {
-            for m in &mut driver.machines {
-                m.wait_for_shutdown().await?;
-            }
-            Ok(Value::Null.into())
-        }
-        "vlan" => vlan_op(driver, a),
-        op => Err(CallError::usage(format!("unknown operation {op:?}"))),
-    }
-}
-
-fn mac_of(driver: &Driver, vlan: u32, machine: &str) -> Result<[u8; 6], CallError> {
-    let i = driver
-        .machine_index(machine)
-        .ok_or_else(|| CallError::usage(format!("vlan{vlan}: no machine named {machine:?}")))?;
-    Ok(mac_address(vlan, driver.machines[i].config().node))
-}
-
-fn vlan_op(driver: &mut Driver, a: &Value) -> Result<Answer, CallError> {
-    let v = a
-        .get("vlan")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| CallError::usage("vlan: argument `vlan` must be a VLAN number"))?
-        as u32;
-    let action = str_arg(a, "action", "vlan")?;
-    let vlan = driver.vlans.get(&v).ok_or_else(|| {
-        CallError::usage(format!(
-            "there is no VLAN {v}; VLANs are: {:?}",
-            driver.vlans.keys().collect::<Vec<_>>()
-        ))
-    })?;
-    let machine_mac = |key: &str| -> Result<Option<[u8; 6]>, CallError> {
-        match opt_str(a, key) {
-            Some(m) => mac_of(driver, v, m).map(Some),
-            None => Ok(None),
-        }
-    };
-    let what = match action {
-        "block" | "unblock" => {
-            let mac = machine_mac("machine")?
-                .ok_or_else(|| CallError::usage(format!("vlan{v}.{action} needs a machine")))?;
-            vlan.set_link(mac, action == "unblock");
-            format!("{action} {}", opt_str(a, "machine").unwrap_or(""))
-        }
-        "partition" => {
-            let groups = a
-                .get("groups")
-                .and_then(Value::as_array)
-                .ok_or_else(|| CallError::usage("partition needs groups of machine names"))?;
-            let mut macs = Vec::new();
-            let mut names = Vec::new();
-            for g in groups {
-                let members = g
-                    .as_array()
-                    .ok_or_else(|| CallError::usage("each partition group must be a list of machines"))?;
-                let mut group = Vec::new();
-                let mut gnames = Vec::new();
-                for m in members {
-                    let name = m.as_str().ok_or_else(|| {
-                        CallError::usage("partition groups hold machines (or their names)")
-                    })?;
-                    group.push(mac_of(driver, v, name)?);
-                    gnames.push(name.to_string());
-                }
-                macs.push(group);
-                names.push(format!("[{}]", gnames.join(", ")));
-            }
-            vlan.partition(macs);
-            format!("partitioned into {}", names.join(" | "))
-        }
-        "heal" => {
-            vlan.heal();
-            "healed".to_string()
-        }
-        "loss" => {
-            let f = a
-                .get("fraction")
-                .and_then(Value::as_f64)
-                .filter(|f| (0.0..=1.0).contains(f))
-                .ok_or_else(|| CallError::usage("loss: `fraction` must be between 0.0 and 1.0"))?;
-            vlan.set_loss(machine_mac("machine")?, f);
-            format!("loss {f}")
-        }
-        "delay" => {
-            let d = timeout_arg(a, "seconds", None)?
-                .ok_or_else(|| CallError::usage("delay: `seconds` is required"))?;
-            vlan.set_delay(machine_mac("machine")?, d);
-            format!("delay {d:?}")
-        }
-        "stats" => {
-            let s = vlan.stats();
             return Ok(json!({
-                "ports": vlan.ports(),
-                "stats": format!("{s:?}"),
+                "machines": machines,
+                "vlans": host.vlans().keys().collect::<Vec<_>>(),
+                "out_dir": host.out_dir().display().to_string(),
+                "interactive": host.interactive(),
             })
             .into());
         }
-        other => {
-            return Err(CallError::usage(format!(
-                "unknown vlan action {other:?}: use block, unblock, partition, heal, loss, delay, stats"
-            )))
+        GlobalOp::Log { message } => log.info(&message),
+        GlobalOp::Stdout { text } => log.stdout(text.as_bytes()),
+        GlobalOp::LogBegin { message } => log.begin(&message),
+        GlobalOp::LogEnd {} => log.end(None),
+        GlobalOp::SubtestBegin { name } => log.begin_subtest(&name),
+        GlobalOp::SubtestEnd { error } => log.end(error.as_deref()),
+        GlobalOp::SerialStdout { on } => log.set_serial_stdout(on),
+        GlobalOp::CreateMachine {
+            start_command,
+            name,
+            keep_machine_state,
+        } => {
+            let name = host
+                .create_machine(&start_command, name.as_deref(), keep_machine_state)
+                .map_err(|e| CallError::CreateMachine(Box::new(e)))?;
+            return Ok(json!({ "name": name }).into());
         }
-    };
-    driver.log.info(&format!("vlan{v}: {what}"));
-    Ok(Value::Null.into())
+        GlobalOp::JoinAll {} => {
+            for m in host.machines_mut() {
+                m.wait_for_shutdown().await?;
+            }
+        }
+        GlobalOp::Vlan(request) => return vlan(host, request),
+    }
+    Ok(Answer::done())
 }
 
-async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallError> {
-    let a = &call.args;
-    let op = call.op.as_str();
-    if op == "block" || op == "unblock" {
-        let name = call.machine.as_deref().unwrap_or("");
-        let i = driver
-            .machine_index(name)
-            .ok_or_else(|| CallError::usage(format!("no machine named {name:?}")))?;
-        driver.set_links(i, op == "unblock");
-        return Ok(Value::Null.into());
-    }
-    let m = machine_mut(driver, call)?;
-    let unit = || -> Answer { Value::Null.into() };
-    match op {
-        "start" => {
-            m.start(bool_arg(a, "allow_reboot", false)).await?;
-            Ok(unit())
+fn vlan<H: Host>(host: &H, request: VlanRequest) -> Result<Answer, CallError> {
+    let v = request.vlan;
+    let vlan = host.vlans().get(&v).ok_or_else(|| CallError::NoVlan {
+        vlan: v,
+        known: host.vlans().keys().copied().collect(),
+    })?;
+    let mac = |name: &str| -> Result<[u8; 6], CallError> {
+        let m = host
+            .machines()
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| CallError::NoVlanMachine {
+                vlan: v,
+                name: name.to_string(),
+                known: machine_names(host),
+            })?;
+        Ok(mac_address(v, m.config().node))
+    };
+    let what = match request.action {
+        VlanOp::Block { machine } => {
+            vlan.set_link(mac(&machine)?, false);
+            format!("block {machine}")
         }
-        "connect" => {
+        VlanOp::Unblock { machine } => {
+            vlan.set_link(mac(&machine)?, true);
+            format!("unblock {machine}")
+        }
+        VlanOp::Partition { groups } => {
+            let macs = groups
+                .iter()
+                .map(|g| g.iter().map(|m| mac(m)).collect())
+                .collect::<Result<_, _>>()?;
+            vlan.partition(macs);
+            let shown: Vec<String> = groups
+                .iter()
+                .map(|g| format!("[{}]", g.join(", ")))
+                .collect();
+            format!("partitioned into {}", shown.join(" | "))
+        }
+        VlanOp::Heal => {
+            vlan.heal();
+            "healed".to_string()
+        }
+        VlanOp::Loss { fraction, machine } => {
+            vlan.set_loss(machine.as_deref().map(mac).transpose()?, fraction.0);
+            format!("loss {}", fraction.0)
+        }
+        VlanOp::Delay { seconds, machine } => {
+            vlan.set_delay(machine.as_deref().map(mac).transpose()?, seconds.0);
+            format!("delay {:?}", seconds.0)
+        }
+        VlanOp::Stats => return Ok(json!(vlan.stats()).into()),
+    };
+    host.log().info(&format!("vlan{v}: {what}"));
+    Ok(Answer::done())
+}
+
+async fn on_machine<H: Host>(
+    host: &mut H,
+    index: usize,
+    op: MachineOp,
+) -> Result<Answer, CallError> {
+    let m = &mut host.machines_mut()[index];
+    let answer = match op {
+        MachineOp::Block {} => {
+            host.set_links(index, false);
+            Answer::done()
+        }
+        MachineOp::Unblock {} => {
+            host.set_links(index, true);
+            Answer::done()
+        }
+        MachineOp::Start { allow_reboot } => {
+            m.start(allow_reboot).await?;
+            Answer::done()
+        }
+        MachineOp::Connect {} => {
             m.connect().await?;
-            Ok(unit())
+            Answer::done()
         }
-        "is_up" => Ok(json!(m.is_up()).into()),
-        "status" => Ok(json!({
+        MachineOp::IsUp {} => json!(m.is_up()).into(),
+        MachineOp::Status {} => json!({
             "booted": m.is_running(),
             "connected": m.is_up(),
             "pid": m.qemu_pid(),
@@ -280,204 +168,170 @@ async fn machine_op(driver: &mut Driver, call: &Call) -> Result<Answer, CallErro
             "shared_dir": m.shared_dir().display().to_string(),
             "tmp_dir": m.tmp_dir().display().to_string(),
         })
-        .into()),
-        "disconnect" => {
+        .into(),
+        MachineOp::Disconnect {} => {
             m.disconnect();
-            Ok(unit())
+            Answer::done()
         }
-        "set_state_dir" => {
-            m.set_state_dir(PathBuf::from(str_arg(a, "path", op)?))?;
-            Ok(unit())
+        MachineOp::SetStateDir { path } => {
+            m.set_state_dir(path)?;
+            Answer::done()
         }
-        "execute" => {
-            let command = user_command(str_arg(a, "command", op)?);
-            let command = command.as_str();
-            let timeout = timeout_arg(a, "timeout", None)?;
+        MachineOp::Execute {
+            command,
+            check_output,
+            timeout,
+        } => {
             let out = m
-                .execute(command, timeout, bool_arg(a, "check_output", true))
+                .execute(&user_command(&command), timeout.map(|t| t.0), check_output)
                 .await?;
-            Ok(Answer {
-                value: json!({ "status": out.status, "timed_out": out.ending == crate::machine::shell::Ending::Timeout }),
+            Answer {
+                value: json!({
+                    "status": out.status,
+                    "timed_out": out.ending == Ending::Timeout,
+                }),
                 bytes: Some(out.output),
-            })
+            }
         }
-        "wait_until" => {
-            let written = str_arg(a, "command", op)?;
-            let command = user_command(written);
-            let command = command.as_str();
-            let want = bool_arg(a, "want_success", true);
-            let mode = if want {
-                UntilMode::Succeed
+        MachineOp::WaitUntil {
+            command,
+            timeout,
+            want_success,
+        } => {
+            let (mode, wanted) = if want_success {
+                (UntilMode::Succeed, "succeed")
             } else {
-                UntilMode::Fail
+                (UntilMode::Fail, "fail")
             };
             // Messages name the command as the script wrote it.
-            let what = format!("`{written}` to {}", if want { "succeed" } else { "fail" });
+            let what = format!("`{command}` to {wanted}");
             let out = m
-                .wait_until(
-                    &what,
-                    command,
-                    mode,
-                    timeout_arg(a, "timeout", Some(900.0))?,
-                )
+                .wait_until(&what, &user_command(&command), mode, Some(timeout.0))
                 .await?;
-            Ok(Answer {
+            Answer {
                 value: json!({ "status": out.status }),
                 bytes: Some(out.output),
-            })
+            }
         }
-        "wait_for_file" => {
-            let path = str_arg(a, "path", op)?;
+        MachineOp::WaitForFile { path, timeout } => {
             m.wait_until(
                 &format!("file {path}"),
-                &format!("test -e {}", shell_quote(path)),
+                &format!("test -e {}", shell_quote(&path)),
                 UntilMode::Succeed,
-                timeout_arg(a, "timeout", Some(900.0))?,
+                Some(timeout.0),
             )
             .await?;
-            Ok(unit())
+            Answer::done()
         }
-        "wait_for_open_port" | "wait_for_closed_port" => {
-            let port = a
-                .get("port")
-                .and_then(Value::as_u64)
-                .filter(|p| *p > 0 && *p < 65536)
-                .ok_or_else(|| CallError::usage(format!("{op}: `port` must be 1..65535")))?;
-            let addr = opt_str(a, "addr").unwrap_or("localhost");
-            let open = op == "wait_for_open_port";
+        MachineOp::WaitForOpenPort {
+            port,
+            addr,
+            timeout,
+        } => {
             m.wait_until(
-                &format!(
-                    "port {port} on {addr} to be {}",
-                    if open { "open" } else { "closed" }
-                ),
-                &port_probe(addr, port),
-                if open {
-                    UntilMode::Succeed
-                } else {
-                    UntilMode::Fail
-                },
-                timeout_arg(a, "timeout", Some(900.0))?,
+                &format!("port {} on {addr} to be open", port.0),
+                &port_probe(&addr, port.0.into()),
+                UntilMode::Succeed,
+                Some(timeout.0),
             )
             .await?;
-            Ok(unit())
+            Answer::done()
         }
-        "wait_for_open_unix_socket" => {
-            let addr = str_arg(a, "addr", op)?;
-            let dgram = if bool_arg(a, "is_datagram", false) {
-                "u"
-            } else {
-                ""
-            };
+        MachineOp::WaitForClosedPort {
+            port,
+            addr,
+            timeout,
+        } => {
+            m.wait_until(
+                &format!("port {} on {addr} to be closed", port.0),
+                &port_probe(&addr, port.0.into()),
+                UntilMode::Fail,
+                Some(timeout.0),
+            )
+            .await?;
+            Answer::done()
+        }
+        MachineOp::WaitForOpenUnixSocket {
+            addr,
+            is_datagram,
+            timeout,
+        } => {
+            let dgram = if is_datagram { "u" } else { "" };
             m.wait_until(
                 &format!("unix socket {addr} to accept connections"),
-                &format!("nc -{dgram}z -U {}", shell_quote(addr)),
+                &format!("nc -{dgram}z -U {}", shell_quote(&addr)),
                 UntilMode::Succeed,
-                timeout_arg(a, "timeout", Some(900.0))?,
+                Some(timeout.0),
             )
             .await?;
-            Ok(unit())
+            Answer::done()
         }
-        "wait_for_unit" => {
-            let unit_name = str_arg(a, "unit", op)?;
-            m.wait_for_unit(
-                unit_name,
-                opt_str(a, "user"),
-                timeout_arg(a, "timeout", Some(900.0))?,
-            )
-            .await?;
-            Ok(unit())
-        }
-        "get_unit_info" => {
-            let info = m
-                .get_unit_info(str_arg(a, "unit", op)?, opt_str(a, "user"))
+        MachineOp::WaitForUnit {
+            unit,
+            user,
+            timeout,
+        } => {
+            m.wait_for_unit(&unit, user.as_deref(), Some(timeout.0))
                 .await?;
-            Ok(json!(info).into())
+            Answer::done()
         }
-        "wait_for_console_text" => {
-            let line = m
-                .wait_for_console_text(str_arg(a, "regex", op)?, timeout_arg(a, "timeout", None)?)
-                .await?;
-            Ok(json!(line).into())
+        MachineOp::GetUnitInfo { unit, user } => {
+            json!(m.get_unit_info(&unit, user.as_deref()).await?).into()
         }
-        "get_console_log" => Ok(json!(m.console().all()).into()),
-        "shutdown" => {
+        MachineOp::WaitForConsoleText { regex, timeout } => json!(
+            m.wait_for_console_text(&regex, timeout.map(|t| t.0))
+                .await?
+        )
+        .into(),
+        MachineOp::GetConsoleLog {} => json!(m.console().all()).into(),
+        MachineOp::Shutdown {} => {
             m.shutdown().await?;
-            Ok(unit())
+            Answer::done()
         }
-        "crash" => {
+        MachineOp::Crash {} => {
             m.crash().await?;
-            Ok(unit())
+            Answer::done()
         }
-        "reboot" => {
+        MachineOp::Reboot {} => {
             m.reboot().await?;
-            Ok(unit())
+            Answer::done()
         }
-        "wait_for_shutdown" => {
+        MachineOp::WaitForShutdown {} => {
             m.wait_for_shutdown().await?;
-            Ok(unit())
+            Answer::done()
         }
-        "release" => {
+        MachineOp::Release {} => {
             m.release();
-            Ok(unit())
+            Answer::done()
         }
-        "send_monitor_command" => {
-            let out = m.send_monitor_command(str_arg(a, "command", op)?).await?;
-            Ok(json!(out).into())
+        MachineOp::SendMonitorCommand { command } => {
+            json!(m.send_monitor_command(&command).await?).into()
         }
-        "qmp" => {
-            let out = m
-                .qmp_execute(
-                    str_arg(a, "execute", op)?,
-                    a.get("arguments").cloned().filter(|v| !v.is_null()),
-                )
-                .await?;
-            Ok(out.into())
+        MachineOp::Qmp { execute, arguments } => m.qmp_execute(&execute, arguments).await?.into(),
+        MachineOp::NextQmpEvent { timeout } => m.next_qmp_event(timeout.0).await?.into(),
+        MachineOp::SendConsole { chars } => {
+            m.send_console(&chars).await?;
+            Answer::done()
         }
-        "next_qmp_event" => {
-            let t = timeout_arg(a, "timeout", Some(600.0))?.unwrap_or(Duration::from_secs(600));
-            Ok(m.next_qmp_event(t).await?.into())
+        MachineOp::Screenshot { filename } => json!(m.screenshot(&filename).await?).into(),
+        MachineOp::CopyFromHost { source, target } => {
+            m.copy_from_host(&source, &target).await?;
+            Answer::done()
         }
-        "send_console" => {
-            m.send_console(str_arg(a, "chars", op)?).await?;
-            Ok(unit())
+        MachineOp::CopyFromMachine { source, target_dir } => {
+            json!(m.copy_from_machine(&source, &target_dir).await?).into()
         }
-        "screenshot" => {
-            let p = m.screenshot(str_arg(a, "filename", op)?).await?;
-            Ok(json!(p).into())
-        }
-        "copy_from_host" => {
-            m.copy_from_host(
-                Path::new(str_arg(a, "source", op)?),
-                str_arg(a, "target", op)?,
-            )
-            .await?;
-            Ok(unit())
-        }
-        "copy_from_machine" => {
-            let p = m
-                .copy_from_machine(
-                    str_arg(a, "source", op)?,
-                    opt_str(a, "target_dir").unwrap_or(""),
-                )
-                .await?;
-            Ok(json!(p).into())
-        }
-        "console_interact" => {
+        MachineOp::ConsoleInteract {} => {
             m.console_interact().await?;
-            Ok(unit())
+            Answer::done()
         }
-        "shell_interact" => {
+        MachineOp::ShellInteract {} => {
             m.shell_interact().await?;
-            Ok(unit())
+            Answer::done()
         }
-        other => Err(CallError::usage(format!(
-            "unknown machine operation {other:?}"
-        ))),
-    }
+    };
+    Ok(answer)
 }
-
-// A test author's command, run as nixpkgs runs it: `set -euo pipefail` first.
-pub use crate::machine::user_command;
 
 /// A guest command that succeeds when `addr:port` accepts TCP connections.
 /// Local addresses use bash's `/dev/tcp` (no process started); others are
@@ -497,20 +351,6 @@ pub fn port_probe(addr: &str, port: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn timeouts_are_checked_and_default() {
-        let a = json!({"timeout": 1.5, "bad": -1});
-        assert_eq!(
-            timeout_arg(&a, "timeout", None).unwrap(),
-            Some(Duration::from_millis(1500))
-        );
-        assert_eq!(
-            timeout_arg(&a, "none", Some(900.0)).unwrap(),
-            Some(Duration::from_secs(900))
-        );
-        assert!(timeout_arg(&a, "bad", None).is_err());
-    }
 
     #[test]
     fn port_probes_do_not_fork_for_localhost() {

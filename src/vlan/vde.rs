@@ -37,6 +37,11 @@
 //! version 3 with the magic (an old version-1 client, or something that is
 //! not a VDE client at all) is refused: the connection is closed, and the
 //! switch logs what the client sent.
+//!
+//! A joined port has a reader, which forwards each datagram (a runt, or one
+//! longer than [`MAX_FRAME_LEN`], is dropped) and ends the port when the
+//! control connection closes, and a writer, which sends each queued frame
+//! as one datagram.
 
 use std::io;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -46,10 +51,12 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixDatagram, UnixListener, UnixStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::{Shared, Wire};
+use super::switch::{Counters, PortId, Queued, Shared};
+use super::{MAX_FRAME_LEN, MIN_FRAME_LEN};
 
 /// `SWITCH_MAGIC` of vde2: the first field of every request.
 pub const SWITCH_MAGIC: u32 = 0xfeed_face;
@@ -330,16 +337,97 @@ async fn join(shared: Arc<Shared>, mut ctl: UnixStream, socket: PathBuf) {
         let _ = std::fs::remove_file(&socket);
         return refuse(&who, format!("cannot answer it: {e}"));
     }
-    shared.add_port(Wire::Vde {
-        ctl,
-        data,
-        socket_file: socket,
+    add_port(&shared, ctl, data, socket);
+}
+
+/// Makes a joined client a port of the switch: `data` is the port's
+/// datagram socket (the file `socket_file`), connected to the client's.
+fn add_port(shared: &Arc<Shared>, ctl: UnixStream, data: UnixDatagram, socket_file: PathBuf) {
+    shared.add_port(Some(socket_file), |id, queued| {
+        let data = Arc::new(data);
+        let reader = tokio::spawn(read_port(Arc::clone(shared), id, ctl, Arc::clone(&data)));
+        let writer = tokio::spawn(write_port(Arc::clone(shared), id, queued, data));
+        (reader, writer)
     });
+}
+
+/// Reads a VDE port's datagrams and forwards them, until the client closes
+/// its control connection.
+async fn read_port(shared: Arc<Shared>, id: PortId, mut ctl: UnixStream, data: Arc<UnixDatagram>) {
+    // One byte more than the largest frame tells an oversized datagram
+    // (the kernel cuts a datagram to the buffer) from the largest.
+    let mut buf = vec![0u8; MAX_FRAME_LEN + 1];
+    let mut ignored = [0u8; 256];
+    let c = &shared.counters;
+    let reason = loop {
+        tokio::select! {
+            read = ctl.read(&mut ignored) => match read {
+                Ok(0) => break None,
+                // Nothing is defined after the request: ignore it.
+                Ok(_) => {}
+                Err(e) => break Some(format!("its control connection failed: {e}")),
+            },
+            received = data.recv(&mut buf) => match received {
+                Ok(len) => {
+                    Counters::add(&c.frames_received, 1);
+                    Counters::add(&c.bytes_received, len as u64);
+                    if !(MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&len) {
+                        Counters::add(&c.malformed, 1);
+                        continue;
+                    }
+                    shared.forward(id, buf[..len].to_vec());
+                }
+                Err(e) => break Some(format!("receiving failed: {e}")),
+            },
+        }
+    };
+    if let Some(reason) = reason {
+        eprintln!("vlan{}: closing VDE port {id}: {reason}", shared.number);
+    }
+    shared.remove_port(id);
+}
+
+/// Sends a VDE port's queued frames, one datagram each, waiting for
+/// delayed frames to be due. A client whose socket is full makes the send
+/// wait, so its queue fills and the switch drops frames for it, as for a
+/// stream port.
+async fn write_port(
+    shared: Arc<Shared>,
+    id: PortId,
+    mut queued: mpsc::Receiver<Queued>,
+    data: Arc<UnixDatagram>,
+) {
+    let c = &shared.counters;
+    while let Some(item) = queued.recv().await {
+        if let Some(at) = item.deliver_at {
+            tokio::time::sleep_until(at).await;
+        }
+        match data.send(&item.frame).await {
+            Ok(_) => {
+                Counters::add(&c.frames_forwarded, 1);
+                Counters::add(&c.bytes_forwarded, item.frame.len() as u64);
+            }
+            Err(e) => {
+                // Refused: the client's socket is gone (QEMU exited); its
+                // control connection is ending too.
+                if e.kind() != io::ErrorKind::ConnectionRefused {
+                    eprintln!(
+                        "vlan{}: closing VDE port {id}: sending failed: {e}",
+                        shared.number
+                    );
+                }
+                shared.remove_port(id);
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vlan::fake_qemu::{frame, learned_mixed, mac, start_vde, vde_handshake, wait_for};
+    use crate::vlan::fake_qemu::{BROADCAST, WAIT};
 
     fn request(client: &str, description: &str) -> Vec<u8> {
         encode_request(Path::new(client), description)
@@ -461,5 +549,159 @@ mod tests {
         assert!(matches!(e, RequestError::Timeout { len: 30, .. }), "{e}");
     }
 
-    const WAIT: Duration = Duration::from_secs(5);
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vde_and_stream_ports_switch_together() {
+        let (_dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "svv").await;
+        let s = vlan.stats();
+        assert_eq!((s.ports, s.vde_ports), (3, 2));
+        for (from, to) in [(0, 1), (1, 0), (1, 2), (2, 0)] {
+            p[from].send_to(mac(to as u8 + 1), b"unicast").await;
+            let f = p[to].recv().await;
+            assert_eq!(f, frame(mac(to as u8 + 1), mac(from as u8 + 1), b"unicast"));
+        }
+        for q in &mut p {
+            q.expect_nothing().await;
+        }
+        // The largest frame passes both ways between the kinds.
+        let big = vec![0xcd; MAX_FRAME_LEN - 14];
+        p[1].send_to(mac(1), &big).await;
+        assert_eq!(p[0].recv_payload().await, big);
+        p[0].send_to(mac(3), &big).await;
+        assert_eq!(p[2].recv_payload().await, big);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn faults_apply_to_vde_ports_as_to_stream_ports() {
+        let (_dir, vlan) = start_vde().await;
+        // 1 stream, 2 and 3 VDE.
+        let mut p = learned_mixed(&vlan, "svv").await;
+
+        vlan.set_link(mac(2), false);
+        p[0].send_to(mac(2), b"to blocked").await;
+        p[1].send_to(mac(3), b"from blocked").await;
+        p[1].expect_nothing().await;
+        p[2].expect_nothing().await;
+        vlan.set_link(mac(2), true);
+        p[1].send_to(mac(3), b"unblocked").await;
+        assert_eq!(p[2].recv_payload().await, b"unblocked");
+
+        // {1, 2} | {3}: stream and VDE on one side.
+        vlan.partition(vec![vec![mac(1), mac(2)], vec![mac(3)]]);
+        p[0].send_to(mac(2), b"same side").await;
+        assert_eq!(p[1].recv_payload().await, b"same side");
+        p[1].send_to(mac(3), b"across").await;
+        p[0].send_to(mac(3), b"across").await;
+        p[2].send_to(BROADCAST, b"across").await;
+        for q in &mut p {
+            q.expect_nothing().await;
+        }
+        vlan.heal();
+        p[2].send_to(mac(2), b"healed").await;
+        assert_eq!(p[1].recv_payload().await, b"healed");
+
+        vlan.set_loss(Some(mac(3)), 1.0);
+        p[1].send_to(mac(3), b"lost").await;
+        p[2].expect_nothing().await;
+        vlan.set_loss(Some(mac(3)), 0.0);
+
+        let delay = Duration::from_millis(200);
+        vlan.set_delay(Some(mac(2)), delay);
+        let sent = Instant::now();
+        for i in 0..10u8 {
+            p[0].send_to(mac(2), &[i]).await;
+        }
+        for i in 0..10u8 {
+            assert_eq!(p[1].recv_payload().await, [i]);
+        }
+        assert!(sent.elapsed() >= delay, "after {:?}", sent.elapsed());
+
+        let d = vlan.stats().dropped;
+        assert_eq!((d.link_down, d.partitioned, d.loss), (2, 4, 1), "{d:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vde_port_ends_with_its_control_connection() {
+        let (dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "svv").await;
+        let port_files = || {
+            std::fs::read_dir(dir.path().join("vde1.ctl"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .filter(|n| n.ends_with(".port"))
+                .count()
+        };
+        assert_eq!(port_files(), 2);
+        drop(p.pop());
+        wait_for(|| vlan.ports() == 2).await;
+        assert_eq!(vlan.stats().vde_ports, 1);
+        assert_eq!(port_files(), 1, "the port's socket file is removed");
+        // mac(3) is unknown again: flooded.
+        p[0].send_to(mac(3), b"where").await;
+        assert_eq!(p[1].recv_payload().await, b"where");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vde_runts_and_oversized_datagrams_are_dropped() {
+        let (_dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "vv").await;
+        p[0].send_raw(&[1, 2, 3]).await;
+        p[0].send_raw(&vec![0; MAX_FRAME_LEN + 1]).await;
+        p[1].expect_nothing().await;
+        wait_for(|| vlan.stats().dropped.malformed == 2).await;
+        p[0].send_to(mac(2), b"still here").await;
+        assert_eq!(p[1].recv_payload().await, b"still here");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vde_client_that_does_not_read_loses_frames_without_stalling_others() {
+        let (_dir, vlan) = start_vde().await;
+        let mut p = learned_mixed(&vlan, "sv").await;
+        // A VDE client that never reads its datagram socket.
+        let (_ctl, stalled) = vde_handshake(&vlan).await;
+        wait_for(|| vlan.ports() == 3).await;
+        stalled
+            .send(&frame(mac(1), mac(3), b"learn me"))
+            .await
+            .unwrap();
+        assert_eq!(p[0].recv_payload().await, b"learn me");
+        let payload = vec![0u8; 1500];
+        for _ in 0..2000 {
+            p[0].send_to(mac(3), &payload).await;
+        }
+        wait_for(|| vlan.stats().dropped.queue_full > 0).await;
+        p[0].send_to(mac(2), b"unaffected").await;
+        assert_eq!(p[1].recv_payload().await, b"unaffected");
+        p[1].send_to(mac(1), b"back").await;
+        assert_eq!(p[0].recv_payload().await, b"back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_bad_vde_client_is_refused_and_others_still_join() {
+        let (_dir, vlan) = start_vde().await;
+        let ctl = vlan.vde_dir().unwrap().join("ctl");
+        // A stream netdev's first frame, a version-1 request, a request
+        // naming no socket.
+        let client = Path::new("/nonexistent/.1-0");
+        let mut v1 = encode_request(client, "old");
+        v1[4..8].copy_from_slice(&0u32.to_ne_bytes());
+        let mut abstract_ = encode_request(client, "abstract");
+        abstract_[14] = 0;
+        for bad in [
+            vec![0, 0, 0, 60, 0xff, 0xff, 0xff, 0xff],
+            v1,
+            abstract_,
+            encode_request(client, "gone"),
+        ] {
+            let mut s = UnixStream::connect(&ctl).await.unwrap();
+            s.write_all(&bad).await.unwrap();
+            let mut answer = Vec::new();
+            let read = tokio::time::timeout(WAIT, s.read_to_end(&mut answer)).await;
+            assert!(matches!(read, Ok(Ok(0))), "refused: {read:?} {answer:?}");
+        }
+        assert_eq!(vlan.ports(), 0);
+        let mut p = learned_mixed(&vlan, "vs").await;
+        p[0].send_to(mac(2), b"fine").await;
+        assert_eq!(p[1].recv_payload().await, b"fine");
+    }
 }

@@ -121,6 +121,16 @@ class Api(unittest.TestCase):
         public = {n for n, v in vars(Machine).items() if callable(v) and not n.startswith("_")}
         self.assertEqual(public - set(stubbed), set())
 
+    def test_starting_methods_are_machine_methods(self) -> None:
+        # The driver reads this list (src/script/early.rs) to start a machine
+        # early when the script's first statement calls one of these.
+        with open(os.path.join(PYTHON_DIR, "nix_vmtest", "starting_methods.txt")) as f:
+            names = [l.strip() for l in f if l.strip() and not l.startswith("#")]
+        self.assertIn("succeed", names)
+        for name in names:
+            with self.subTest(name=name):
+                self.assertTrue(callable(getattr(Machine, name, None)), name)
+
     def test_mypy_on_stubs_and_a_script(self) -> None:
         if subprocess.run([sys.executable, "-c", "import mypy"], capture_output=True).returncode == 0:
             mypy = [sys.executable, "-m", "mypy"]
