@@ -51,13 +51,15 @@
         )
       );
 
-      # runTest / nixosTest / runNixOSTest. NixOS nodes need hostPkgs in the
-      # test (as nixpkgs' nixos.lib.runTest does); image nodes need nothing.
+      # runTest / evalTest: nixpkgs' own (this input's nixos/lib/testing)
+      # with nix-vmtest's test module (lib.testModule), which swaps the
+      # driver and adds imageNodes; the test gives hostPkgs, as with
+      # nixpkgs' nixos.lib.runTest:
       #   self.lib.runTest { hostPkgs = pkgs; name = "x"; nodes = ...; testScript = "..."; }
-      # lib.forPkgs pkgs: the same functions with pkgs preset.
+      # lib.forPkgs pkgs: the same with pkgs preset (runNixOSTest, nixosTest too).
       # lib.forNix pkgs nix: the package with the plugin built against `nix`
       # (e.g. pkgs.nixVersions.nix_2_31, or the Nix your daemon runs).
-      lib = import ./nix { } // {
+      lib = import ./nix { inherit nixpkgs; } // {
         forPkgs = pkgs: import ./nix { inherit pkgs; };
         forNix = pkgs: nix: pkgs.nix-vmtest.override { inherit nix; };
       };

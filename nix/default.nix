@@ -1,38 +1,54 @@
 # nix-vmtest's Nix library: NixOS-style VM tests on nix-vmtest's driver.
 #
-#   let vmtest = import ./nix { };               # no nixpkgs: image nodes only
-#   let vmtest = import ./nix { pkgs = import <nixpkgs> { }; };   # NixOS nodes too
-#   vmtest.runTest { name = "x"; nodes.m = { kernel = ...; initrd = ...; }; testScript = "..."; }
+#   let vmtest = import ./nix { pkgs = import <nixpkgs> { }; };   # with nixpkgs
+#   let vmtest = import ./nix { };                                # without: image nodes only
+#   vmtest.runTest { name = "x"; nodes.m = { ... }; testScript = "..."; }
 #   vmtest.nixosTest { ... }          # makeTest's form: also `machine = ...;`
 #
-# With the plugin loaded (builtins.vmTest), tests are built by it; without it,
-# by a derivation whose builder is the driver (from the flake's package, or
-# the `driver` given here).
+# With nixpkgs (`pkgs` or `nixpkgs`), a test is nixpkgs' own: its test
+# framework (nixos/lib/testing) evaluates it, with ./test-module.nix swapping
+# the driver for nix-vmtest's and adding `imageNodes` (./nixpkgs.nix).
+# Without nixpkgs, nix-vmtest's own evaluator (./eval-test.nix) takes tests
+# whose nodes are images or start scripts; with the plugin loaded
+# (builtins.vmTest) it builds them through the plugin, else through a
+# derivation whose builder is the driver (the `driver` given here).
 {
-  # A nixpkgs package set; NixOS nodes need it (or hostPkgs in the test).
+  # A nixpkgs package set: tests go through nixpkgs' test framework, with
+  # hostPkgs defaulting to it.
   pkgs ? null,
-  # A nixpkgs source tree, when pkgs is not given (only its lib and NixOS
-  # modules are used; hostPkgs in the test still provides the packages).
+  # A nixpkgs source tree, when pkgs is not given: tests go through its test
+  # framework and give hostPkgs themselves (as with nixpkgs' runTest).
   nixpkgs ? null,
-  # The driver for builds without the plugin: a package with
-  # bin/nixos-test-driver, or the binary itself (a path). Default: built from
-  # this repository with pkgs (nix/package.nix).
+  # The driver. With nixpkgs: a package with bin/nixos-test-driver (default:
+  # built from this repository, nix/package.nix). Without: the binary, or a
+  # directory with bin/nixos-test-driver, for builds without the plugin.
   driver ? null,
-  # Build through builtins.vmTest when the plugin is loaded.
+  # Without nixpkgs: build through builtins.vmTest when the plugin is loaded.
   useBuiltin ? true,
-  # PATH inside the build when there is no nixpkgs: QEMU and python3 come
-  # from the host (then the sandbox must be off, or these directories listed
-  # in extra-sandbox-paths).
+  # Without nixpkgs: PATH inside the build (QEMU and python3 of the host;
+  # then the sandbox must be off, or these directories listed in
+  # extra-sandbox-paths).
   hostPath ? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
   system ? builtins.currentSystem or "x86_64-linux",
 }:
 
 let
   h = import ./lib.nix;
+
+  withNixpkgs = pkgs != null || nixpkgs != null;
+
+  # With nixpkgs: nixpkgs' framework plus the test module.
+  viaNixpkgs = import ./nixpkgs.nix { inherit pkgs nixpkgs driver; };
+  # A test that names its nixpkgs (hostPkgs) while the library has none.
+  viaHostPkgs = hostPkgs: import ./nixpkgs.nix {
+    pkgs = hostPkgs;
+    driver = if h.isDerivation driver then driver else null;
+  };
+
+  # Without nixpkgs: the own evaluator.
   core = import ./eval-test.nix {
+    pkgs = null;
     inherit
-      pkgs
-      nixpkgs
       driver
       useBuiltin
       hostPath
@@ -49,64 +65,68 @@ let
     inherit content;
   };
 
-  # The whole evaluation: config (option values), nodes, spec, result.
-  evalTest =
-    module:
-    core.evalTest {
-      modules = [ module ];
-      entry = "runTest";
-    };
+  own = rec {
+    evalTest =
+      module:
+      core.evalTest {
+        modules = [ module ];
+        entry = "runTest";
+      };
 
-  # nixpkgs' runTest / testers.runNixOSTest: takes a test module (attribute
-  # set, function of { config, lib, pkgs, hostPkgs, nodes, ... }, or path).
-  runTest = module: (evalTest module).result;
+    runTest =
+      module:
+      let
+        e = evalTest module;
+      in
+      if e.delegateTo != null then (viaHostPkgs e.delegateTo).runTest module else e.result;
 
-  # nixpkgs' nixosTest / makeTest: an attribute set, or a function called
-  # with pkgs (as nixpkgs' nixosTest calls it), or a path to either.
-  nixosTest =
-    test:
-    let
-      t = loadTest test;
-      called =
-        if builtins.isFunction t then
-          h.callWith t (
-            if pkgs != null then
-              pkgs
-            else
-              {
-                pkgs = null;
-                lib = null;
-              }
-          )
-        else
-          t;
-    in
-    (core.evalTest {
-      modules = [ called ];
-      entry = "nixosTest";
-    }).result;
+    nixosTest =
+      test:
+      let
+        t = loadTest test;
+        called =
+          if builtins.isFunction t then
+            h.callWith t {
+              pkgs = null;
+              lib = null;
+            }
+          else
+            t;
+        e = core.evalTest {
+          modules = [ called ];
+          entry = "nixosTest";
+        };
+      in
+      if e.delegateTo != null then (viaHostPkgs e.delegateTo).nixosTest test else e.result;
 
-  # What the overlay installs as pkgs.testers.runNixOSTest: like nixpkgs',
-  # host and node packages default to pkgs.
-  runNixOSTest =
-    module:
-    runTest {
-      _file = "nix-vmtest's runNixOSTest";
-      imports = [ module ];
-      hostPkgs = mkDefault pkgs;
-      node.pkgs = mkDefault pkgs;
-    };
+    runNixOSTest = _: throw "nix-vmtest: runNixOSTest is nixpkgs' testers.runNixOSTest: it needs nixpkgs (import nix-vmtest's nix/ with { pkgs = ...; }, or use the overlay). Without nixpkgs, use runTest.";
+  };
+
+  entry = if withNixpkgs then viaNixpkgs else own;
 in
 {
-  inherit
+  # runTest module: nixpkgs' runTest (a test module: attribute set, function
+  # of { config, lib, hostPkgs, nodes, ... }, or path).
+  # nixosTest test: nixpkgs' testers.nixosTest / makeTest (an attribute set,
+  # or a function called with pkgs, or a path to either).
+  # runNixOSTest module: nixpkgs' testers.runNixOSTest (needs pkgs).
+  # evalTest module: the whole evaluation (with nixpkgs: nixpkgs' evalTest,
+  # with `config`, `options`, ...; without: config, spec, result, ...).
+  inherit (entry)
     runTest
     nixosTest
-    evalTest
     runNixOSTest
+    evalTest
     ;
-  makeTest = nixosTest;
+  makeTest = entry.nixosTest;
 
-  # Option names, defaults and descriptions (see options.nix).
+  # The module that makes nixpkgs' test framework run a test on nix-vmtest's
+  # driver (and adds imageNodes):
+  #   pkgs.testers.runNixOSTest { imports = [ vmtest.testModule ]; ... }
+  testModule = ./test-module.nix;
+
+  # Option names, defaults and descriptions of the evaluator without
+  # nixpkgs (see options.nix). With nixpkgs the options are nixpkgs'.
   options = import ./options.nix;
 
   # The addressing every node gets (nixpkgs' network.nix): node n on VLAN v.

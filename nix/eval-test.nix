@@ -1,14 +1,15 @@
-# Turns test modules into the option values of one test, then into its
-# nodes and its vm-test-run-<name> derivation.
+# nix-vmtest's own evaluator, for tests without nixpkgs: turns test modules
+# into the option values of one test, then into its nodes and its
+# vm-test-run-<name> derivation. With nixpkgs, tests go through nixpkgs' own
+# framework instead (./nixpkgs.nix); default.nix chooses.
 #
 # This file needs neither nixpkgs nor its `lib`: option handling and image
-# nodes are plain Nix. NixOS nodes are handed to ./nixos/nodes.nix, which
-# needs nixpkgs (from `pkgs`, `nixpkgs`, or the test's hostPkgs/node.pkgs).
+# nodes are plain Nix. A test with NixOS nodes is handed back to default.nix
+# (`delegateTo`) when it names a nixpkgs (hostPkgs or node.pkgs), and fails
+# with a message saying what to do otherwise.
 {
-  # nixpkgs package set given to the library (the overlay's final pkgs), or null.
+  # nixpkgs package set given to the library, or null.
   pkgs,
-  # Path to a nixpkgs source tree, or null (then pkgs.path / hostPkgs.path).
-  nixpkgs,
   # The driver: a package with bin/nixos-test-driver, or the binary; or null.
   driver,
   # Use builtins.vmTest (the plugin) when it is there.
@@ -121,7 +122,7 @@ let
       # The module arguments test modules get, like nixpkgs' runTest modules.
       moduleArgs = {
         inherit config;
-        lib = nixpkgsLib;
+        lib = if hostPkgs != null && hostPkgs ? lib then hostPkgs.lib else null;
         hostPkgs = hostPkgs;
         pkgs = hostPkgs;
         nodes = nodesCompat;
@@ -229,7 +230,14 @@ let
 
       # Legacy makeTest: `machine = ...;` is `nodes.machine`.
       machineDefs = if entry == "nixosTest" then map (d: d.value) (rawDefs [ "machine" ]) else [ ];
-      nodeDefs = if machineDefs == [ ] then values.nodes else values.nodes // { machine = (values.nodes.machine or [ ]) ++ machineDefs; };
+      givenNodes = if machineDefs == [ ] then values.nodes else values.nodes // { machine = (values.nodes.machine or [ ]) ++ machineDefs; };
+      # imageNodes (as with nixpkgs, where only images go there) join nodes.
+      bothWays = filter (n: givenNodes ? ${n}) (attrNames values.imageNodes);
+      nodeDefs =
+        if bothWays != [ ] then
+          fail "`${head bothWays}` is in both `nodes` and `imageNodes`; give each machine once"
+        else
+          givenNodes // values.imageNodes;
 
       config = {
         inherit (values)
@@ -267,21 +275,6 @@ let
           pkgs
         else
           config.node.pkgs;
-      # The nixpkgs the host packages come from, so nodes and host agree.
-      nixpkgsPath =
-        if hostPkgs != null && hostPkgs ? path then
-          hostPkgs.path
-        else
-          nixpkgs;
-      nixpkgsLib =
-        if pkgs != null && pkgs ? lib then
-          pkgs.lib
-        else if hostPkgs != null && hostPkgs ? lib then
-          hostPkgs.lib
-        else if nixpkgsPath != null then
-          import (nixpkgsPath + "/lib")
-        else
-          null;
 
       # -------------------------------------------------------------------
       # nodes
@@ -297,6 +290,8 @@ let
         in
         if defs == [ ] then
           fail "node `${name}` has no definition"
+        else if values.imageNodes ? ${name} then
+          "image"
         else if length kinds > 1 then
           fail "node `${name}` is defined as ${h.showList kinds} at once; give it one way: a NixOS configuration, an image { kernel; initrd; ... } or a start script"
         else
@@ -328,7 +323,9 @@ let
           what = "image node `${name}`";
           need = k: if h.isPathLike n.${k} then n.${k} else fail "${what}: `${k}` must be a path, a string or a derivation, not ${h.describeType n.${k}}";
         in
-        if unknown != [ ] then
+        if !(node ? kernel) then
+          fail "${what} has no kernel"
+        else if unknown != [ ] then
           fail "${what} has unknown attribute${if length unknown > 1 then "s" else ""} ${h.showList unknown}; an image node takes kernel, initrd, disk, memory, cpus, kernelParams, qemuFlags and vlans"
         else if !(node ? initrd) then
           fail "${what} has a kernel but no initrd"
@@ -409,33 +406,20 @@ let
 
       nixosNames = filter (n: kinds.${n} == "nixos") nodeNames;
 
-      needNixpkgs =
-        what:
-        fail "${what} needs nixpkgs. Use the overlay (pkgs.nixosTest / pkgs.testers.runNixOSTest), set hostPkgs = pkgs; in the test, or import nix-vmtest's nix/ with { pkgs = import <nixpkgs> { }; }. Nodes given as images ({ kernel; initrd; ... }) need no nixpkgs.";
+      # A test with NixOS nodes goes to nixpkgs' own framework (default.nix
+      # does that) when it names a nixpkgs; without one it cannot be evaluated.
+      delegateTo = if nixosNames != [ ] && hostPkgs != null then hostPkgs else null;
+      noNixpkgs = fail ''
+        node `${head nixosNames}` is a NixOS configuration; evaluating it needs nixpkgs, whose own
+          test framework (nixos/lib/testing) then evaluates the test. Import nix-vmtest's nix/ with
+          { pkgs = import <nixpkgs> { }; } (or { nixpkgs = <path>; } and hostPkgs = pkgs; in the test),
+          use the overlay (pkgs.testers.runNixOSTest), or the flake's lib. Image nodes
+          ({ kernel; initrd; ... }, or imageNodes.<name>) need no nixpkgs.'';
 
-      nixosNodes =
-        if nixosNames == [ ] then
-          { }
-        else if nixpkgsLib == null || nixpkgsPath == null || hostPkgs == null then
-          needNixpkgs "node `${head nixosNames}` is a NixOS configuration; evaluating it"
-        else
-          import ./nixos/nodes.nix {
-            lib = nixpkgsLib;
-            inherit
-              nixpkgsPath
-              hostPkgs
-              numbers
-              nodesCompat
-              ;
-            testConfig = config;
-            nodeModules = listToAttrs (map (n: { name = n; value = config.nodes.${n}; }) nixosNames);
-          };
+      # nodes.<name>: the node's attributes and addressing.
+      nodesCompat = mapAttrs (name: kind: if kind == "nixos" then noNixpkgs else plainNodes.${name}) kinds;
 
-      # nodes.<name>: the NixOS config (with .config for old tests), or the
-      # plain node info.
-      nodesCompat = mapAttrs (name: kind: if kind == "nixos" then nixosNodes.${name} // { config = nixosNodes.${name}; } else plainNodes.${name}) kinds;
-
-      nodeVlans = name: if kinds.${name} == "nixos" then nixosNodes.${name}.system.build.vmtestVlans else plainNodes.${name}.vlans;
+      nodeVlans = name: if kinds.${name} == "nixos" then noNixpkgs else plainNodes.${name}.vlans;
       vlans = h.unique (concatMap nodeVlans nodeNames);
 
       # -------------------------------------------------------------------
@@ -455,8 +439,6 @@ let
         else
           s;
 
-      nixosStartScript = name: let c = nixosNodes.${name}; in "${c.system.build.vm}/bin/run-${c.system.name}-vm";
-
       # Node as the plugin takes it (builtins.vmTest's `nodes`): an image
       # attribute set, or the start script itself (the VLANs of start-script
       # nodes go into the top-level `vlans`).
@@ -467,7 +449,7 @@ let
         else if kinds.${name} == "startScript" then
           scriptPath plainNodes.${name}.startScript
         else
-          nixosStartScript name;
+          noNixpkgs;
 
       imageOf = name: {
         inherit (plainNodes.${name})
@@ -493,7 +475,7 @@ let
         else
           {
             inherit name;
-            startScript = if kinds.${name} == "nixos" then nixosStartScript name else scriptPath plainNodes.${name}.startScript;
+            startScript = if kinds.${name} == "nixos" then noNixpkgs else scriptPath plainNodes.${name}.startScript;
           };
 
       scriptPath = s: if h.isDerivation s then (if builtins.match "run-.*-vm" (s.name or "") != null then "${s}" else "${s}/bin/run-${s.name}-vm") else s;
@@ -604,6 +586,7 @@ let
         built
         spec
         nodesCompat
+        delegateTo
         ;
     };
 in

@@ -26,6 +26,16 @@
       (a string or derivation, or { startScript; vlans ? [ 1 ]; }).
     '';
   };
+  imageNodes = {
+    merge = "nodes";
+    default = { };
+    description = ''
+      Machines given as images { kernel; initrd; disk ? null; memory ? 256;
+      cpus ? 1; kernelParams ? ""; qemuFlags ? [ ]; vlans ? [ 1 ]; }, as with
+      nixpkgs (nix-vmtest's test module has the same option); `nodes` takes
+      them too here.
+    '';
+  };
   defaults = {
     merge = "modules";
     default = [ ];

@@ -1,12 +1,18 @@
 # Makes nixpkgs' test entry points run on nix-vmtest's driver:
-#   pkgs.nixosTest, pkgs.testers.nixosTest, pkgs.testers.runNixOSTest
-# and adds pkgs.nix-vmtest (driver, plugin, Python client).
+#   pkgs.testers.runNixOSTest, pkgs.testers.nixosTest (and pkgs.nixosTest,
+#   which nixpkgs 25.11+ only keeps as an error pointing to testers.nixosTest)
+# are nixpkgs' own, with nix-vmtest's test module (nix/test-module.nix)
+# added; and adds pkgs.nix-vmtest (driver, plugin, Python client).
 #
 #   pkgs = import nixpkgs { overlays = [ nix-vmtest.overlays.default ]; };
-#   pkgs.nixosTest { name = "x"; nodes.machine = { ... }; testScript = "..."; }
+#   pkgs.testers.runNixOSTest { name = "x"; nodes.machine = { ... }; testScript = "..."; }
 final: prev:
 let
-  vmtest = import ./default.nix { pkgs = final; };
+  # prev's testers: nixpkgs' own functions (they take hostPkgs = final).
+  vmtest = import ./nixpkgs.nix {
+    pkgs = final;
+    inherit (prev) testers;
+  };
 in
 {
   nix-vmtest = final.callPackage ./package.nix { };
@@ -14,10 +20,9 @@ in
   nixosTest = vmtest.nixosTest;
 
   testers = prev.testers // {
-    nixosTest = vmtest.nixosTest;
-    runNixOSTest = vmtest.runNixOSTest;
+    inherit (vmtest) nixosTest runNixOSTest;
   };
 
   # The library itself, for tests that want runTest with pkgs preset.
-  nix-vmtest-lib = vmtest;
+  nix-vmtest-lib = import ./default.nix { pkgs = final; };
 }

@@ -16,8 +16,8 @@ in
 vmtest.runTest {
   name = "client-server-test";
 
-  nodes.server = images.systemd;
-  nodes.client = images.systemd;
+  imageNodes.server = images.systemd;
+  imageNodes.client = images.systemd;
 
   testScript = ''
     start_all()

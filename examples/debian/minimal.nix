@@ -16,7 +16,7 @@ in
 vmtest.nixosTest {
   name = "minimal-test";
 
-  nodes.machine = images.systemd;
+  imageNodes.machine = images.systemd;
 
   testScript = ''
     machine.wait_for_unit("default.target")

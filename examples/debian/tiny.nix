@@ -18,10 +18,10 @@ vmtest.runTest (
     name = "tiny-two-vlans";
     globalTimeout = 600;
 
-    nodes.a = images.tiny // {
+    imageNodes.a = images.tiny // {
       vlans = [ 1 2 ];
     };
-    nodes.b = images.tiny // {
+    imageNodes.b = images.tiny // {
       vlans = [ 2 ];
     };
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Tests of the Nix library (nix/), the examples and flake.nix that need no
-# nixpkgs: everything parses; option names, defaults and errors; image nodes
-# evaluate and build through runTest and nixosTest (with a stand-in driver).
+# nixpkgs: everything parses; the evaluator without nixpkgs (option names,
+# defaults and errors; image nodes evaluate and build through runTest and
+# nixosTest, with a stand-in driver). With nixpkgs, tests are nixpkgs' own
+# plus nix/test-module.nix: tests/nixpkgs-eval checks that against a real tree.
 #
 #   tests/nix-lib/run.sh            the checks above
 #   NIX_VMTEST_PLUGIN=/path/libnix_vmtest.so tests/nix-lib/run.sh
@@ -86,7 +88,7 @@ done < <(find . -name '*.nix' -not -path './target/*' -not -path './.git/*' -pri
 echo "== option names and defaults"
 eval_is "option names are nixpkgs' (plus nix-vmtest's own)" \
     'builtins.attrNames f.vmtest.options' \
-    '["defaults","enableOCR","extraBaseModules","extraDriverArgs","extraPythonPackages","globalTimeout","hostPkgs","interactive","meta","name","node.pkgs","node.pkgsReadOnly","node.specialArgs","nodeDefaults","nodes","passthru","qemu.package","requiredSystemFeatures","skipLint","skipTypeCheck","testScript"]'
+    '["defaults","enableOCR","extraBaseModules","extraDriverArgs","extraPythonPackages","globalTimeout","hostPkgs","imageNodes","interactive","meta","name","node.pkgs","node.pkgsReadOnly","node.specialArgs","nodeDefaults","nodes","passthru","qemu.package","requiredSystemFeatures","skipLint","skipTypeCheck","testScript"]'
 eval_is "defaults of a test that sets only name, nodes, testScript" \
     'let c = (f.vmtest.runTest (f.twoNodes { })).config; in { inherit (c) globalTimeout skipLint skipTypeCheck enableOCR passthru meta requiredSystemFeatures extraDriverArgs defaults interactive; py = c.extraPythonPackages { }; }' \
     '{"globalTimeout":3600,"skipLint":false,"skipTypeCheck":false,"enableOCR":false,"passthru":{},"meta":{},"requiredSystemFeatures":["nixos-test","kvm"],"extraDriverArgs":[],"defaults":[],"interactive":[],"py":[]}'
@@ -135,6 +137,9 @@ eval_is "result has .driver, .driverInteractive and .nodes" \
 eval_is "interactive: merged over the test for .driverInteractive only" \
     'let t = f.vmtest.runTest (f.twoNodes { interactive.globalTimeout = 7; }); in { same = t.driver.drvPath == (f.vmtest.runTest (f.twoNodes { })).driver.drvPath; differs = t.driverInteractive.drvPath != (f.vmtest.runTest (f.twoNodes { })).driverInteractive.drvPath; }' \
     '{"same":true,"differs":true}'
+eval_is "imageNodes (as with nixpkgs) are image nodes beside nodes" \
+    'let t = f.vmtest.runTest { name = "i"; nodes.a = f.image; imageNodes.b = f.image // { vlans = [ 2 ]; }; testScript = ""; }; in { n = builtins.attrNames t.nodes; k = t.nodes.b.kind; v = t.config.vlans; }' \
+    '{"n":["a","b"],"k":"image","v":[1,2]}'
 eval_is "the nodes JSON the driver gets (Contract 2)" \
     'let t = f.vmtest.runTest (f.twoNodes { nodes = { client = f.image; server = f.image // { disk = f.disk; memory = 512; kernelParams = [ "a" "b" ]; vlans = [ 2 ]; }; }; }); j = builtins.fromJSON (builtins.unsafeDiscardStringContext (builtins.readFile t.nodesJson)); strip = m: m // { image = removeAttrs m.image [ "kernel" "initrd" "disk" ]; }; in j // { machines = map strip j.machines; disks = map (m: m.image.disk != null) j.machines; }' \
     '{"vlans":[1,2],"machines":[{"name":"client","image":{"cpus":1,"kernelParams":"","memory":256,"qemuFlags":[],"vlans":[1]}},{"name":"server","image":{"cpus":1,"kernelParams":"a b","memory":512,"qemuFlags":[],"vlans":[2]}}],"disks":[false,true]}'
@@ -151,47 +156,18 @@ eval_fails "testScript function must return a string" '(f.vmtest.runTest (f.twoN
 eval_fails "image node: unknown attribute" '(f.vmtest.runTest (f.twoNodes { nodes.a = f.image // { memroy = 1; }; })).drvPath' 'image node `a` has unknown attribute memroy'
 eval_fails "image node: initrd missing" '(f.vmtest.runTest (f.twoNodes { nodes.a = { kernel = f.kernel; }; })).drvPath' 'image node `a` has a kernel but no initrd'
 eval_fails "image node: bad VLAN" '(f.vmtest.runTest (f.twoNodes { nodes.a = f.image // { vlans = [ 0 ]; }; })).drvPath' 'vlans must be a list of VLAN numbers 1..255'
+eval_fails "a name in nodes and imageNodes" '(f.vmtest.runTest { name = "c"; nodes.a = f.image; imageNodes.a = f.image; testScript = ""; }).drvPath' '`a` is in both `nodes` and `imageNodes`'
+eval_fails "imageNodes: an image needs a kernel" '(f.vmtest.runTest { name = "k"; imageNodes.a = { initrd = f.initrd; }; testScript = ""; }).drvPath' 'image node `a` has no kernel'
 eval_fails "a node given two ways" '(f.vmtest.runTest { imports = [ { nodes.a = f.image; } ]; nodes.a = { services.x = 1; }; name = "m"; testScript = ""; }).drvPath' 'node `a` is defined as nixos and image at once'
 eval_fails "NixOS node without nixpkgs" '(f.vmtest.runTest { name = "n"; nodes.machine = { pkgs, ... }: { }; testScript = ""; }).drvPath' 'node `machine` is a NixOS configuration; evaluating it needs nixpkgs'
 eval_fails "no plugin and no driver" "(let v = import $root/nix { useBuiltin = false; }; in (v.runTest (f.twoNodes { })).drvPath)" 'building a test without the plugin needs the driver'
 
-echo "== flake.nix outputs (with a stand-in for nixpkgs)"
+echo "== flake.nix output names (with a stand-in for nixpkgs)"
 eval_is "flake outputs" \
     "let fl = import $root/flake.nix; out = fl.outputs { self = out; nixpkgs = { lib = import $here/fake-nixpkgs/lib; outPath = $here/fake-nixpkgs; }; }; in { top = builtins.attrNames out; systems = builtins.attrNames out.packages; lib = builtins.attrNames out.lib; overlay = builtins.isFunction out.overlays.default; }" \
-    '{"top":["checks","devShells","lib","nixosModules","overlays","packages"],"systems":["aarch64-linux","x86_64-linux"],"lib":["addressing","evalTest","forNix","forPkgs","haveBuiltin","makeTest","nixosModule","nixosTest","options","overlay","runNixOSTest","runTest"],"overlay":true}'
-eval_is "flake lib.runTest takes image nodes without nixpkgs" \
-    "let fl = import $root/flake.nix; out = fl.outputs { self = out; nixpkgs = { lib = import $here/fake-nixpkgs/lib; outPath = $here/fake-nixpkgs; }; }; in (out.lib.runTest { name = \"fl\"; nodes.m = f.image; testScript = \"\"; }).name" \
-    '"vm-test-run-fl"'
-
-echo "== NixOS nodes: the library's wiring (with a stand-in for nixpkgs)"
-n="let n = import $here/nixos-fixtures.nix; in"
-eval_is "NixOS node: one NIC per VLAN on our switch (-netdev stream), MAC 52:54:00:12:v:n" \
-    "$n (n.mixed { }).nodes.server.system.build.vm.qemuOptions" \
-    '["-netdev stream,id=vlan1,server=off,addr.type=unix,addr.path=\"$QEMU_VLAN_SOCKET_1\"","-device virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:02","-netdev stream,id=vlan2,server=off,addr.type=unix,addr.path=\"$QEMU_VLAN_SOCKET_2\"","-device virtio-net-pci,netdev=vlan2,mac=52:54:00:12:02:02"]'
-eval_is "NixOS node: eth<i> gets 192.168.v.n/24, renamed by MAC in the initrd" \
-    "$n let s = (n.mixed { }).nodes.server; in { a = map (i: (builtins.head s.networking.interfaces.\${i}.ipv4.addresses).address) [ \"eth1\" \"eth2\" ]; p = s.networking.primaryIPAddress; u = s.boot.initrd.services.udev.rules; }" \
-    '{"a":["192.168.1.2","192.168.2.2"],"p":"192.168.1.2","u":"SUBSYSTEM==\"net\",ACTION==\"add\",ATTR{address}==\"52:54:00:12:01:02\",NAME=\"eth1\"\nSUBSYSTEM==\"net\",ACTION==\"add\",ATTR{address}==\"52:54:00:12:02:02\",NAME=\"eth2\"\n"}'
-eval_is "NixOS node: /etc/hosts names every node, image nodes too; nodes module argument" \
-    "$n (n.mixed { defaults.networking.domain = \"test\"; }).nodes.server.networking.extraHosts" \
-    '"192.168.1.1 client\n192.168.1.2 server.test server\n2001:db8:1::2 server.test server\n\n# client is 192.168.1.1"'
-eval_is "NixOS node: hostName, nodeName/nodeNumber, test metadata, documentation off" \
-    "$n let s = (n.mixed { }).nodes.server; in { inherit (s.networking) hostName; inherit (s.virtualisation.test) nodeName nodeNumber; r = s.system.nixos.revision; d = s.documentation.nixos.enable; c = s.config.networking.hostName; }" \
-    '{"hostName":"server","nodeName":"server","nodeNumber":2,"r":"constant-nixos-revision","d":false,"c":"server"}'
-eval_is "NixOS node: start script run-<name>-vm; VLANs reach the driver" \
-    "$n let e = n.vmtest.evalTest { name = \"m\"; nodes.server = { virtualisation.vlans = [ 3 ]; }; nodes.client = n.f.image; testScript = \"\"; }; in { s = map (m: m.startScript or \"image\") e.spec.machines; v = e.spec.vlans; }" \
-    '{"s":["image","/nix/store/00000000000000000000000000000000-nixos-vm/bin/run-server-vm"],"v":[1,3]}'
-eval_is "NixOS node: named virtualisation.interfaces (older qemu-vm.nix)" \
-    "$n let s = (n.mixed { nodes.server = { virtualisation.vlans = [ ]; virtualisation.interfaces.enp9.vlan = 4; }; }).nodes.server; in { q = s.system.build.vm.qemuOptions; v = s.system.build.vmtestVlans; i = builtins.attrNames s.networking.interfaces; }" \
-    '{"q":["-netdev stream,id=vlan1,server=off,addr.type=unix,addr.path=\"$QEMU_VLAN_SOCKET_4\"","-device virtio-net-pci,netdev=vlan1,mac=52:54:00:12:04:01"],"v":[4],"i":[]}'
-eval_is "NixOS node: defaults, extraBaseModules, node.specialArgs, qemu.package, nixpkgs.pkgs" \
-    "$n let s = (n.mixed { defaults.networking.domain = \"d\"; extraBaseModules = { services.nginx.enable = false; }; node.specialArgs.answer = 42; qemu.package = \"myqemu\"; nodes.server = { answer, ... }: { networking.hostName = \"h\${toString answer}\"; }; }).nodes.server; in { inherit (s.networking) domain hostName; n = s.services.nginx.enable; q = s.virtualisation.qemu.package; p = s.nixpkgs.pkgs.stdenv.hostPlatform.system; }" \
-    '{"domain":"d","hostName":"h42","n":false,"q":"myqemu","p":"x86_64-linux"}'
-eval_is "testScript sees NixOS nodes' config (and .config)" \
-    "$n (n.mixed { testScript = { nodes, ... }: \"\${nodes.server.networking.primaryIPAddress} \${nodes.server.config.networking.hostName} \${nodes.client.networking.primaryIPAddress}\"; }).config.testScript" \
-    '"192.168.1.2 server 192.168.1.1"'
-eval_is "overlay: pkgs.nixosTest, pkgs.testers.{nixosTest,runNixOSTest} are ours; other testers kept" \
-    "$n let o = n.overlaid; t = o.testers.runNixOSTest { name = \"o\"; nodes.machine = { }; testScript = \"\"; }; u = o.nixosTest ({ pkgs, ... }: { name = \"p\"; machine = { }; testScript = \"\"; }); in { inherit (t) name; h = t.nodes.machine.networking.hostName; u = u.name; e = o.testers.existing; b = t.vmtestBackend; d = builtins.isString t.drvPath; }" \
-    '{"name":"vm-test-run-o","h":"machine","u":"vm-test-run-p","e":true,"b":"library","d":true}'
+    '{"top":["checks","devShells","lib","nixosModules","overlays","packages"],"systems":["aarch64-linux","x86_64-linux"],"lib":["addressing","evalTest","forNix","forPkgs","haveBuiltin","makeTest","nixosModule","nixosTest","options","overlay","runNixOSTest","runTest","testModule"],"overlay":true}'
+# The flake's lib runs tests through nixpkgs' framework (its nixpkgs input):
+# tests/nixpkgs-eval checks lib.runTest against a real tree.
 
 echo "== image-node tests build through runTest and nixosTest (stand-in driver)"
 build_check() {
