@@ -237,6 +237,12 @@ pub(super) async fn learned_mixed(vlan: &Vlan, kinds: &str) -> Vec<FakeQemu> {
             _ => FakeQemu::connect(vlan, m).await,
         });
     }
+    learn(ports).await
+}
+
+/// Makes the switch learn every port's MAC: each sends a broadcast, which
+/// the others drain.
+async fn learn(mut ports: Vec<FakeQemu>) -> Vec<FakeQemu> {
     for i in 0..ports.len() {
         ports[i].send_to(BROADCAST, b"hello").await;
         for (j, p) in ports.iter_mut().enumerate() {
@@ -255,13 +261,5 @@ pub(super) async fn learned(vlan: &Vlan, macs: &[Mac]) -> Vec<FakeQemu> {
     for m in macs {
         ports.push(FakeQemu::connect(vlan, *m).await);
     }
-    for i in 0..ports.len() {
-        ports[i].send_to(BROADCAST, b"hello").await;
-        for (j, p) in ports.iter_mut().enumerate() {
-            if j != i {
-                assert_eq!(p.recv_payload().await, b"hello");
-            }
-        }
-    }
-    ports
+    learn(ports).await
 }
