@@ -36,21 +36,9 @@ fi
 tarball=${tarballs[0]}
 
 # --- nixpkgs, unpacked once per tarball ---------------------------------
-key=$(sha256sum "$tarball" | cut -c1-16)
-dir=$cache/nixpkgs/$key
-if [ ! -d "$dir/nixpkgs" ]; then
-    mkdir -p "$dir"
-    exec 9>"$cache/nixpkgs/.lock-$key"
-    flock 9
-    if [ ! -d "$dir/nixpkgs" ]; then
-        echo "reference-env: unpacking $tarball into $dir" >&2
-        tmp=$(mktemp -d "$dir/.unpack.XXXXXX")
-        tar -xJf "$tarball" -C "$tmp"
-        mv "$tmp/nixpkgs" "$dir/nixpkgs"
-        rmdir "$tmp"
-    fi
-    exec 9>&-
-fi
+# shellcheck source=tests/nixpkgs-tree.sh
+. "$here/../nixpkgs-tree.sh"
+nixpkgs_tree "$tarball" "$cache" reference-env
 src=$dir/nixpkgs/nixos/lib/test-driver/src
 if [ ! -f "$src/test_driver/__init__.py" ]; then
     echo "reference-env: $src/test_driver is missing from the nixpkgs tree" >&2

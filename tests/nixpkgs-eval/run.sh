@@ -39,21 +39,9 @@ fi
 tarball=${tarballs[0]}
 
 # --- the tree, unpacked once per tarball ----------------------------------
-key=$(sha256sum "$tarball" | cut -c1-16)
-dir=$cache/nixpkgs/$key
-if [ ! -d "$dir/nixpkgs" ]; then
-    mkdir -p "$dir"
-    exec 9>"$cache/nixpkgs/.lock-$key"
-    flock 9
-    if [ ! -d "$dir/nixpkgs" ]; then
-        echo "nixpkgs-eval: unpacking $tarball into $dir" >&2
-        tmp=$(mktemp -d "$dir/.unpack.XXXXXX")
-        tar -xJf "$tarball" -C "$tmp"
-        mv "$tmp/nixpkgs" "$dir/nixpkgs"
-        rmdir "$tmp"
-    fi
-    exec 9>&-
-fi
+# shellcheck source=tests/nixpkgs-tree.sh
+. "$here/../nixpkgs-tree.sh"
+nixpkgs_tree "$tarball" "$cache" nixpkgs-eval
 nixpkgs=$dir/nixpkgs
 
 # .ci/with-nix sees the checkout, /tmp and the cache, not ../shared: the
