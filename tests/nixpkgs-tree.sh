@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the suites that use ../shared/nixpkgs (tests/conformance,
 # tests/nixpkgs-eval): unpacks a nixpkgs tarball once, keyed by its hash.
 #
