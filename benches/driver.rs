@@ -428,6 +428,9 @@ fn binary_run() -> BinaryRun {
         .arg(dir.join("nodes.json"))
         .arg("-o")
         .arg(&dir)
+        // A hang fails the bench in minutes, not in the default hour.
+        .arg("--global-timeout")
+        .arg("600")
         .arg(dir.join("script.py"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -848,6 +848,8 @@ async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
             "wait",
             "non-ascii",
             "quiet",
+            "nul",
+            "chunks",
         ] {
             m.reboot().await.unwrap();
             m.connect().await.unwrap();
@@ -873,9 +875,26 @@ async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
                     let o = m.execute("echo \u{e9}", None, true).await.unwrap();
                     assert_eq!(o.output, "\u{e9}\n".as_bytes());
                 }
-                _ => {
+                "quiet" => {
                     let o = m.execute("echo gone", None, false).await.unwrap();
                     assert_eq!(o.status, 0);
+                }
+                // Output with a NUL byte, and output in acknowledged
+                // chunks: the guest reads the host's acknowledgements on
+                // the stream the rest of the functions comes on.
+                "nul" => {
+                    let o = m.execute("printf 'a\\0b'", None, true).await.unwrap();
+                    assert_eq!(o.output, b"a\0b");
+                }
+                _ => {
+                    let cmd = "head -c 1000000 /dev/zero";
+                    let o =
+                        tokio::time::timeout(Duration::from_secs(120), m.execute(cmd, None, true));
+                    let o = o
+                        .await
+                        .expect("1 MB of output, first after a boot")
+                        .unwrap();
+                    assert_eq!(o.output, vec![0; 1_000_000]);
                 }
             }
             let o = m

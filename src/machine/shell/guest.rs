@@ -21,8 +21,8 @@ pub(super) static BOOTSTRAP: LazyLock<String> =
     LazyLock::new(|| fill(include_str!("guest-core.bash")));
 
 /// The rest of the guest's functions (`guest-rest.bash`): defined after
-/// the first command's answer, in the same exchange as its record (the port
-/// bootstrap), or before any other request (see [`super::Rest`]).
+/// the first command's answer (the port bootstrap), or before any other
+/// request (see [`super::Rest`]).
 pub(super) static BOOTSTRAP_REST: LazyLock<String> =
     LazyLock::new(|| fill(include_str!("guest-rest.bash")));
 

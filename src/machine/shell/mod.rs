@@ -5,8 +5,8 @@
 //! On top of that plain shell (nothing else is assumed of the guest) the
 //! driver defines a few bash functions once per boot (`guest-core.bash`
 //! and `guest-rest.bash`; sent through the command port where the guest
-//! has it, since bash reads the console a byte at a time, the rest after
-//! the first command's record; no process is started for it but the
+//! has it, since bash reads the console a byte at a time, the rest once
+//! the first command's answer is read; no process is started for it but the
 //! control listener) and then frames every command as
 //!
 //! ```text
@@ -278,8 +278,9 @@ const UNTIL_GRACE: Duration = Duration::from_secs(1);
 
 /// `guest-rest.bash` in the guest. The port bootstrap defines only what
 /// the first command needs; the rest, with the list of names bash resolves
-/// itself, goes in the record after that command's (so the guest defines
-/// it once the answer is out), or before any other request.
+/// itself, goes once that command's answer is read (not with its record:
+/// the guest reads the acknowledgements of output chunks on the same
+/// stream), or before any other request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rest {
     /// Defined, and the names are read.
@@ -557,13 +558,20 @@ impl Shell {
     /// Defines `guest-rest.bash` in the guest if it is not yet, and reads
     /// the names it lists.
     async fn complete(&mut self) -> Result<(), ShellError> {
+        self.send_rest().await?;
+        self.take_names().await
+    }
+
+    /// Sends `guest-rest.bash`'s line if it is not sent yet; its answer is
+    /// read before the next request's ([`Shell::take_names`]).
+    async fn send_rest(&mut self) -> Result<(), ShellError> {
         if self.rest() == Some(&Rest::Unsent) {
             let n = nonce();
             let bytes = self.framed(&guest::rest_line(&n, !self.serving()))?;
             self.set_rest(Rest::Sent(n));
             self.stream.write_all(&bytes).await?;
         }
-        self.take_names().await
+        Ok(())
     }
 
     /// Reads the answer of `guest-rest.bash`'s line if it is due: the
@@ -671,6 +679,8 @@ impl Shell {
                 // The rest's answer (if it is due) comes before the sync.
                 self.take_names().await?;
                 self.read_until(format!("{n}-sync\n").as_bytes()).await?;
+                // A first command cut short did not send the rest.
+                self.complete().await?;
             }
             Some(Pending::Bus(n)) => {
                 self.send_bus_stop(&n).await?;
@@ -844,7 +854,7 @@ impl Shell {
                 })
                 .unwrap_or_else(|| command.to_string())
         };
-        let mut sent_bytes = match req {
+        let sent_bytes = match req {
             // The serve loop runs a plain command itself, with no function
             // call and nothing to parse but the command.
             Request::Exec {
@@ -882,11 +892,6 @@ impl Shell {
                 ))?
             }
         };
-        if self.rest() == Some(&Rest::Unsent) {
-            let n = nonce();
-            sent_bytes.extend(record('e', &guest::rest_line(&n, !self.serving()))?);
-            self.set_rest(Rest::Sent(n));
-        }
         self.pending = Some(Pending::Command);
         self.stream.write_all(&sent_bytes).await?;
         let mut killed = false;
@@ -905,6 +910,9 @@ impl Shell {
         if killed {
             out.ending = Ending::Timeout;
         }
+        // Only once the answer is read: until then, the guest may read
+        // acknowledgements of output chunks on the same stream.
+        self.send_rest().await?;
         Ok(out)
     }
 
