@@ -490,29 +490,34 @@ let
           h
           fail
           driver
-          hostPath
           system
           ;
         inherit hostPkgs;
         packageFile = ./package.nix;
       };
 
-      # The plugin cannot take these; the library's own derivation can.
-      needsLibraryPath = config.enableOCR || (rawDefs [ "extraPythonPackages" ]) != [ ] || config.extraDriverArgs != [ ];
-      viaBuiltin = useBuiltin && (builtins ? vmTest) && !needsLibraryPath;
-      # What the plugin's run finds in PATH: QEMU and python3 from nixpkgs
-      # when there is one, else the host's (Debian's) programs.
-      builtinHostPath =
+      # The run's PATH: QEMU, python3 (with extraPythonPackages) and, with
+      # enableOCR, tesseract from nixpkgs when there is one, else the
+      # host's (Debian's) programs.
+      pythonPackages = if hostPkgs != null then config.extraPythonPackages hostPkgs.python3Packages else [ ];
+      runPath =
         if hostPkgs != null then
           concatStringsSep ":" (
-            map (p: "${p}/bin") [
-              (if config.qemu.package != null then config.qemu.package else hostPkgs.qemu_test)
-              hostPkgs.python3
-            ]
+            map (p: "${p}/bin") (
+              [
+                (if config.qemu.package != null then config.qemu.package else hostPkgs.qemu_test)
+                (if pythonPackages == [ ] then hostPkgs.python3 else hostPkgs.python3.withPackages (_: pythonPackages))
+              ]
+              ++ (if config.enableOCR then [ hostPkgs.tesseract ] else [ ])
+            )
           )
+        else if (rawDefs [ "extraPythonPackages" ]) != [ ] then
+          fail "extraPythonPackages needs nixpkgs (give hostPkgs = pkgs;)"
         else
           hostPath;
 
+      # Both make the same derivations (src/plugin/plan.rs, ./backend.nix).
+      viaBuiltin = useBuiltin && (builtins ? vmTest);
       built =
         if viaBuiltin then
           builtins.vmTest {
@@ -522,9 +527,10 @@ let
               requiredSystemFeatures
               skipLint
               skipTypeCheck
+              extraDriverArgs
               ;
             inherit vlans;
-            hostPath = builtinHostPath;
+            hostPath = runPath;
             testScript = testScriptString;
             nodes = listToAttrs (map (n: { name = n; value = builtinNode n; }) nodeNames);
           }
@@ -535,18 +541,11 @@ let
               globalTimeout
               requiredSystemFeatures
               skipLint
-              skipTypeCheck
-              enableOCR
-              extraPythonPackages
               extraDriverArgs
               ;
             inherit spec;
+            path = runPath;
             testScript = testScriptString;
-            why =
-              if useBuiltin && builtins ? vmTest then
-                "the plugin (builtins.vmTest) does not take enableOCR, extraPythonPackages or extraDriverArgs, so building this test in the library"
-              else
-                "building a test without the plugin";
           };
 
       interactiveTest =

@@ -22,6 +22,7 @@ pub const ACCEPTED: &[&str] = &[
     "vlans",
     "meta",
     "hostPath",
+    "extraDriverArgs",
 ];
 
 /// Attributes an image node takes.
@@ -77,6 +78,9 @@ pub struct VmTest {
     /// `"${pkgs.qemu_test}/bin:${pkgs.python3}/bin"`; `None`: the host's
     /// `/usr/bin:/bin` (Debian's QEMU and Python, via extra-sandbox-paths).
     pub host_path: Option<Text>,
+    /// More arguments for the driver (nixpkgs' `extraDriverArgs`), with the
+    /// store paths they name.
+    pub extra_driver_args: (Vec<String>, BTreeSet<String>),
 }
 
 /// Where the arguments come from: the store directory (`/nix/store`).
@@ -616,6 +620,17 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         Some(v) => vlan_list("vlans", pos.get("vlans"), v)?,
     };
 
+    let mut args_context = BTreeSet::new();
+    let extra_args = match attrs.get("extraDriverArgs") {
+        None => Vec::new(),
+        Some(v) => strings(
+            "extraDriverArgs",
+            pos.get("extraDriverArgs"),
+            v,
+            &mut args_context,
+        )?,
+    };
+
     let spec = TestSpec { vlans, machines }
         .normalize()
         .map_err(|e| err("nodes", pos.get("nodes"), e.to_string()))?;
@@ -629,6 +644,7 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         required_system_features,
         skip_lint,
         host_path,
+        extra_driver_args: (extra_args, args_context),
     })
 }
 

@@ -53,6 +53,7 @@ pub fn plan_test(
     script_check::check(
         &test.test_script.text,
         &machines,
+        &crate::script::python::python(),
         python_dir,
         !test.skip_lint,
     )?;

@@ -8,6 +8,10 @@
 //! nodesJson, testScript   the test, passed as files (passAsFile: Nix sets
 //!                         $nodesJsonPath, $testScriptPath)
 //! globalTimeout, vmTestName, vmTestInteractive = "1" | ""
+//! vmTestPath, vmTestPython  the run's PATH and NIX_VMTEST_PYTHON (below),
+//!                           which the wrapper sets up the same way
+//! vmTestArgs                extraDriverArgs as a JSON list (if any)
+//! vmTestCheck = ""          the script was checked at evaluation
 //! ```
 //! which writes `$out/bin/nixos-test-driver` and
 //! `$out/share/nix-vmtest/{nodes.json,test-script}` (see [`super::wrapper`]).
@@ -17,7 +21,8 @@
 //! builder  = <driver>/bin/nixos-test-driver
 //! args     = [ "-o" $out "--junit-xml" $out/junit.xml "--global-timeout" N
 //!              "--nodes-json" ${.driver}/share/nix-vmtest/nodes.json
-//!              ${.driver}/share/nix-vmtest/test-script "--log-file" $out/log ]
+//!              ${.driver}/share/nix-vmtest/test-script "--log-file" $out/log
+//!              extraDriverArgs... ]
 //! PATH=hostPath, or PATH=/usr/bin:/bin and NIX_VMTEST_PYTHON=/usr/bin/python3
 //! globalTimeout, vmTestName
 //! requiredSystemFeatures = [ "nixos-test" "kvm" ]   (overridable)
@@ -78,6 +83,16 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
         attrs
     };
 
+    // The run's environment: QEMU and python3 from the store (the driver
+    // takes python3 from PATH), or the host's (Debian's) programs, via
+    // extra-sandbox-paths.
+    let (path, python) = match &test.host_path {
+        Some(p) => (text(&p.text, &p.context), None),
+        None => (plain("/usr/bin:/bin"), Some(plain("/usr/bin/python3"))),
+    };
+
+    let (extra, extra_ctx) = &test.extra_driver_args;
+
     let wrapper = |interactive: bool| {
         let suffix = if interactive { "-interactive" } else { "" };
         let mut attrs = common(format!("nixos-test-driver-{}{suffix}", test.name));
@@ -95,6 +110,15 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
             "vmTestInteractive".into(),
             plain(if interactive { "1" } else { "" }),
         );
+        attrs.insert("vmTestPath".into(), path.clone());
+        if let Some(p) = &python {
+            attrs.insert("vmTestPython".into(), p.clone());
+        }
+        if !extra.is_empty() {
+            let list = serde_json::to_string(extra).expect("strings serialize");
+            attrs.insert("vmTestArgs".into(), text(&list, extra_ctx));
+        }
+        attrs.insert("vmTestCheck".into(), plain(""));
         attrs.insert("preferLocalBuild".into(), plain("1"));
         attrs.insert("allowSubstitutes".into(), plain(""));
         Value::Object(attrs)
@@ -104,36 +128,28 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
     let in_driver = |rel: &str| json!({ "s": rel, "ctx": [], "outOf": "driver" });
     let mut run = common(format!("vm-test-run-{}", test.name));
     let arg = |s: String| plain(&s);
-    run.insert(
-        "args".into(),
-        json!({ "list": [
-            arg("-o".into()),
-            arg(out.to_string()),
-            arg("--junit-xml".into()),
-            arg(format!("{out}/junit.xml")),
-            arg("--global-timeout".into()),
-            arg(test.global_timeout.to_string()),
-            arg("--nodes-json".into()),
-            in_driver(&format!("/{}", super::wrapper::NODES_JSON)),
-            in_driver(&format!("/{}", super::wrapper::TEST_SCRIPT)),
-            arg("--log-file".into()),
-            arg(format!("{out}/log")),
-        ]}),
-    );
+    let mut args = vec![
+        arg("-o".into()),
+        arg(out.to_string()),
+        arg("--junit-xml".into()),
+        arg(format!("{out}/junit.xml")),
+        arg("--global-timeout".into()),
+        arg(test.global_timeout.to_string()),
+        arg("--nodes-json".into()),
+        in_driver(&format!("/{}", super::wrapper::NODES_JSON)),
+        in_driver(&format!("/{}", super::wrapper::TEST_SCRIPT)),
+        arg("--log-file".into()),
+        arg(format!("{out}/log")),
+    ];
+    args.extend(extra.iter().map(|a| text(a, extra_ctx)));
+    run.insert("args".into(), json!({ "list": args }));
     run.insert(
         "requiredSystemFeatures".into(),
         list(test.required_system_features.iter().cloned()),
     );
-    match &test.host_path {
-        // QEMU and python3 from the store (the driver takes python3 from PATH).
-        Some(p) => {
-            run.insert("PATH".into(), text(&p.text, &p.context));
-        }
-        // The host's (Debian's) QEMU and Python, via extra-sandbox-paths.
-        None => {
-            run.insert("PATH".into(), plain("/usr/bin:/bin"));
-            run.insert("NIX_VMTEST_PYTHON".into(), plain("/usr/bin/python3"));
-        }
+    run.insert("PATH".into(), path.clone());
+    if let Some(p) = &python {
+        run.insert("NIX_VMTEST_PYTHON".into(), p.clone());
     }
 
     json!({
@@ -170,6 +186,7 @@ mod tests {
             required_system_features: vec!["nixos-test".into(), "kvm".into()],
             skip_lint: false,
             host_path: None,
+            extra_driver_args: (vec![], BTreeSet::new()),
         };
         let host = Host {
             driver: "/nix/store/ddd-nix-vmtest-0.1.0",
@@ -201,9 +218,12 @@ mod tests {
         assert_eq!(drv["args"]["list"][0]["s"], "--write-wrapper");
         assert_eq!(drv["vmTestInteractive"]["s"], "1");
 
-        // Without hostPath the run uses the host's QEMU and Python.
+        // Without hostPath the run uses the host's QEMU and Python, and
+        // the wrapper too.
         assert_eq!(run["PATH"]["s"], "/usr/bin:/bin");
         assert_eq!(run["NIX_VMTEST_PYTHON"]["s"], "/usr/bin/python3");
+        assert_eq!(drv["vmTestPath"], run["PATH"]);
+        assert_eq!(drv["vmTestPython"], run["NIX_VMTEST_PYTHON"]);
         // With it, PATH is hostPath (with its store paths as inputs) and
         // python3 comes from that PATH.
         let with_path = VmTest {
@@ -225,5 +245,23 @@ mod tests {
         );
         assert_eq!(run["PATH"]["ctx"][1], "/nix/store/qqq-qemu");
         assert!(run.get("NIX_VMTEST_PYTHON").is_none());
+        let drv = &p["driver"]["attrs"];
+        assert_eq!(drv["vmTestPath"], run["PATH"]);
+        assert!(drv.get("vmTestPython").is_none());
+        assert!(drv.get("vmTestArgs").is_none());
+
+        // extraDriverArgs end the run's arguments, and the wrapper has them.
+        let ctx: BTreeSet<String> = ["/nix/store/eee-x".to_string()].into();
+        let with_args = VmTest {
+            extra_driver_args: (vec!["--x".into(), "/nix/store/eee-x".into()], ctx),
+            ..with_path
+        };
+        let p = plan(&with_args, &host);
+        let args = p["test"]["attrs"]["args"]["list"].as_array().unwrap();
+        assert_eq!(args[args.len() - 2]["s"], "--x");
+        assert_eq!(args[args.len() - 1]["ctx"][0], "/nix/store/eee-x");
+        let drv = &p["driver"]["attrs"];
+        assert_eq!(drv["vmTestArgs"]["s"], r#"["--x","/nix/store/eee-x"]"#);
+        assert_eq!(drv["vmTestArgs"]["ctx"][0], "/nix/store/eee-x");
     }
 }

@@ -5,7 +5,7 @@
 //! without it only the syntax is checked (`ast.parse`).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Why a script was refused, or could not be checked.
@@ -18,19 +18,6 @@ pub enum ScriptError {
     Io(#[from] std::io::Error),
 }
 
-/// The Python the check runs with: `$NIX_VMTEST_PYTHON`, else
-/// `/usr/bin/python3`, else `python3` from `PATH`.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("NIX_VMTEST_PYTHON") {
-        return p.into();
-    }
-    let usr = Path::new("/usr/bin/python3");
-    if usr.exists() {
-        return usr.into();
-    }
-    "python3".into()
-}
-
 const SYNTAX_ONLY: &str = r#"
 import ast, sys
 path = sys.argv[1]
@@ -41,20 +28,22 @@ except SyntaxError as e:
     sys.exit(1)
 "#;
 
-/// Checks `script` for a test with these machines. `python_dir` holds the
-/// `nix_vmtest` package; `lint` adds the undefined-name check to the syntax
-/// check. A missing Python interpreter skips the check (the driver checks
-/// again before booting).
+/// Checks `script` for a test with these machines, with this `python`
+/// (the driver's: [`crate::script::python::python`]). `python_dir` holds
+/// the `nix_vmtest` package; `lint` adds the undefined-name check to the
+/// syntax check. A missing Python interpreter skips the check (the script
+/// is parsed again when it runs).
 pub fn check(
     script: &str,
     machines: &[String],
+    python: &Path,
     python_dir: Option<&Path>,
     lint: bool,
 ) -> Result<(), ScriptError> {
     // The script goes in on stdin; both checks read it as the file /dev/stdin.
     const FILE: &str = "/dev/stdin";
     let checker = python_dir.filter(|d| d.join("nix_vmtest/check.py").is_file());
-    let mut cmd = Command::new(python());
+    let mut cmd = Command::new(python);
     match checker {
         Some(dir) if lint => {
             cmd.env("PYTHONPATH", dir)
@@ -114,6 +103,8 @@ fn messages(output: &str, file: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::script::python::python;
+    use std::path::PathBuf;
 
     fn repo_python() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("python")
@@ -121,7 +112,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_line() {
-        let e = check("start_all()\nif x\n", &[], None, true).unwrap_err();
+        let e = check("start_all()\nif x\n", &[], &python(), None, true).unwrap_err();
         let ScriptError::Invalid(m) = e else { panic!() };
         assert_eq!(m.len(), 1);
         assert!(m[0].starts_with("vmTest: testScript line 2: "), "{m:?}");
@@ -137,6 +128,7 @@ mod tests {
         check(
             "server.succeed('true')\nclient.succeed('true')\n",
             &machines,
+            &python(),
             Some(&dir),
             true,
         )
@@ -144,6 +136,7 @@ mod tests {
         let e = check(
             "start_all()\nservr.succeed('true')\n",
             &machines,
+            &python(),
             Some(&dir),
             true,
         )
@@ -155,7 +148,14 @@ mod tests {
         );
         assert!(msg.contains("client, server"), "{msg}");
         // skipLint keeps the syntax check only.
-        check("servr.succeed('true')\n", &machines, Some(&dir), false).unwrap();
+        check(
+            "servr.succeed('true')\n",
+            &machines,
+            &python(),
+            Some(&dir),
+            false,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -2,11 +2,12 @@
 # without the plugin, and small image nodes made of files in this directory.
 {
   useBuiltin ? false,
+  # The stand-in, or the real driver binary (a path).
+  driver ? ./fake-driver,
 }:
 rec {
   vmtest = import ../../nix {
-    inherit useBuiltin;
-    driver = ./fake-driver;
+    inherit useBuiltin driver;
   };
   kernel = ./fixtures/vmlinuz;
   initrd = ./fixtures/initrd;

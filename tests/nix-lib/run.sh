@@ -141,7 +141,7 @@ eval_is "imageNodes (as with nixpkgs) are image nodes beside nodes" \
     'let t = f.vmtest.runTest { name = "i"; nodes.a = f.image; imageNodes.b = f.image // { vlans = [ 2 ]; }; testScript = ""; }; in { n = builtins.attrNames t.nodes; k = t.nodes.b.kind; v = t.config.vlans; }' \
     '{"n":["a","b"],"k":"image","v":[1,2]}'
 eval_is "the nodes JSON the driver gets (Contract 2)" \
-    'let t = f.vmtest.runTest (f.twoNodes { nodes = { client = f.image; server = f.image // { disk = f.disk; memory = 512; kernelParams = [ "a" "b" ]; vlans = [ 2 ]; }; }; }); j = builtins.fromJSON (builtins.unsafeDiscardStringContext (builtins.readFile t.nodesJson)); strip = m: m // { image = removeAttrs m.image [ "kernel" "initrd" "disk" ]; }; in j // { machines = map strip j.machines; disks = map (m: m.image.disk != null) j.machines; }' \
+    'let t = f.vmtest.runTest (f.twoNodes { nodes = { client = f.image; server = f.image // { disk = f.disk; memory = 512; kernelParams = [ "a" "b" ]; vlans = [ 2 ]; }; }; }); j = builtins.fromJSON (builtins.unsafeDiscardStringContext t.driver.nodesJson); strip = m: m // { image = removeAttrs m.image [ "kernel" "initrd" "disk" ]; }; in j // { machines = map strip j.machines; disks = map (m: m.image.disk != null) j.machines; }' \
     '{"vlans":[1,2],"machines":[{"name":"client","image":{"cpus":1,"kernelParams":"","memory":256,"qemuFlags":[],"vlans":[1]}},{"name":"server","image":{"cpus":1,"kernelParams":"a b","memory":512,"qemuFlags":[],"vlans":[2]}}],"disks":[false,true]}'
 
 echo "== errors say what is wrong"
@@ -189,13 +189,51 @@ build_check "runTest builds; the driver gets the script" \
     'f.vmtest.runTest (f.twoNodes { testScript = "print(42)"; })' test-script 'print(42)'
 build_check "nixosTest builds; the driver gets the timeout" \
     'f.vmtest.nixosTest { name = "nt"; machine = f.image; testScript = ""; globalTimeout = 77; }' global-timeout '77'
-build_check "the driver gets the VLANs" \
-    'f.vmtest.runTest (f.twoNodes { })' vlans '1 2'
-build_check "the driver gets --junit-xml and extraDriverArgs" \
+build_check "the driver gets the VLANs (in the nodes JSON)" \
+    'f.vmtest.runTest (f.twoNodes { })' nodes.json \
+    "$(nix-instantiate "${nixopts[@]}" --eval --strict --json -E "let f = import $here/fixtures.nix { }; in (f.vmtest.runTest (f.twoNodes { })).driver.nodesJson" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin))')"
+build_check "the driver gets -o, --junit-xml, --log-file and extraDriverArgs" \
     'f.vmtest.runTest (f.twoNodes { name = "args"; extraDriverArgs = [ "--accel" "tcg" ]; })' args \
-    "$(printf -- '--junit-xml\n%s\n--accel\ntcg' "$(nix-instantiate "${nixopts[@]}" --eval --json -E "let f = import $here/fixtures.nix { }; in (f.vmtest.runTest (f.twoNodes { name = \"args\"; extraDriverArgs = [ \"--accel\" \"tcg\" ]; })).outPath" 2>/dev/null | tr -d '"')/junit.xml")"
-build_check "skipLint reaches the driver" \
-    'f.vmtest.runTest (f.twoNodes { name = "sl"; skipLint = true; })' skip-lint '1'
+    "$(out=$(nix-instantiate "${nixopts[@]}" --eval --json -E "let f = import $here/fixtures.nix { }; in (f.vmtest.runTest (f.twoNodes { name = \"args\"; extraDriverArgs = [ \"--accel\" \"tcg\" ]; })).outPath" 2>/dev/null | tr -d '"')
+      drv=$(nix-instantiate "${nixopts[@]}" --eval --json -E "let f = import $here/fixtures.nix { }; in (f.vmtest.runTest (f.twoNodes { name = \"args\"; extraDriverArgs = [ \"--accel\" \"tcg\" ]; })).driver.outPath" 2>/dev/null | tr -d '"')
+      printf -- '-o\n%s\n--junit-xml\n%s/junit.xml\n--global-timeout\n3600\n--nodes-json\n%s/share/nix-vmtest/nodes.json\n%s/share/nix-vmtest/test-script\n--log-file\n%s/log\n--accel\ntcg' "$out" "$out" "$drv" "$drv" "$out")"
+build_check ".driver checks the script (names too), and has extraDriverArgs" \
+    'let t = f.vmtest.runTest (f.twoNodes { name = "ck"; extraDriverArgs = [ "--accel" "tcg" ]; }); in t.driver' check 'lint'
+build_check "skipLint: .driver checks the syntax only" \
+    'let t = f.vmtest.runTest (f.twoNodes { name = "sl"; skipLint = true; }); in t.driverInteractive' check 'syntax'
+
+# The real driver's `.driver` build checks the script as the plugin does at
+# evaluation: a misspelt machine fails it, with the line; skipLint lets it by.
+real_driver=${NIX_VMTEST_DRIVER:-$root/target/release/nixos-test-driver}
+if [ -x "$real_driver" ]; then
+    # The driver as its package lays it out (the check needs its Python
+    # client), copied: the sandbox has no way to the source tree.
+    real_prefix=$(mktemp -d)
+    trap 'rm -rf "$real_prefix"' EXIT
+    mkdir -p "$real_prefix/bin" "$real_prefix/share/nix-vmtest"
+    cp "$real_driver" "$real_prefix/bin/"
+    cp -r "$root/python" "$real_prefix/share/nix-vmtest/python"
+    find "$real_prefix" -name __pycache__ -prune -exec rm -rf {} +
+    driver_build() {
+        nix-build "${nixopts[@]}" --option sandbox true \
+            --option extra-sandbox-paths "/bin /usr /lib /lib64" --no-out-link \
+            -E "let f = import $here/fixtures.nix { driver = $real_prefix; }; in (f.vmtest.runTest (f.twoNodes { $1 })).driver" 2>&1
+    }
+    out=$(driver_build 'name = "typo"; testScript = "start_all()\nservr.succeed(\"true\")\n";')
+    if [ $? -ne 0 ] && printf '%s' "$out" | grep -q "testScript line 2: name 'servr' is not defined"; then
+        ok "with the real driver, .driver fails on a misspelt machine (line 2)"
+    else
+        bad "with the real driver, .driver fails on a misspelt machine (line 2)" "$(printf '%s\n' "$out" | quiet | tail -n 8)"
+    fi
+    if out=$(driver_build 'name = "typo"; skipLint = true; testScript = "start_all()\nservr.succeed(\"true\")\n";') \
+        && [ -x "$(printf '%s\n' "$out" | tail -n 1)/bin/nixos-test-driver" ]; then
+        ok "with skipLint, .driver builds despite the name"
+    else
+        bad "with skipLint, .driver builds despite the name" "$(printf '%s\n' "$out" | quiet | tail -n 8)"
+    fi
+else
+    bad "the real driver's .driver check" "no driver at $real_driver: cargo build --release first"
+fi
 
 plugin=${NIX_VMTEST_PLUGIN:-}
 if [ -n "$plugin" ] && [ -f "$plugin" ]; then
@@ -210,7 +248,7 @@ if [ -n "$plugin" ] && [ -f "$plugin" ]; then
         done
         if [ -n "$drv_bin" ]; then
             prefix=$(mktemp -d)
-            trap 'rm -rf "$prefix"' EXIT
+            trap 'rm -rf "$prefix" "${real_prefix:-}"' EXIT
             mkdir -p "$prefix/bin" "$prefix/share/nix-vmtest"
             ln -s "$drv_bin" "$prefix/bin/nixos-test-driver"
             ln -s "$root/python" "$prefix/share/nix-vmtest/python"
@@ -255,6 +293,27 @@ if [ -n "$plugin" ] && [ -f "$plugin" ]; then
     else
         bad "without nixpkgs, the plugin's run uses the host's programs" "PATH entry: ${p:-none}"
     fi
+    # One test, instantiated through the plugin and through the library:
+    # the same derivations, attribute for attribute (store paths stand as
+    # their names), but the one documented difference (vmTestCheck).
+    same_shape() {
+        local args=$1 lib plug
+        # The library with the plugin's driver, so that both run one binary.
+        lib=$(nix-instantiate "${nixopts[@]}" -E "let f = import $here/fixtures.nix { driver = $NIX_VMTEST_PREFIX; }; in f.vmtest.runTest (f.twoNodes { $args })" 2>/dev/null | tail -n 1)
+        plug=$(nix-instantiate "${popts[@]}" -E "let f = import $here/fixtures.nix { useBuiltin = true; }; in f.vmtest.runTest (f.twoNodes { $args })" 2>/dev/null | tail -n 1)
+        if [ -z "$lib" ] || [ -z "$plug" ]; then
+            echo "could not instantiate: library '$lib', plugin '$plug'"
+            return 1
+        fi
+        python3 "$here/same-shape.py" "$lib" "$plug"
+    }
+    for args in '' 'extraDriverArgs = [ "--accel" "tcg" ]; skipLint = true; globalTimeout = 99; requiredSystemFeatures = [ ]; hostPkgs = import '"$here"'/fake-nixpkgs { };'; do
+        if out=$(same_shape "$args" 2>&1); then
+            ok "plugin and library make the same derivations ($(printf '%s' "$out" | tail -n 1))"
+        else
+            bad "plugin and library make the same derivations (${args:-defaults})" "$out"
+        fi
+    done
 else
     echo "== builtins.vmTest: skipped (set NIX_VMTEST_PLUGIN to the plugin's .so)"
 fi
