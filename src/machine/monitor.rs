@@ -2,6 +2,9 @@
 //! connects to the driver's socket, as nixpkgs has it) and QMP (`-qmp
 //! unix:...,server=on,wait=off`, the driver connects), whose events are kept
 //! for `wait_for_qmp_event`.
+//!
+//! And a machine's use of them: its monitor is accepted when QEMU first
+//! connects, its QMP connection is the one `start()` began.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -13,6 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::{Machine, MachineError};
 
 /// What can go wrong on a monitor channel.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +239,97 @@ async fn read_loop(
         let _ = w.send(Err(MonitorError::Closed));
     }
     event_added.notify_waiters();
+}
+
+impl Machine {
+    async fn monitor(&mut self) -> Result<&mut Monitor, MachineError> {
+        let name = self.name.clone();
+        if self.running()?.monitor.is_none() {
+            let r = self.running()?;
+            let mut exited = r.exited.clone();
+            let accepted = tokio::select! {
+                a = r.monitor_listener.accept() => Some(a),
+                _ = exited.wait_for(|s| s.is_some()) => None,
+            };
+            let stream = match accepted {
+                Some(Ok((s, _))) => s,
+                Some(Err(e)) => {
+                    return Err(MachineError::Io {
+                        name,
+                        what: "accepting the monitor connection".into(),
+                        source: e,
+                    })
+                }
+                None => return Err(self.death("before its monitor connected").await),
+            };
+            let m = Monitor::new(stream)
+                .await
+                .map_err(|source| MachineError::Monitor { name, source })?;
+            self.running()?.monitor = Some(m);
+        }
+        let name = self.name.clone();
+        self.running()?
+            .monitor
+            .as_mut()
+            .ok_or(MachineError::NotRunning { name })
+    }
+
+    /// Sends a command to QEMU's human monitor and returns its answer.
+    pub async fn send_monitor_command(&mut self, command: &str) -> Result<String, MachineError> {
+        let name = self.name.clone();
+        let m = self.monitor().await?;
+        m.command(command)
+            .await
+            .map_err(|source| MachineError::Monitor { name, source })
+    }
+
+    async fn qmp(&mut self) -> Result<&mut Qmp, MachineError> {
+        let name = self.name.clone();
+        let r = self.running()?;
+        if let Some(rx) = r.qmp_connecting.take() {
+            let q = rx
+                .await
+                .map_err(|_| MachineError::NotRunning { name: name.clone() })?
+                .map_err(|source| MachineError::Monitor {
+                    name: name.clone(),
+                    source,
+                })?;
+            r.qmp = Some(q);
+        }
+        r.qmp.as_mut().ok_or(MachineError::NotRunning { name })
+    }
+
+    /// Runs a QMP command.
+    pub async fn qmp_execute(
+        &mut self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, MachineError> {
+        let name = self.name.clone();
+        self.qmp()
+            .await?
+            .execute(command, arguments)
+            .await
+            .map_err(|source| MachineError::Monitor { name, source })
+    }
+
+    /// The next QMP event.
+    pub async fn next_qmp_event(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, MachineError> {
+        let name = self.name.clone();
+        let q = self.qmp().await?;
+        q.next_event(timeout).await.map_err(|source| match source {
+            MonitorError::NoEvent(t) => MachineError::Timeout {
+                name,
+                what: "waiting for a QMP event".into(),
+                secs: t.as_secs_f64(),
+                detail: String::new(),
+            },
+            source => MachineError::Monitor { name, source },
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,383 @@
+//! Commands through the guest's backdoor shell: connecting to it after a
+//! boot, `execute`, the waits the guest loops on (`wait_until`,
+//! `wait_for_unit`), unit queries, and the interactive shell.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use super::shell::{self, Ending, Outcome, Request, Shell, ShellError, UnitWait, UntilMode};
+use super::{as_written, Machine, MachineError};
+
+/// `systemctl <q>`, or as `user` through `su`, as nixpkgs' driver runs it.
+pub fn systemctl_command(q: &str, user: Option<&str>) -> String {
+    match user {
+        Some(user) => {
+            let q = q.replace('\'', "\\'");
+            format!(
+                "su -l {user} --shell /bin/sh -c $'XDG_RUNTIME_DIR=/run/user/`id -u` systemctl --user {q}'"
+            )
+        }
+        None => format!("systemctl {q}"),
+    }
+}
+
+impl Machine {
+    /// Waits for the backdoor shell (the first command after `start()` does this).
+    pub async fn connect(&mut self) -> Result<(), MachineError> {
+        if self.running.as_ref().is_some_and(|r| r.shell.is_some()) {
+            return Ok(());
+        }
+        if self.running.is_none() {
+            self.start(false).await?;
+        }
+        self.log
+            .machine(&self.name, "waiting for the VM to finish booting");
+        let started = Instant::now();
+        let r = self.running()?;
+        let mut exited = r.exited.clone();
+        let dead = async move {
+            let _ = exited.wait_for(|s| s.is_some()).await;
+        };
+        let previous = r.rebooting.take();
+        let attempt = async {
+            let mut shell = match previous {
+                Some(s) => s,
+                None => {
+                    let (stream, _) = r.shell_listener.accept().await.map_err(ShellError::Io)?;
+                    let mut shell = Shell::new(stream);
+                    // QEMU connects its chardevs together when it starts; a
+                    // start script that drops the driver's ports still
+                    // works, with commands on the console and the guest
+                    // watching them itself.
+                    let grace = tokio::time::Instant::now() + Duration::from_secs(1);
+                    if let Ok(Ok((ctl, _))) =
+                        tokio::time::timeout_at(grace, r.ctl_listener.accept()).await
+                    {
+                        shell.set_ctl(ctl);
+                    }
+                    if let Ok(Ok((cmd, _))) =
+                        tokio::time::timeout_at(grace, r.cmd_listener.accept()).await
+                    {
+                        shell.set_cmd(cmd);
+                    }
+                    shell
+                }
+            };
+            shell.wait_for_marker().await?;
+            Ok::<Shell, ShellError>(shell)
+        };
+        let result = tokio::select! {
+            s = attempt => Some(s),
+            _ = dead => None,
+        };
+        match result {
+            Some(Ok(shell)) => {
+                self.running()?.shell = Some(shell);
+                self.log.machine(
+                    &self.name,
+                    &format!(
+                        "connected to guest root shell (in {:.2} seconds)",
+                        started.elapsed().as_secs_f64()
+                    ),
+                );
+                Ok(())
+            }
+            Some(Err(ShellError::Closed)) | None => Err(self
+                .death("while booting, before its shell was ready")
+                .await),
+            Some(Err(e)) => Err(MachineError::Shell {
+                name: self.name.clone(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// The backdoor shell, once the guest has booted far enough to give it.
+    async fn shell(&mut self) -> Result<&mut Shell, MachineError> {
+        self.connect().await?;
+        let name = self.name.clone();
+        self.running()?
+            .shell
+            .as_mut()
+            .ok_or(MachineError::NotRunning { name })
+    }
+
+    async fn run(&mut self, req: Request<'_>, doing: &str) -> Result<Outcome, MachineError> {
+        let result = self.shell().await?.run(req).await;
+        match result {
+            Ok(o) if o.ending == Ending::Cancel => Err(MachineError::Cancelled {
+                name: self.name.clone(),
+            }),
+            Ok(o) => Ok(o),
+            Err(e) => Err(self.shell_failed(e, doing).await),
+        }
+    }
+
+    /// The error for a failed shell call: the machine's death (with its
+    /// console tail) if the connection went away.
+    async fn shell_failed(&mut self, e: ShellError, doing: &str) -> MachineError {
+        match e {
+            ShellError::Closed | ShellError::Io(_) => self.death(doing).await,
+            e => MachineError::Shell {
+                name: self.name.clone(),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// Runs a command; returns its status and exact stdout. A timeout kills
+    /// the command in the guest and gives status 124, as `timeout` would.
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        timeout: Option<Duration>,
+        capture: bool,
+    ) -> Result<Outcome, MachineError> {
+        let shown = as_written(command);
+        let doing = format!("while running `{shown}`");
+        let mut out = self
+            .run(
+                Request::Exec {
+                    command,
+                    timeout,
+                    capture,
+                },
+                &doing,
+            )
+            .await?;
+        if out.ending == Ending::Timeout {
+            self.log.machine(
+                &self.name,
+                &format!(
+                    "command `{shown}` timed out after {} seconds and was killed",
+                    timeout.map_or(0.0, |t| t.as_secs_f64())
+                ),
+            );
+            out.status = 124;
+        }
+        Ok(out)
+    }
+
+    /// The connected backdoor shell with bash itself reading the console
+    /// ([`Shell::raw_mode`]: a cancelled call settled, the serve loop
+    /// ended), for a caller that writes bash to it with [`Shell::write_raw`]
+    /// and reads what comes back with [`Shell::read_raw`] (the benchmark's
+    /// nixpkgs framing). The next command sets the driver's framing up
+    /// again.
+    pub async fn raw_shell(&mut self) -> Result<&mut Shell, MachineError> {
+        let name = self.name.clone();
+        let shell = self.shell().await?;
+        match shell.raw_mode().await {
+            Ok(()) => Ok(shell),
+            Err(e) => Err(MachineError::Shell {
+                name,
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// Runs `command` in the guest until the condition holds; the guest
+    /// loops (50 ms apart), so success is noticed at once.
+    pub async fn wait_until(
+        &mut self,
+        what: &str,
+        command: &str,
+        mode: UntilMode,
+        timeout: Option<Duration>,
+    ) -> Result<Outcome, MachineError> {
+        let doing = format!("while waiting for {what}");
+        let out = self
+            .run(
+                Request::Until {
+                    command,
+                    timeout,
+                    mode,
+                },
+                &doing,
+            )
+            .await?;
+        if out.ending == Ending::Timeout {
+            let last = String::from_utf8_lossy(&out.output);
+            let last = last.trim();
+            return Err(MachineError::Timeout {
+                name: self.name.clone(),
+                what: what.to_string(),
+                secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
+                detail: format!(
+                    " (last try exited with status {}{})",
+                    out.status,
+                    if last.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", output: {last}")
+                    }
+                ),
+            });
+        }
+        if mode == UntilMode::Settled && out.status != 0 {
+            return Err(MachineError::Failed {
+                name: self.name.clone(),
+                message: String::from_utf8_lossy(&out.output).trim().to_string(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Waits until `unit` is active; fails at once if it failed, or is
+    /// inactive with no job pending (nixpkgs' semantics).
+    pub async fn wait_for_unit(
+        &mut self,
+        unit: &str,
+        user: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<(), MachineError> {
+        let what = format!("unit {unit} to become active");
+        let started = Instant::now();
+        let timeout = match self.unit_wait_bus(unit, user, timeout, &what).await? {
+            UnitWait::Active => return Ok(()),
+            UnitWait::Hopeless(message) => {
+                return Err(MachineError::Failed {
+                    name: self.name.clone(),
+                    message,
+                })
+            }
+            UnitWait::TimedOut(state) => {
+                return Err(MachineError::Timeout {
+                    name: self.name.clone(),
+                    what,
+                    secs: timeout.map_or(0.0, |t| t.as_secs_f64()),
+                    detail: format!(" (its last state was \"{state}\")"),
+                })
+            }
+            UnitWait::Unavailable(why) => {
+                let show = if user.is_some() {
+                    "systemctl --user show"
+                } else {
+                    "systemctl show"
+                };
+                self.log
+                    .machine(&self.name, &format!("{why}; polling `{show}` instead"));
+                timeout.map(|t| t.saturating_sub(started.elapsed()))
+            }
+        };
+        let q = shell::shell_quote(unit);
+        let show = systemctl_command(&format!("show --property=ActiveState --value -- {q}"), user);
+        let jobs = systemctl_command("list-jobs --full 2>&1", user);
+        let u = unit.replace('"', "\\\"");
+        let check = format!(
+            "s=$({show}); case $s in \
+             active) exit 0 ;; \
+             failed) echo \"unit \\\"{u}\\\" reached state \\\"failed\\\"\"; exit 2 ;; \
+             inactive) if {jobs} | grep -q 'No jobs'; then s=$({show}); \
+               if [ \"$s\" = inactive ]; then echo \"unit \\\"{u}\\\" is inactive and there are no pending jobs\"; exit 3; fi; fi; exit 1 ;; \
+             *) exit 1 ;; esac"
+        );
+        self.wait_until(&what, &check, UntilMode::Settled, timeout)
+            .await?;
+        Ok(())
+    }
+
+    /// A unit wait (of the system's manager, or of `user`'s) that listens
+    /// to systemd over D-Bus ([`Shell::unit_wait`]).
+    async fn unit_wait_bus(
+        &mut self,
+        unit: &str,
+        user: Option<&str>,
+        timeout: Option<Duration>,
+        what: &str,
+    ) -> Result<UnitWait, MachineError> {
+        let result = self.shell().await?.unit_wait(unit, user, timeout).await;
+        match result {
+            Ok(w) => Ok(w),
+            Err(e) => Err(self
+                .shell_failed(e, &format!("while waiting for {what}"))
+                .await),
+        }
+    }
+
+    /// `systemctl show <unit>` as a map.
+    pub async fn get_unit_info(
+        &mut self,
+        unit: &str,
+        user: Option<&str>,
+    ) -> Result<HashMap<String, String>, MachineError> {
+        let cmd = systemctl_command(
+            &format!("--no-pager show {}", shell::shell_quote(unit)),
+            user,
+        );
+        let out = self.execute(&cmd, None, true).await?;
+        if out.status != 0 {
+            return Err(MachineError::Failed {
+                name: self.name.clone(),
+                message: format!(
+                    "retrieving systemctl info for unit \"{unit}\" failed with exit code {}",
+                    out.status
+                ),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.output)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// Runs an interactive shell on the terminal until EOF (Ctrl-D).
+    pub async fn shell_interact(&mut self) -> Result<(), MachineError> {
+        use tokio::io::AsyncReadExt;
+        self.connect().await?;
+        let name = self.name.clone();
+        self.log.machine(
+            &name,
+            "interactive shell: type commands, Ctrl-D ends it (no prompt is shown)",
+        );
+        let shell = self
+            .running()?
+            .shell
+            .as_mut()
+            .ok_or(MachineError::NotRunning { name: name.clone() })?;
+        let mut stdin = tokio::io::stdin();
+        let mut stdout = tokio::io::stdout();
+        let mut buf = [0u8; 4096];
+        let result: Result<(), ShellError> = async {
+            shell.raw_mode().await?;
+            loop {
+                tokio::select! {
+                    n = stdin.read(&mut buf) => {
+                        let n = n?;
+                        if n == 0 { break; }
+                        shell.write_raw(&buf[..n]).await?;
+                    }
+                    out = shell.read_raw() => {
+                        stdout.write_all(&out?).await?;
+                        stdout.flush().await?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        shell.invalidate();
+        result.map_err(|e| MachineError::Shell {
+            name,
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_systemctl_goes_through_su_like_nixpkgs() {
+        assert_eq!(
+            systemctl_command("is-active x", None),
+            "systemctl is-active x"
+        );
+        assert!(systemctl_command("start 'a'", Some("alice"))
+            .starts_with("su -l alice --shell /bin/sh -c $'XDG_RUNTIME_DIR="));
+    }
+}
