@@ -78,6 +78,26 @@ pub enum ConfigError {
         what: String,
         why: String,
     },
+    #[error("the driver configuration {path}: field `test_script` names no test script: {source}")]
+    TestScript {
+        path: PathBuf,
+        source: ScriptValueError,
+    },
+}
+
+/// Why a value names no test script (see [`TestScript::from_value`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ScriptValueError {
+    /// Something other than a file is there (a directory, say).
+    #[error("{} is not a file", path.display())]
+    NotAFile { path: PathBuf },
+    /// Nothing can be found there: the value is one line, so it is not
+    /// the script's text either.
+    #[error("{}: {source} (give the test script's file, or its text, which spans lines)", path.display())]
+    NoFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The test script: a file, or its text.
@@ -93,15 +113,13 @@ impl TestScript {
     /// the script itself (nixpkgs up to 20.09 put it in `testScript` so;
     /// a script written in Nix ends with one). Anything else names a file
     /// that does not exist: the error says which.
-    pub fn from_value(value: &str) -> Result<TestScript, String> {
-        let path = Path::new(value);
+    pub fn from_value(value: &str) -> Result<TestScript, ScriptValueError> {
+        let path = PathBuf::from(value);
         if !value.contains('\n') {
-            return match std::fs::metadata(path) {
-                Ok(m) if m.is_file() => Ok(TestScript::File(path.to_path_buf())),
-                Ok(_) => Err(format!("{value} is not a file")),
-                Err(e) => Err(format!(
-                    "{value}: {e} (give the test script's file, or its text, which spans lines)"
-                )),
+            return match std::fs::metadata(&path) {
+                Ok(m) if m.is_file() => Ok(TestScript::File(path)),
+                Ok(_) => Err(ScriptValueError::NotAFile { path }),
+                Err(source) => Err(ScriptValueError::NoFile { path, source }),
             };
         }
         Ok(TestScript::Inline(value.to_string()))
@@ -336,8 +354,11 @@ impl Reader<'_> {
 
         let script = self.required(top, "", "test_script", whole)?;
         let script = self.string(script, "test_script", "the test script's path (a string)")?;
-        let test_script = TestScript::from_value(script)
-            .map_err(|e| self.invalid("test_script", format!("names no test script: {e}")))?;
+        let test_script =
+            TestScript::from_value(script).map_err(|source| ConfigError::TestScript {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
 
         Ok(DriverConfig {
             spec: TestSpec { vlans, machines },
@@ -531,20 +552,21 @@ mod tests {
     fn a_script_value_is_a_file_or_text_spanning_lines() {
         let f = Files::new();
         assert_eq!(
-            TestScript::from_value(&f.p("test-script")),
-            Ok(TestScript::File(f.p("test-script").into()))
+            TestScript::from_value(&f.p("test-script")).unwrap(),
+            TestScript::File(f.p("test-script").into())
         );
         assert_eq!(
-            TestScript::from_value("start_all()\nmachine.succeed('true')\n"),
-            Ok(TestScript::Inline(
-                "start_all()\nmachine.succeed('true')\n".into()
-            ))
+            TestScript::from_value("start_all()\nmachine.succeed('true')\n").unwrap(),
+            TestScript::Inline("start_all()\nmachine.succeed('true')\n".into())
         );
-        assert!(TestScript::from_value("start_all()")
-            .unwrap_err()
-            .contains("start_all()"));
-        assert!(TestScript::from_value(&f.p(""))
-            .unwrap_err()
-            .contains("is not a file"));
+        let missing = TestScript::from_value("start_all()").unwrap_err();
+        assert!(matches!(missing, ScriptValueError::NoFile { .. }));
+        assert!(
+            missing.to_string().starts_with("start_all(): "),
+            "{missing}"
+        );
+        let dir = TestScript::from_value(&f.p("")).unwrap_err();
+        assert!(matches!(dir, ScriptValueError::NotAFile { .. }));
+        assert!(dir.to_string().ends_with("is not a file"), "{dir}");
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 
-use nix_vmtest::config::{ConfigError, DriverConfig, TestScript};
+use nix_vmtest::config::{ConfigError, DriverConfig, ScriptValueError, TestScript};
 use nix_vmtest::driver::{private_temp_dir, temp_base, Driver, DriverError, RunOptions};
 use nix_vmtest::log::{Level, Log};
 use nix_vmtest::machine::qemu::AccelChoice;
@@ -103,9 +103,8 @@ enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Spec(#[from] SpecError),
-    /// `TestScript::from_value` says why in words only.
     #[error("the test script {0}")]
-    TestScript(String),
+    TestScript(#[from] ScriptValueError),
     #[error("cannot write the XML log $LOGFILE={}: {source}", path.display())]
     XmlLog {
         path: PathBuf,
@@ -230,7 +229,7 @@ fn from_legacy(args: &Args) -> Result<Test, CliError> {
     spec.machines.extend(from_scripts.machines);
     spec.vlans.extend(from_scripts.vlans);
     let script = match &args.test_script {
-        Some(s) => Some(TestScript::from_value(s).map_err(CliError::TestScript)?),
+        Some(s) => Some(TestScript::from_value(s)?),
         None => None,
     };
     Ok(Test {

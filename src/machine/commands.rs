@@ -87,9 +87,9 @@ impl Machine {
             Some(Err(ShellError::Closed)) | None => Err(self
                 .death("while booting, before its shell was ready")
                 .await),
-            Some(Err(e)) => Err(MachineError::Shell {
+            Some(Err(source)) => Err(MachineError::Shell {
                 name: self.name.clone(),
-                message: e.to_string(),
+                source,
             }),
         }
     }
@@ -120,9 +120,9 @@ impl Machine {
     async fn shell_failed(&mut self, e: ShellError, doing: &str) -> MachineError {
         match e {
             ShellError::Closed | ShellError::Io(_) => self.death(doing).await,
-            e => MachineError::Shell {
+            source => MachineError::Shell {
                 name: self.name.clone(),
-                message: e.to_string(),
+                source,
             },
         }
     }
@@ -171,10 +171,7 @@ impl Machine {
         let shell = self.shell().await?;
         match shell.raw_mode().await {
             Ok(()) => Ok(shell),
-            Err(e) => Err(MachineError::Shell {
-                name,
-                message: e.to_string(),
-            }),
+            Err(source) => Err(MachineError::Shell { name, source }),
         }
     }
 
@@ -360,10 +357,7 @@ impl Machine {
         }
         .await;
         shell.invalidate();
-        result.map_err(|e| MachineError::Shell {
-            name,
-            message: e.to_string(),
-        })
+        result.map_err(|source| MachineError::Shell { name, source })
     }
 }
 

@@ -86,9 +86,10 @@ impl Machine {
         regex: &str,
         timeout: Option<Duration>,
     ) -> Result<String, MachineError> {
-        let re = Regex::new(regex).map_err(|e| MachineError::Usage {
+        let re = Regex::new(regex).map_err(|source| MachineError::BadRegex {
             name: self.name.clone(),
-            message: format!("wait_for_console_text: bad regex {regex:?}: {e}"),
+            regex: regex.to_string(),
+            source,
         })?;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let console = self.console.clone();

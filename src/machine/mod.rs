@@ -28,6 +28,7 @@ use crate::log::Log;
 use crate::spec::MachineSpec;
 use monitor::MonitorError;
 use qemu::Accel;
+use shell::ShellError;
 
 pub use commands::systemctl_command;
 pub use console::Console;
@@ -49,7 +50,9 @@ pub fn as_written(command: &str) -> &str {
     command.strip_prefix(USER_COMMAND_PREFIX).unwrap_or(command)
 }
 
-/// What can go wrong with a machine; each says which machine.
+/// What can go wrong with a machine; each says which machine. An error
+/// with a cause keeps it as its `source()` and also says it in its text:
+/// the driver reports an error by its text alone, not by its chain.
 #[derive(Debug, thiserror::Error)]
 pub enum MachineError {
     #[error("machine {name}: cannot start {command:?}: {source}")]
@@ -73,8 +76,8 @@ pub enum MachineError {
     },
     #[error("machine {name} is not running: call {name}.start() first")]
     NotRunning { name: String },
-    #[error("machine {name}: {message}")]
-    Shell { name: String, message: String },
+    #[error("machine {name}: {source}")]
+    Shell { name: String, source: ShellError },
     #[error("machine {name}: monitor: {source}")]
     Monitor { name: String, source: MonitorError },
     #[error("machine {name}: {what} timed out after {secs} seconds{detail}")]
@@ -88,6 +91,12 @@ pub enum MachineError {
     Failed { name: String, message: String },
     #[error("machine {name}: {message}")]
     Usage { name: String, message: String },
+    #[error("machine {name}: wait_for_console_text: bad regex {regex:?}: {source}")]
+    BadRegex {
+        name: String,
+        regex: String,
+        source: regex::Error,
+    },
     #[error("machine {name}: the call was cancelled")]
     Cancelled { name: String },
 }

@@ -97,7 +97,7 @@ impl CallError {
             | CallError::CreateMachine(_) => ErrorKind::Usage,
             CallError::Machine(e) => match e {
                 MachineError::Timeout { .. } => ErrorKind::Timeout,
-                MachineError::Usage { .. } => ErrorKind::Usage,
+                MachineError::Usage { .. } | MachineError::BadRegex { .. } => ErrorKind::Usage,
                 MachineError::Cancelled { .. } => ErrorKind::Cancelled,
                 _ => ErrorKind::Machine,
             },
@@ -190,6 +190,26 @@ mod tests {
             v,
             json!({"id": 8, "err": {"kind": "usage", "message": "there is no VLAN 3; VLANs are: [1, 2]"}})
         );
+    }
+
+    #[test]
+    fn a_machine_error_keeps_its_kind_and_its_cause() {
+        // A pattern a script could send: one the regex crate refuses.
+        let pattern = String::from("(");
+        let source = regex::Regex::new(&pattern).unwrap_err();
+        let e = CallError::Machine(MachineError::BadRegex {
+            name: "m".into(),
+            regex: pattern,
+            source: source.clone(),
+        });
+        assert_eq!(e.kind(), ErrorKind::Usage);
+        // The cause is in the text once, and reachable as the source.
+        let text = e.to_string();
+        assert!(text.starts_with("machine m: wait_for_console_text: bad regex \"(\": "));
+        assert_eq!(text.matches(&source.to_string()).count(), 1, "{text}");
+        // `CallError::Machine` is transparent: its source is the machine's.
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert_eq!(cause, Some(source.to_string()));
     }
 
     #[test]
