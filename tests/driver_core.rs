@@ -837,7 +837,8 @@ async fn reboot_waits_for_the_new_boot_on_the_same_console() {
 /// shell has all of them afterwards, and knows its names again.
 #[tokio::test(flavor = "current_thread")]
 async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
-    common::within(LIMIT, async {
+    // Nine boots: twice the usual limit.
+    common::within(LIMIT * 2, async {
         let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
         let m = &mut d.machines[0];
         m.start(true).await.unwrap();
