@@ -20,7 +20,7 @@ use nix_vmtest::driver::Driver;
 use nix_vmtest::log::Log;
 use nix_vmtest::machine::shell::UntilMode;
 use nix_vmtest::machine::Machine;
-use nix_vmtest::script::ops::port_probe;
+use nix_vmtest::script::probe::port_probe;
 use nix_vmtest::spec::{format_mac, ip_address, mac_address, MachineSpec};
 
 /// How long one test may take: each boots several guests under TCG and

@@ -9,12 +9,13 @@ before every call that talks to the guest or to QEMU: ``execute``,
 ``wait_until``, the ``wait_for_*`` ops, ``get_unit_info``,
 ``send_monitor_command``, ``qmp``, ``send_console``, ``screenshot``,
 ``copy_from_host``, ``copy_from_machine``, ``crash``, ``reboot``, ``block``,
-``unblock``. While a polling condition is active, the waits that nixpkgs
-builds from one ``execute`` a second (``wait_until_succeeds/fails``,
-``wait_for_file``, ``wait_for_open_port``, ``wait_for_closed_port``,
-``wait_for_open_unix_socket``, ``wait_for_unit``) run exactly that way in
-Python, so the conditions are re-checked during the wait; otherwise the
-driver's fast op is used.
+``unblock``. The waits for a condition in the guest
+(``wait_until_succeeds/fails``, ``wait_for_file``, ``wait_for_open_port``,
+``wait_for_closed_port``, ``wait_for_open_unix_socket``, ``wait_for_unit``)
+are one driver op each (``_wait``), which waits in the guest. While a
+polling condition is active they loop in Python as nixpkgs does: ``retry``
+asks the driver for one try a second (the op with ``once``), and the
+conditions are checked before each.
 
 Timeouts, intervals and delays (``timeout=``, ``secs``, ``delay=``) are
 seconds, as nixpkgs' 26.11 driver takes them, or a ``datetime.timedelta``,
@@ -317,30 +318,36 @@ class Machine:
                 output += out
         return output
 
-    def _wait_until(self, command: str, timeout: Seconds, want_success: bool) -> str:
-        if self._polling_active():
-            output = ""
+    def _wait(self, op: str, timeout: Seconds, **args: Any) -> str:
+        """A wait for a condition in the guest: op ``op`` (``wait_until``
+        or a ``wait_for_*``, whose probe the driver has); returns the last
+        try's output. The driver waits, in the guest, unless a polling
+        condition is active: then ``retry`` asks it for one try a second
+        (``once``), as nixpkgs runs these waits, and the conditions are
+        checked before each try. A timeout raises ``MachineTimeout`` from
+        the driver, or ``retry``'s ``RequestedAssertionFailed``."""
+        seconds = to_seconds(timeout)
+        if not self._polling_active():
+            _value, data = self._op_bytes(op, True, timeout=seconds, **args)
+            return _decode(data)
+        output = ""
 
-            def check(_last_try: bool) -> bool:
-                nonlocal output
-                status, output = self.execute(command, timeout=timeout)
-                return (status == 0) == want_success
+        def holds(_last_try: bool) -> bool:
+            nonlocal output
+            value, data = self._op_bytes(op, True, timeout=seconds, once=True, **args)
+            output = _decode(data)
+            return isinstance(value, dict) and bool(value.get("done"))
 
-            retry(check, timeout)
-            return output
-        _value, data = self._op_bytes(
-            "wait_until", True, command=command, timeout=to_seconds(timeout),
-            want_success=want_success,
-        )
-        return _decode(data)
+        retry(holds, timeout)
+        return output
 
     def wait_until_succeeds(self, command: str, timeout: Seconds = 900) -> str:
         with self.nested(f"waiting for success: {command}"):
-            return self._wait_until(command, timeout, True)
+            return self._wait("wait_until", timeout, command=command, want_success=True)
 
     def wait_until_fails(self, command: str, timeout: Seconds = 900) -> str:
         with self.nested(f"waiting for failure: {command}"):
-            return self._wait_until(command, timeout, False)
+            return self._wait("wait_until", timeout, command=command, want_success=False)
 
     def sleep(self, secs: Optional[Seconds] = None, duration: Optional[Seconds] = None) -> None:
         """Sleep in guest time. ``duration`` is the same under the name
@@ -355,46 +362,23 @@ class Machine:
         self.succeed(f"sleep {_shown(seconds)}")
 
     # -- waits ----------------------------------------------------------
-    def _poll_execute(self, command: str, want_success: bool, timeout: Seconds) -> None:
-        def check(_last_try: bool) -> bool:
-            status, _ = self.execute(command)
-            return (status == 0) == want_success
-
-        retry(check, timeout)
-
     def wait_for_file(self, filename: str, timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for file '{filename}'"):
-            if self._polling_active():
-                self._poll_execute(f"test -e {filename}", True, timeout)
-            else:
-                self._op("wait_for_file", True, path=filename, timeout=to_seconds(timeout))
+            self._wait("wait_for_file", timeout, path=filename)
 
     def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr}"):
-            if self._polling_active():
-                self._poll_execute(f"nc -z {addr} {port}", True, timeout)
-            else:
-                self._op("wait_for_open_port", True, port=port, addr=addr,
-                         timeout=to_seconds(timeout))
+            self._wait("wait_for_open_port", timeout, port=port, addr=addr)
 
     def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
-            if self._polling_active():
-                self._poll_execute(f"nc -z {addr} {port}", False, timeout)
-            else:
-                self._op("wait_for_closed_port", True, port=port, addr=addr,
-                         timeout=to_seconds(timeout))
+            self._wait("wait_for_closed_port", timeout, port=port, addr=addr)
 
     def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False,
                                   timeout: Seconds = 900) -> None:
         kind = "datagram" if is_datagram else "stream"
         with self.nested(f"waiting for UNIX-domain {kind} on '{addr}'"):
-            if self._polling_active():
-                flags = "-z " + ("-uU" if is_datagram else "-U")
-                self._poll_execute(f"nc {flags} {addr}", True, timeout)
-            else:
-                self._op("wait_for_open_unix_socket", True, addr=addr,
-                         is_datagram=is_datagram, timeout=to_seconds(timeout))
+            self._wait("wait_for_open_unix_socket", timeout, addr=addr, is_datagram=is_datagram)
 
     def wait_for_console_text(self, regex: str, timeout: Optional[Seconds] = None) -> Any:
         """Wait until ``regex`` matches the serial console output; returns the
@@ -421,26 +405,7 @@ class Machine:
         with self.nested(
             f"waiting for unit {unit}" + (f" with user {user}" if user is not None else "")
         ):
-            if not self._polling_active():
-                self._op("wait_for_unit", True, unit=unit, user=user,
-                         timeout=to_seconds(timeout))
-                return
-
-            def check_active(_last_try: bool) -> bool:
-                state = self.get_unit_property(unit, "ActiveState", user)
-                if state == "failed":
-                    raise RequestedAssertionFailed(f'unit "{unit}" reached state "{state}"')
-                if state == "inactive":
-                    _status, jobs = self.systemctl("list-jobs --full 2>&1", user)
-                    if "No jobs" in jobs:
-                        info = self.get_unit_info(unit, user)
-                        if info["ActiveState"] == state:
-                            raise RequestedAssertionFailed(
-                                f'unit "{unit}" is inactive and there are no pending jobs'
-                            )
-                return state == "active"
-
-            retry(check_active, timeout)
+            self._wait("wait_for_unit", timeout, unit=unit, user=user)
 
     def get_unit_info(self, unit: str, user: Optional[str] = None) -> Dict[str, str]:
         return self._op("get_unit_info", True, unit=unit, user=user)

@@ -23,6 +23,32 @@ pub fn systemctl_command(q: &str, user: Option<&str>) -> String {
     }
 }
 
+/// The guest command that says where `unit` (of `user`'s systemd, with
+/// `user`) is, by nixpkgs' rules for `wait_for_unit`: exit 0 when it is
+/// active, 1 while it may still become so, and 2 or 3 (with nixpkgs'
+/// message) when it cannot: it failed, or it is inactive with no job
+/// pending (asked again once). A user the guest does not have is 3 too.
+/// For an [`UntilMode::Settled`] wait, looped in the guest or tried once.
+pub fn unit_check(unit: &str, user: Option<&str>) -> String {
+    let q = shell::shell_quote(unit);
+    let show = systemctl_command(&format!("show --property=ActiveState --value -- {q}"), user);
+    let jobs = systemctl_command("list-jobs --full 2>&1", user);
+    let no_user = match user.map(shell::shell_quote) {
+        Some(u) => format!(
+            "id -u -- {u} >/dev/null 2>&1 || {{ printf 'there is no user \"%s\" in the guest\\n' {u}; exit 3; }}; "
+        ),
+        None => String::new(),
+    };
+    format!(
+        "{no_user}s=$({show}); case $s in \
+         active) exit 0 ;; \
+         failed) printf 'unit \"%s\" reached state \"failed\"\\n' {q}; exit 2 ;; \
+         inactive) if {jobs} | grep -q 'No jobs'; then s=$({show}); \
+           if [ \"$s\" = inactive ]; then printf 'unit \"%s\" is inactive and there are no pending jobs\\n' {q}; exit 3; fi; fi; exit 1 ;; \
+         *) exit 1 ;; esac"
+    )
+}
+
 impl Machine {
     /// Waits for the backdoor shell (the first command after `start()` does this).
     pub async fn connect(&mut self) -> Result<(), MachineError> {
@@ -213,13 +239,52 @@ impl Machine {
                 ),
             });
         }
-        if mode == UntilMode::Settled && out.status != 0 {
-            return Err(MachineError::Failed {
+        self.settled(mode, &out)?;
+        Ok(out)
+    }
+
+    /// Runs a wait's `command` one time (a wait the script loops itself,
+    /// checking its polling conditions between tries): whether the
+    /// condition holds now (`mode`'s rule, [`UntilMode::ends`]), and the
+    /// try's status and output. A try still running at `timeout` is killed
+    /// and has status 124, as from `execute`; it does not settle a
+    /// [`UntilMode::Settled`] wait.
+    pub async fn try_once(
+        &mut self,
+        what: &str,
+        command: &str,
+        mode: UntilMode,
+        timeout: Option<Duration>,
+    ) -> Result<(bool, Outcome), MachineError> {
+        let doing = format!("while waiting for {what}");
+        let mut out = self
+            .run(
+                Request::Exec {
+                    command,
+                    timeout,
+                    capture: true,
+                },
+                &doing,
+            )
+            .await?;
+        if out.ending == Ending::Timeout {
+            out.status = 124;
+            return Ok((mode != UntilMode::Settled && mode.ends(out.status), out));
+        }
+        self.settled(mode, &out)?;
+        Ok((mode.ends(out.status), out))
+    }
+
+    /// A [`UntilMode::Settled`] wait that ended with a status but 0 cannot
+    /// succeed: its output says why.
+    fn settled(&self, mode: UntilMode, out: &Outcome) -> Result<(), MachineError> {
+        if mode == UntilMode::Settled && mode.ends(out.status) && out.status != 0 {
+            return Err(MachineError::Hopeless {
                 name: self.name.clone(),
                 message: String::from_utf8_lossy(&out.output).trim().to_string(),
             });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Waits until `unit` is active; fails at once if it failed, or is
@@ -235,7 +300,7 @@ impl Machine {
         let timeout = match self.unit_wait_bus(unit, user, timeout, &what).await? {
             UnitWait::Active => return Ok(()),
             UnitWait::Hopeless(message) => {
-                return Err(MachineError::Failed {
+                return Err(MachineError::Hopeless {
                     name: self.name.clone(),
                     message,
                 })
@@ -259,21 +324,25 @@ impl Machine {
                 timeout.map(|t| t.saturating_sub(started.elapsed()))
             }
         };
-        let q = shell::shell_quote(unit);
-        let show = systemctl_command(&format!("show --property=ActiveState --value -- {q}"), user);
-        let jobs = systemctl_command("list-jobs --full 2>&1", user);
-        let u = unit.replace('"', "\\\"");
-        let check = format!(
-            "s=$({show}); case $s in \
-             active) exit 0 ;; \
-             failed) echo \"unit \\\"{u}\\\" reached state \\\"failed\\\"\"; exit 2 ;; \
-             inactive) if {jobs} | grep -q 'No jobs'; then s=$({show}); \
-               if [ \"$s\" = inactive ]; then echo \"unit \\\"{u}\\\" is inactive and there are no pending jobs\"; exit 3; fi; fi; exit 1 ;; \
-             *) exit 1 ;; esac"
-        );
-        self.wait_until(&what, &check, UntilMode::Settled, timeout)
+        self.wait_until(&what, &unit_check(unit, user), UntilMode::Settled, timeout)
             .await?;
         Ok(())
+    }
+
+    /// Whether `unit` is active now: [`unit_check`] run once (a unit wait
+    /// the script loops itself); an error if it cannot become active.
+    pub async fn unit_active_now(
+        &mut self,
+        unit: &str,
+        user: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<bool, MachineError> {
+        let what = format!("unit {unit} to become active");
+        let check = unit_check(unit, user);
+        let (active, _) = self
+            .try_once(&what, &check, UntilMode::Settled, timeout)
+            .await?;
+        Ok(active)
     }
 
     /// A unit wait (of the system's manager, or of `user`'s) that listens
@@ -364,6 +433,59 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`unit_check`] in the host's bash, with a `systemctl` that says
+    /// what the test wants: its status and message for each state.
+    #[test]
+    fn the_unit_check_says_where_a_unit_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("systemctl");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase $1 in show) echo \"$STATE\" ;; list-jobs) echo \"$JOBS\" ;; esac\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let run = |unit: &str, user: Option<&str>, state: &str, jobs: &str| {
+            let out = std::process::Command::new("bash")
+                .args(["-c", &unit_check(unit, user)])
+                .env("PATH", &path)
+                .env("STATE", state)
+                .env("JOBS", jobs)
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            (out.status.code().unwrap(), text.trim_end().to_string())
+        };
+        let u = "it's \"a\" $unit";
+        assert_eq!(run(u, None, "active", ""), (0, String::new()));
+        assert_eq!(run(u, None, "activating", ""), (1, String::new()));
+        assert_eq!(run(u, None, "inactive", "1 job"), (1, String::new()));
+        assert_eq!(
+            run(u, None, "failed", ""),
+            (2, format!("unit \"{u}\" reached state \"failed\""))
+        );
+        assert_eq!(
+            run(u, None, "inactive", "No jobs."),
+            (
+                3,
+                format!("unit \"{u}\" is inactive and there are no pending jobs")
+            )
+        );
+        assert_eq!(
+            run("x", Some("no-such-user-vmt"), "active", ""),
+            (
+                3,
+                "there is no user \"no-such-user-vmt\" in the guest".to_string()
+            )
+        );
+    }
 
     #[test]
     fn user_systemctl_goes_through_su_like_nixpkgs() {

@@ -30,7 +30,7 @@ use monitor::MonitorError;
 use qemu::Accel;
 use shell::ShellError;
 
-pub use commands::systemctl_command;
+pub use commands::{systemctl_command, unit_check};
 pub use console::Console;
 use lifecycle::Running;
 
@@ -89,6 +89,11 @@ pub enum MachineError {
     },
     #[error("machine {name}: {message}")]
     Failed { name: String, message: String },
+    /// A wait whose condition cannot come to hold (a unit that failed, or
+    /// is inactive with no job pending): nixpkgs' message as it is, which
+    /// the script gets as nixpkgs raises it, `RequestedAssertionFailed`.
+    #[error("{message}")]
+    Hopeless { name: String, message: String },
     #[error("machine {name}: {message}")]
     Usage { name: String, message: String },
     #[error("machine {name}: wait_for_console_text: bad regex {regex:?}: {source}")]

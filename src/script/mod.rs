@@ -9,6 +9,7 @@
 
 pub mod early;
 pub mod ops;
+pub mod probe;
 pub mod python;
 pub mod reply;
 pub mod request;
@@ -26,7 +27,7 @@ use crate::vlan::Vlan;
 
 pub use early::early_starts;
 pub use reply::{Answer, CallError, ErrorKind};
-pub use request::{Call, GlobalOp, MachineOp, Request, VlanOp, VlanRequest};
+pub use request::{Call, GlobalOp, MachineOp, Request, VlanOp, VlanRequest, Wait, WaitOp};
 
 /// What serving a script needs of the run.
 pub trait Host {

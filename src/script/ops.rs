@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use super::reply::{Answer, CallError};
 use super::request::{GlobalOp, MachineOp, Request, VlanOp, VlanRequest};
 use super::Host;
-use crate::machine::shell::{shell_quote, Ending, UntilMode};
+use crate::machine::shell::Ending;
 use crate::spec::mac_address;
 
 // A test author's command, run as nixpkgs runs it: `set -euo pipefail` first.
@@ -193,88 +193,7 @@ async fn on_machine<H: Host>(
                 bytes: Some(out.output),
             }
         }
-        MachineOp::WaitUntil {
-            command,
-            timeout,
-            want_success,
-        } => {
-            let (mode, wanted) = if want_success {
-                (UntilMode::Succeed, "succeed")
-            } else {
-                (UntilMode::Fail, "fail")
-            };
-            // Messages name the command as the script wrote it.
-            let what = format!("`{command}` to {wanted}");
-            let out = m
-                .wait_until(&what, &user_command(&command), mode, Some(timeout.0))
-                .await?;
-            Answer {
-                value: json!({ "status": out.status }),
-                bytes: Some(out.output),
-            }
-        }
-        MachineOp::WaitForFile { path, timeout } => {
-            m.wait_until(
-                &format!("file {path}"),
-                &format!("test -e {}", shell_quote(&path)),
-                UntilMode::Succeed,
-                Some(timeout.0),
-            )
-            .await?;
-            Answer::done()
-        }
-        MachineOp::WaitForOpenPort {
-            port,
-            addr,
-            timeout,
-        } => {
-            m.wait_until(
-                &format!("port {} on {addr} to be open", port.0),
-                &port_probe(&addr, port.0.into()),
-                UntilMode::Succeed,
-                Some(timeout.0),
-            )
-            .await?;
-            Answer::done()
-        }
-        MachineOp::WaitForClosedPort {
-            port,
-            addr,
-            timeout,
-        } => {
-            m.wait_until(
-                &format!("port {} on {addr} to be closed", port.0),
-                &port_probe(&addr, port.0.into()),
-                UntilMode::Fail,
-                Some(timeout.0),
-            )
-            .await?;
-            Answer::done()
-        }
-        MachineOp::WaitForOpenUnixSocket {
-            addr,
-            is_datagram,
-            timeout,
-        } => {
-            let dgram = if is_datagram { "u" } else { "" };
-            m.wait_until(
-                &format!("unix socket {addr} to accept connections"),
-                &format!("nc -{dgram}z -U {}", shell_quote(&addr)),
-                UntilMode::Succeed,
-                Some(timeout.0),
-            )
-            .await?;
-            Answer::done()
-        }
-        MachineOp::WaitForUnit {
-            unit,
-            user,
-            timeout,
-        } => {
-            m.wait_for_unit(&unit, user.as_deref(), Some(timeout.0))
-                .await?;
-            Answer::done()
-        }
+        MachineOp::Wait(wait) => super::probe::run(m, wait).await?,
         MachineOp::GetUnitInfo { unit, user } => {
             json!(m.get_unit_info(&unit, user.as_deref()).await?).into()
         }
@@ -331,33 +250,4 @@ async fn on_machine<H: Host>(
         }
     };
     Ok(answer)
-}
-
-/// A guest command that succeeds when `addr:port` accepts TCP connections.
-/// Local addresses use bash's `/dev/tcp` (no process started); others are
-/// bounded to 2 s a try so an unreachable host cannot stall the wait.
-pub fn port_probe(addr: &str, port: u64) -> String {
-    let target = shell_quote(&format!("/dev/tcp/{addr}/{port}"));
-    if matches!(addr, "localhost" | "127.0.0.1" | "::1") {
-        format!("exec 3<>{target}")
-    } else {
-        format!(
-            "timeout 2 bash -c {}",
-            shell_quote(&format!("exec 3<>{target}"))
-        )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_probes_do_not_fork_for_localhost() {
-        assert_eq!(
-            port_probe("localhost", 80),
-            "exec 3<>'/dev/tcp/localhost/80'"
-        );
-        assert!(port_probe("server", 80).starts_with("timeout 2 bash -c"));
-    }
 }

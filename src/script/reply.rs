@@ -32,8 +32,9 @@ impl From<Value> for Answer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// `RequestedAssertionFailed`. Understood by the client; the driver
-    /// sends none (the client raises it itself, e.g. for `succeed`).
+    /// `RequestedAssertionFailed`: a wait that cannot succeed (a unit that
+    /// failed), as nixpkgs raises it. The client raises it itself too,
+    /// e.g. for `succeed`.
     Assertion,
     /// `MachineTimeout`: a wait or command ran past its limit.
     Timeout,
@@ -97,6 +98,7 @@ impl CallError {
             | CallError::CreateMachine(_) => ErrorKind::Usage,
             CallError::Machine(e) => match e {
                 MachineError::Timeout { .. } => ErrorKind::Timeout,
+                MachineError::Hopeless { .. } => ErrorKind::Assertion,
                 MachineError::Usage { .. } | MachineError::BadRegex { .. } => ErrorKind::Usage,
                 MachineError::Cancelled { .. } => ErrorKind::Cancelled,
                 _ => ErrorKind::Machine,
@@ -210,6 +212,16 @@ mod tests {
         // `CallError::Machine` is transparent: its source is the machine's.
         let cause = std::error::Error::source(&e).map(ToString::to_string);
         assert_eq!(cause, Some(source.to_string()));
+    }
+
+    #[test]
+    fn a_hopeless_wait_is_an_assertion_with_nixpkgs_message() {
+        let e = CallError::Machine(MachineError::Hopeless {
+            name: "m".into(),
+            message: "unit \"x\" reached state \"failed\"".into(),
+        });
+        assert_eq!(e.kind(), ErrorKind::Assertion);
+        assert_eq!(e.to_string(), "unit \"x\" reached state \"failed\"");
     }
 
     #[test]

@@ -79,12 +79,10 @@ impl Request {
         if op == "cancel" {
             return Ok(Request::Cancel);
         }
-        let tagged = json!({ "op": op, "args": without_nulls(args) });
+        let args = without_nulls(args);
         let parsed = match machine {
-            None => serde_json::from_value(tagged).map(Request::Global),
-            Some(machine) => {
-                serde_json::from_value(tagged).map(|op| Request::Machine { machine, op })
-            }
+            None => serde_json::from_value(json!({ "op": op, "args": args })).map(Request::Global),
+            Some(machine) => MachineOp::parse(op, args).map(|op| Request::Machine { machine, op }),
         };
         parsed.map_err(|source| CallError::BadRequest {
             op: op.to_string(),
@@ -176,11 +174,14 @@ pub enum VlanOp {
 }
 
 /// The ops on one machine; each is the `Machine` method of the same name
-/// (`execute` also backs `succeed` and `fail`, `wait_until` the
-/// `wait_until_*` methods).
+/// (`execute` also backs `succeed` and `fail`; the waits are [`WaitOp`]).
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(tag = "op", content = "args", rename_all = "snake_case")]
 pub enum MachineOp {
+    /// A wait for a condition in the guest ([`WaitOp`]): read by
+    /// [`MachineOp::parse`], not under a name of its own.
+    #[serde(skip)]
+    Wait(Wait),
     Start {
         #[serde(default)]
         allow_reboot: bool,
@@ -202,47 +203,6 @@ pub enum MachineOp {
         check_output: bool,
         /// No limit unless given.
         timeout: Option<Seconds>,
-    },
-    WaitUntil {
-        command: String,
-        #[serde(default)]
-        timeout: WaitLimit,
-        /// `False`: wait for the command to fail.
-        #[serde(default = "yes")]
-        want_success: bool,
-    },
-    WaitForFile {
-        path: String,
-        #[serde(default)]
-        timeout: WaitLimit,
-    },
-    WaitForOpenPort {
-        port: Port,
-        #[serde(default = "localhost")]
-        addr: String,
-        #[serde(default)]
-        timeout: WaitLimit,
-    },
-    WaitForClosedPort {
-        port: Port,
-        #[serde(default = "localhost")]
-        addr: String,
-        #[serde(default)]
-        timeout: WaitLimit,
-    },
-    WaitForOpenUnixSocket {
-        addr: String,
-        #[serde(default)]
-        is_datagram: bool,
-        #[serde(default)]
-        timeout: WaitLimit,
-    },
-    WaitForUnit {
-        unit: String,
-        /// A unit of this user's systemd instead of the system's.
-        user: Option<String>,
-        #[serde(default)]
-        timeout: WaitLimit,
     },
     GetUnitInfo {
         unit: String,
@@ -293,6 +253,85 @@ pub enum MachineOp {
     Unblock {},
     ShellInteract {},
     ConsoleInteract {},
+}
+
+impl MachineOp {
+    /// Reads a machine op: a wait ([`WaitOp`]) with the arguments every
+    /// wait takes ([`Wait`]), or another op.
+    fn parse(op: &str, args: Value) -> Result<MachineOp, serde_json::Error> {
+        // A wait's name is one `WaitOp` reads as a wait when it is given
+        // no arguments; any other comes back as `NotAWait`.
+        let named = serde_json::from_value::<WaitOp>(json!({ "op": op }));
+        if matches!(named, Ok(WaitOp::NotAWait)) {
+            return serde_json::from_value(json!({ "op": op, "args": args }));
+        }
+        let WaitArgs { timeout, once } = serde_json::from_value(args.clone())?;
+        let op = serde_json::from_value(json!({ "op": op, "args": args }))?;
+        Ok(MachineOp::Wait(Wait { op, timeout, once }))
+    }
+}
+
+/// A wait for a condition in the guest: which one, and the arguments
+/// every wait takes.
+#[derive(Debug, PartialEq)]
+pub struct Wait {
+    pub op: WaitOp,
+    pub timeout: WaitLimit,
+    /// Try once and answer whether the condition holds now, instead of
+    /// waiting for it: the client then loops, checking its polling
+    /// conditions between tries.
+    pub once: bool,
+}
+
+/// The arguments every wait takes.
+#[derive(Deserialize)]
+struct WaitArgs {
+    #[serde(default)]
+    timeout: WaitLimit,
+    #[serde(default)]
+    once: bool,
+}
+
+/// The waits for a condition in the guest, each with its own arguments
+/// (besides [`Wait`]'s); what the guest runs for each is its probe
+/// (`super::probe`).
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum WaitOp {
+    /// `wait_until_succeeds` / `wait_until_fails`.
+    WaitUntil {
+        command: String,
+        /// `False`: wait for the command to fail.
+        #[serde(default = "yes")]
+        want_success: bool,
+    },
+    WaitForFile {
+        path: String,
+    },
+    WaitForOpenPort {
+        port: Port,
+        #[serde(default = "localhost")]
+        addr: String,
+    },
+    WaitForClosedPort {
+        port: Port,
+        #[serde(default = "localhost")]
+        addr: String,
+    },
+    WaitForOpenUnixSocket {
+        addr: String,
+        #[serde(default)]
+        is_datagram: bool,
+    },
+    WaitForUnit {
+        unit: String,
+        /// A unit of this user's systemd instead of the system's.
+        user: Option<String>,
+    },
+    /// Any other op, when read by its name alone ([`MachineOp::parse`]):
+    /// no request holds it.
+    #[serde(other)]
+    NotAWait,
 }
 
 fn yes() -> bool {
@@ -393,11 +432,14 @@ mod tests {
 
     #[test]
     fn absent_and_null_arguments_take_their_defaults() {
-        let want = MachineOp::WaitUntil {
-            command: "true".into(),
+        let want = MachineOp::Wait(Wait {
+            op: WaitOp::WaitUntil {
+                command: "true".into(),
+                want_success: true,
+            },
             timeout: Limit(Duration::from_secs(900)),
-            want_success: true,
-        };
+            once: false,
+        });
         assert_eq!(
             machine_op("wait_until", json!({"command": "true"})).unwrap(),
             want
@@ -405,7 +447,7 @@ mod tests {
         assert_eq!(
             machine_op(
                 "wait_until",
-                json!({"command": "true", "timeout": null, "want_success": null})
+                json!({"command": "true", "timeout": null, "want_success": null, "once": null})
             )
             .unwrap(),
             want
@@ -430,11 +472,29 @@ mod tests {
         );
         assert_eq!(
             machine_op("wait_for_open_port", json!({"port": 80})).unwrap(),
-            MachineOp::WaitForOpenPort {
-                port: Port(80),
-                addr: "localhost".into(),
+            MachineOp::Wait(Wait {
+                op: WaitOp::WaitForOpenPort {
+                    port: Port(80),
+                    addr: "localhost".into(),
+                },
                 timeout: WaitLimit::default(),
-            }
+                once: false,
+            })
+        );
+        assert_eq!(
+            machine_op(
+                "wait_for_unit",
+                json!({"unit": "u", "user": "alice", "timeout": 3, "once": true})
+            )
+            .unwrap(),
+            MachineOp::Wait(Wait {
+                op: WaitOp::WaitForUnit {
+                    unit: "u".into(),
+                    user: Some("alice".into()),
+                },
+                timeout: Limit(Duration::from_secs(3)),
+                once: true,
+            })
         );
         assert_eq!(
             global_op("serial_stdout", json!({})).unwrap(),
@@ -458,6 +518,19 @@ mod tests {
             ),
             ("wait_for_open_port", json!({"port": 0}), "1..65535"),
             ("wait_for_open_port", json!({"port": 70000}), "1..65535"),
+            ("wait_for_file", json!({}), "missing field `path`"),
+            (
+                "wait_for_file",
+                json!({"path": "/x", "timeout": -1}),
+                "non-negative number of seconds",
+            ),
+            (
+                "wait_for_file",
+                json!({"path": "/x", "once": 1}),
+                "a boolean",
+            ),
+            // No request holds the marker of the ops that are no waits.
+            ("not_a_wait", json!({}), "unknown variant `not_a_wait`"),
             ("frobnicate", json!({}), "unknown variant `frobnicate`"),
             // A global op is not a machine op.
             ("hello", json!({}), "unknown variant `hello`"),

@@ -357,21 +357,54 @@ class PollingInMachine(unittest.TestCase):
         # inactive outside the block
         self.m.execute("true")
 
-    def test_waits_use_execute_while_condition_active(self) -> None:
-        calls = {"n": 0}
+    def test_waits_try_once_while_condition_active(self) -> None:
+        # With a polling condition, a wait is `retry` over one-try ops
+        # (`once`); the condition is checked before each try.
+        tries = {"n": 0}
+        checks = {"n": 0}
 
         def flaky(req):
-            calls["n"] += 1
-            return (0 if calls["n"] >= 2 else 1, b"")
+            tries["n"] += 1
+            return WithBytes({"done": tries["n"] >= 2, "status": 0}, b"out")
 
-        self.fake.commands["test -e /x"] = flaky
+        def cond():
+            checks["n"] += 1
+            return True
 
-        with self.driver.polling_condition(lambda: True, seconds_interval=0):
+        self.fake.handlers["wait_for_file"] = flaky
+        self.fake.handlers["wait_until"] = flaky
+        with self.driver.polling_condition(cond, seconds_interval=0), mock_sleep():
             self.m.wait_for_file("/x", timeout=10)
-        self.assertEqual(calls["n"], 2)
-        self.assertEqual(self.fake.of("wait_for_file"), [])
+            tries["n"] = 0
+            self.assertEqual(self.m.wait_until_fails("y", timeout=10), "out")
+        self.assertGreaterEqual(checks["n"], 4)
+        (a, b), (c, d) = self.fake.of("wait_for_file"), self.fake.of("wait_until")
+        self.assertEqual(a["args"], {"path": "/x", "timeout": 10, "once": True})
+        self.assertEqual(b["args"], a["args"])
+        self.assertEqual(c["args"], {"command": "y", "want_success": False, "timeout": 10,
+                                     "once": True})
+        self.assertEqual(self.fake.of("execute"), [])
+        # Without one, the driver does the whole wait.
         self.m.wait_for_file("/x")
-        self.assertEqual(len(self.fake.of("wait_for_file")), 1)
+        self.assertEqual(self.fake.of("wait_for_file")[-1]["args"], {"path": "/x", "timeout": 900})
+
+    def test_waits_keep_their_errors_while_condition_active(self) -> None:
+        # A try's error (a failed unit) is raised as it is; a wait whose
+        # condition never holds ends as retry ends, as in nixpkgs.
+        self.fake.handlers["wait_for_unit"] = lambda req: Err(
+            "assertion", 'unit "u" reached state "failed"')
+        self.fake.handlers["wait_for_open_port"] = lambda req: {"done": False}
+        with self.driver.polling_condition(lambda: True, seconds_interval=0):
+            with self.assertRaises(RequestedAssertionFailed) as cm:
+                self.m.wait_for_unit("u")
+            self.assertEqual(str(cm.exception), 'unit "u" reached state "failed"')
+            with self.assertRaises(RequestedAssertionFailed) as cm:
+                self.m.wait_for_open_port(80, timeout=0)
+            self.assertNotIsInstance(cm.exception, MachineTimeout)
+            self.assertEqual(str(cm.exception)[:22], "action timed out after")
+        self.assertEqual(self.fake.of("wait_for_unit")[0]["args"],
+                         {"unit": "u", "user": None, "timeout": 900, "once": True})
+        self.assertEqual(len(self.fake.of("wait_for_open_port")), 1)
 
     def test_condition_not_rechecked_within_interval(self) -> None:
         n = {"v": 0}

@@ -30,6 +30,20 @@ with alive, always_true:
         machine.succeed(f"echo round {i}")
     machine.wait_until_succeeds("test -e /tmp/alive", timeout=60)
     machine.wait_for_file("/tmp/alive", timeout=60)
+    # The waits are tried once a second (op `once`), as nixpkgs runs them.
+    machine.succeed("(sleep 2; rm /tmp/later) >/dev/null 2>&1 & touch /tmp/later")
+    machine.wait_until_fails("test -e /tmp/later")
+    machine.wait_for_closed_port(1234, timeout=30)
+    machine.succeed("nc -l -p 1234 </dev/null >/dev/null 2>&1 &")
+    machine.wait_for_open_port(1234, timeout=30)
+    # ...and time out as nixpkgs' retry does.
+    try:
+        machine.wait_for_file("/nonexistent", timeout=2)
+    except Exception as e:
+        t.assertEqual(type(e).__name__, "RequestedAssertionFailed")
+        t.assertIn("action timed out after", str(e))
+    else:
+        raise Exception("wait_for_file did not time out")
 
 
 # .wait(): blocks until the condition holds (failed tries are logged, as

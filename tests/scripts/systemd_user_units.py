@@ -15,6 +15,10 @@ as_alice = "su -l alice --shell /bin/sh -c 'XDG_RUNTIME_DIR=/run/user/$(id -u) {
 with subtest("a user the guest does not have fails at once"):
     with t.assertRaisesRegex(Exception, 'there is no user "mallory" in the guest'):
         machine.wait_for_unit("default.target", user="mallory")
+    # So does a try (a polling condition is active), as the same error.
+    with polling_condition(lambda: True, seconds_interval=0):
+        with t.assertRaisesRegex(AssertionError, '^there is no user "mallory" in the guest$'):
+            machine.wait_for_unit("default.target", user="mallory", timeout=60)
 
 with subtest("before the user's manager runs, the wait polls through su"):
     machine.fail("test -e /run/user/1000/systemd/private")

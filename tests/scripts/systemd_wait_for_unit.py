@@ -36,6 +36,9 @@ with subtest("a failed unit raises at once"):
     except Exception as e:
         elapsed = time.monotonic() - t0
         log.info(f"raised {type(e).__name__} after {elapsed:.1f}s: {e}")
+        # As nixpkgs: its message, as a RequestedAssertionFailed.
+        t.assertEqual(type(e).__name__, "RequestedAssertionFailed")
+        t.assertEqual(str(e), 'unit "broken.service" reached state "failed"')
         t.assertIn("broken.service", str(e))
         t.assertIn("failed", str(e))
         t.assertLess(elapsed, 30)
@@ -52,3 +55,22 @@ with subtest("an inactive unit with no job raises at once"):
         t.assertLess(time.monotonic() - t0, 30)
     else:
         raise Exception("wait_for_unit on an inactive unit returned")
+
+
+with subtest("with a polling condition: one try a second, the same errors"):
+    @polling_condition(seconds_interval=0, description="the guest answers")
+    def answers():
+        machine.succeed("true")
+
+    with answers:
+        machine.systemctl("start --no-block slow.service")
+        machine.wait_for_unit("slow.service")
+        machine.require_unit_state("slow.service", "active")
+        machine.start_job("broken.service")
+        try:
+            machine.wait_for_unit("broken.service")
+        except Exception as e:
+            t.assertEqual(type(e).__name__, "RequestedAssertionFailed")
+            t.assertEqual(str(e), 'unit "broken.service" reached state "failed"')
+        else:
+            raise Exception("wait_for_unit on a failed unit returned")

@@ -162,6 +162,7 @@ __vmt_until() {
     __vmt_to=$__vmt_out
     __vmt_try
     [[ -n $__vmt_why ]] && break
+    # Whether this try ends the wait: UntilMode::ends is the same rule.
     case $3 in
       succeed) (( __vmt_st == 0 )) && break ;;
       fail) (( __vmt_st != 0 )) && break ;;

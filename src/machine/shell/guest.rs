@@ -363,6 +363,22 @@ mod tests {
                 ".\n.\n.\n"
             );
 
+            // The guest's loop ends a wait on the statuses `UntilMode::ends`
+            // names (the rule a wait run one try at a time uses).
+            for mode in [UntilMode::Succeed, UntilMode::Fail, UntilMode::Settled] {
+                for status in [0, 1, 2] {
+                    let command = format!("exit {status}");
+                    let req = Request::Until {
+                        command: &command,
+                        timeout: Some(Duration::from_millis(300)),
+                        mode,
+                    };
+                    let o = shell.run(req).await.unwrap();
+                    let ended = o.ending != Ending::Timeout;
+                    assert_eq!(ended, mode.ends(status), "{mode:?} {status}: {o:?}");
+                }
+            }
+
             // Without a control port, the guest's watcher ends a command at
             // its deadline.
             let started = Instant::now();

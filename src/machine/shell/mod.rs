@@ -196,6 +196,19 @@ pub enum UntilMode {
     Settled,
 }
 
+impl UntilMode {
+    /// Whether a try that exited with `status` ends the wait: the rule
+    /// `__vmt_until` (guest-rest.bash) applies in the guest, for a wait
+    /// the driver runs one try of at a time.
+    pub fn ends(self, status: i32) -> bool {
+        match self {
+            UntilMode::Succeed => status == 0,
+            UntilMode::Fail => status != 0,
+            UntilMode::Settled => status != 1,
+        }
+    }
+}
+
 /// One connected backdoor shell.
 pub struct Shell {
     /// Where the shell reads and writes now: the console, or the command
