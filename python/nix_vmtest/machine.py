@@ -45,7 +45,7 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar, Union
 
 from .errors import MachineError, MachineTimeout, RequestedAssertionFailed, Unsupported
 
@@ -131,6 +131,20 @@ def retry(fn: Callable, timeout_seconds: Seconds = 900, timeout: Optional[Second
         raise RequestedAssertionFailed(
             f"action timed out after {elapsed:.2f} seconds (timeout={shown})"
         )
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _starts_machine(method: _Method) -> _Method:
+    """Marks a ``Machine`` method that connects to, and so starts, its
+    machine (as in nixpkgs). When a test script's first statement calls
+    one, the driver starts that machine while Python is still starting up:
+    ``src/script/early.rs`` reads this file when it is built and takes the
+    ``def`` right after each ``@_starts_machine`` line (so this decorator
+    goes last, just above the ``def``). Otherwise it does nothing."""
+    setattr(method, "starts_machine", True)
+    return method
 
 
 def _decode(data: Optional[bytes]) -> str:
@@ -271,6 +285,7 @@ class Machine:
         return self.logger.nested(msg, a)
 
     # -- commands -------------------------------------------------------
+    @_starts_machine
     def execute(
         self,
         command: str,
@@ -295,6 +310,7 @@ class Machine:
             return (-1, output)
         return (int(status), output)
 
+    @_starts_machine
     def succeed(self, *commands: str, timeout: Optional[Seconds] = None) -> str:
         output = ""
         for command in commands:
@@ -308,6 +324,7 @@ class Machine:
                 output += out
         return output
 
+    @_starts_machine
     def fail(self, *commands: str, timeout: Optional[Seconds] = None) -> str:
         output = ""
         for command in commands:
@@ -341,14 +358,17 @@ class Machine:
         retry(holds, timeout)
         return output
 
+    @_starts_machine
     def wait_until_succeeds(self, command: str, timeout: Seconds = 900) -> str:
         with self.nested(f"waiting for success: {command}"):
             return self._wait("wait_until", timeout, command=command, want_success=True)
 
+    @_starts_machine
     def wait_until_fails(self, command: str, timeout: Seconds = 900) -> str:
         with self.nested(f"waiting for failure: {command}"):
             return self._wait("wait_until", timeout, command=command, want_success=False)
 
+    @_starts_machine
     def sleep(self, secs: Optional[Seconds] = None, duration: Optional[Seconds] = None) -> None:
         """Sleep in guest time. ``duration`` is the same under the name
         later nixpkgs gives it."""
@@ -362,18 +382,22 @@ class Machine:
         self.succeed(f"sleep {_shown(seconds)}")
 
     # -- waits ----------------------------------------------------------
+    @_starts_machine
     def wait_for_file(self, filename: str, timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for file '{filename}'"):
             self._wait("wait_for_file", timeout, path=filename)
 
+    @_starts_machine
     def wait_for_open_port(self, port: int, addr: str = "localhost", timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr}"):
             self._wait("wait_for_open_port", timeout, port=port, addr=addr)
 
+    @_starts_machine
     def wait_for_closed_port(self, port: int, addr: str = "localhost", timeout: Seconds = 900) -> None:
         with self.nested(f"waiting for TCP port {port} on {addr} to be closed"):
             self._wait("wait_for_closed_port", timeout, port=port, addr=addr)
 
+    @_starts_machine
     def wait_for_open_unix_socket(self, addr: str, is_datagram: bool = False,
                                   timeout: Seconds = 900) -> None:
         kind = "datagram" if is_datagram else "stream"
@@ -391,6 +415,7 @@ class Machine:
         self._op("wait_for_shutdown")
 
     # -- systemd --------------------------------------------------------
+    @_starts_machine
     def systemctl(self, q: str, user: Optional[str] = None) -> Tuple[int, str]:
         if user is not None:
             q = q.replace("'", "\\'")
@@ -401,12 +426,14 @@ class Machine:
             )
         return self.execute(f"systemctl {q}")
 
+    @_starts_machine
     def wait_for_unit(self, unit: str, user: Optional[str] = None, timeout: Seconds = 900) -> None:
         with self.nested(
             f"waiting for unit {unit}" + (f" with user {user}" if user is not None else "")
         ):
             self._wait("wait_for_unit", timeout, unit=unit, user=user)
 
+    @_starts_machine
     def get_unit_info(self, unit: str, user: Optional[str] = None) -> Dict[str, str]:
         return self._op("get_unit_info", True, unit=unit, user=user)
 
@@ -433,13 +460,16 @@ class Machine:
                     f"'{require_state}' but it is in state '{state}'"
                 )
 
+    @_starts_machine
     def start_job(self, jobname: str, user: Optional[str] = None) -> Tuple[int, str]:
         return self.systemctl(f"start {jobname}", user)
 
+    @_starts_machine
     def stop_job(self, jobname: str, user: Optional[str] = None) -> Tuple[int, str]:
         return self.systemctl(f"stop {jobname}", user)
 
     # -- files ----------------------------------------------------------
+    @_starts_machine
     def copy_from_host(self, source: str, target: str) -> None:
         self._op("copy_from_host", True, source=os.path.abspath(source), target=target)
 
@@ -451,6 +481,7 @@ class Machine:
             f"echo -n {content_b64} | base64 -d > {target}",
         )
 
+    @_starts_machine
     def copy_from_machine(self, source: str, target_dir: str = "") -> Any:
         """Copy ``source`` from the guest into ``<out>/<target_dir>/``;
         returns what the driver answers (the host path)."""
@@ -465,6 +496,7 @@ class Machine:
         """Start the VM; returns at once (the boot goes on in the background)."""
         self._op("start", allow_reboot=allow_reboot)
 
+    @_starts_machine
     def connect(self) -> None:
         self._op("connect")
 

@@ -1,16 +1,28 @@
 //! Which machines a test script's first statement starts, so that they
 //! boot while Python is still starting up.
 
-/// The `Machine` methods that start their machine, one a line: the list's
-/// one place is the Python client's package, beside the methods.
-const STARTING_METHODS: &str = include_str!("../../python/nix_vmtest/starting_methods.txt");
+/// The Python client's `Machine`: a method that starts its machine is
+/// marked there, on the line before its `def`.
+const CLIENT_MACHINE: &str = include_str!("../../python/nix_vmtest/machine.py");
+
+/// The marker of such a method (a decorator of `machine.py` that does
+/// nothing but mark it).
+const STARTS_MACHINE: &str = "    @_starts_machine";
+
+/// The `Machine` methods that start their machine: the `def` names after
+/// the marker in `machine.py`.
+fn starting_methods() -> impl Iterator<Item = &'static str> {
+    let mut lines = CLIENT_MACHINE.lines();
+    std::iter::from_fn(move || {
+        lines.find(|l| l.trim_end() == STARTS_MACHINE)?;
+        Some(lines.next())
+    })
+    .filter_map(|def| def?.strip_prefix("    def ")?.split_once('('))
+    .map(|(name, _)| name)
+}
 
 fn starts_its_machine(method: &str) -> bool {
-    STARTING_METHODS
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .any(|m| m == method)
+    starting_methods().any(|m| m == method)
 }
 
 /// Which machines (indexes into `names`) a script's first statement
@@ -80,12 +92,14 @@ mod tests {
     }
 
     #[test]
-    fn the_method_list_is_read() {
-        for m in ["succeed", "wait_for_unit", "stop_job"] {
+    fn the_marked_methods_are_read() {
+        for m in ["succeed", "wait_for_unit", "stop_job", "connect"] {
             assert!(starts_its_machine(m), "{m}");
         }
-        for m in ["", "#", "start", "is_up", "The"] {
+        for m in ["", "#", "start", "is_up", "The", "_starts_machine"] {
             assert!(!starts_its_machine(m), "{m}");
         }
+        // tests/python/test_api.py checks that they are exactly these.
+        assert_eq!(starting_methods().count(), 18);
     }
 }

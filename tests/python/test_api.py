@@ -121,15 +121,30 @@ class Api(unittest.TestCase):
         public = {n for n, v in vars(Machine).items() if callable(v) and not n.startswith("_")}
         self.assertEqual(public - set(stubbed), set())
 
-    def test_starting_methods_are_machine_methods(self) -> None:
-        # The driver reads this list (src/script/early.rs) to start a machine
-        # early when the script's first statement calls one of these.
-        with open(os.path.join(PYTHON_DIR, "nix_vmtest", "starting_methods.txt")) as f:
-            names = [l.strip() for l in f if l.strip() and not l.startswith("#")]
-        self.assertIn("succeed", names)
-        for name in names:
-            with self.subTest(name=name):
-                self.assertTrue(callable(getattr(Machine, name, None)), name)
+    def test_starting_methods_are_marked(self) -> None:
+        # The methods that connect to, and so start, their machine (as in
+        # nixpkgs), marked `@_starts_machine`. The driver starts a machine
+        # early when the script's first statement calls one of these
+        # (src/script/early.rs reads the marks from machine.py's source).
+        expected = {
+            "succeed", "fail", "execute", "wait_for_unit", "wait_until_succeeds",
+            "wait_until_fails", "wait_for_file", "wait_for_open_port", "wait_for_closed_port",
+            "wait_for_open_unix_socket", "systemctl", "get_unit_info", "connect",
+            "copy_from_host", "copy_from_machine", "sleep", "start_job", "stop_job",
+        }
+        marked = {n for n, v in vars(Machine).items() if getattr(v, "starts_machine", False)}
+        self.assertEqual(marked, expected)
+        # ...and the driver finds the same: each mark is the line right
+        # above its `def`.
+        with open(os.path.join(PYTHON_DIR, "nix_vmtest", "machine.py")) as f:
+            lines = f.read().splitlines()
+        found = {
+            nxt[len("    def "):].split("(")[0]
+            for line, nxt in zip(lines, lines[1:])
+            if line.rstrip() == "    @_starts_machine" and nxt.startswith("    def ")
+        }
+        self.assertEqual(found, expected)
+        self.assertEqual(sum(l.rstrip() == "    @_starts_machine" for l in lines), len(expected))
 
     def test_mypy_on_stubs_and_a_script(self) -> None:
         if subprocess.run([sys.executable, "-c", "import mypy"], capture_output=True).returncode == 0:
