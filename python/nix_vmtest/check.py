@@ -49,11 +49,14 @@ def _machine_attributes() -> Set[str]:
 
 
 def _machine_names(machines: Iterable[str]) -> Set[str]:
+    """The names the driver binds for these machines (``driver.py``)."""
+    from .driver import identifier_name, pythonize_name
+
     machines = list(machines)
     names = set()
     for m in machines:
-        names.add(re.sub(r"[^A-Za-z0-9_]", "_", m))
-        names.add(re.sub(r"^[^A-Za-z_]|[^A-Za-z0-9_]", "_", m))
+        names.add(pythonize_name(m))
+        names.add(identifier_name(m))
     if len(machines) == 1:
         names.add("machine")
     return names

@@ -25,6 +25,29 @@ fn starts_its_machine(method: &str) -> bool {
     starting_methods().any(|m| m == method)
 }
 
+/// The names a script has for machine `name`, as the Python client binds
+/// them (`pythonize_name` and `identifier_name` in `driver.py`; this copy
+/// is needed before Python runs): every character but `[A-Za-z0-9_]`
+/// replaced by `_`, and nixpkgs' form, which also replaces a first
+/// character that is no letter or `_`.
+fn script_names(name: &str) -> [String; 2] {
+    let pythonized: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let identifier = match pythonized.chars().next() {
+        Some(c) if !(c.is_ascii_alphabetic() || c == '_') => format!("_{}", &pythonized[1..]),
+        _ => pythonized.clone(),
+    };
+    [pythonized, identifier]
+}
+
 /// Which machines (indexes into `names`) a script's first statement
 /// starts: every one for `start_all()`, or the machine whose method that
 /// starts it comes first (`server.succeed(...)`).
@@ -39,17 +62,6 @@ pub fn early_starts(script: &str, names: &[String]) -> Vec<usize> {
     if first == "start_all()" {
         return (0..names.len()).collect();
     }
-    let pythonized = |n: &str| -> String {
-        n.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
     let Some((object, rest)) = first.split_once('.') else {
         return Vec::new();
     };
@@ -60,7 +72,9 @@ pub fn early_starts(script: &str, names: &[String]) -> Vec<usize> {
     let found = if object == "machine" && names.len() == 1 {
         Some(0)
     } else {
-        names.iter().position(|n| pythonized(n) == object)
+        names
+            .iter()
+            .position(|n| script_names(n).iter().any(|s| s == object))
     };
     found.into_iter().collect()
 }
@@ -89,6 +103,9 @@ mod tests {
         let one = vec!["m".to_string()];
         assert_eq!(early_starts("machine.wait_for_unit('x')", &one), vec![0]);
         assert_eq!(early_starts("machine.is_up()", &one), Vec::<usize>::new());
+        // nixpkgs' form of a name that starts with a digit.
+        let digits = vec!["1node".to_string(), "x".to_string()];
+        assert_eq!(early_starts("_node.succeed('true')", &digits), vec![0]);
     }
 
     #[test]
@@ -101,5 +118,28 @@ mod tests {
         }
         // tests/python/test_api.py checks that they are exactly these.
         assert_eq!(starting_methods().count(), 18);
+    }
+
+    /// The Python client binds the same names (`PYTHONPATH=python/`).
+    #[test]
+    fn script_names_are_the_clients() {
+        let names = ["my-server", "1node", "a.b", "ü", "x_y", "", "9", "Ab-1.ü_z"];
+        let program = "import json, sys\n\
+                       from nix_vmtest.driver import identifier_name, pythonize_name\n\
+                       print(json.dumps([[pythonize_name(n), identifier_name(n)] \
+                       for n in json.loads(sys.argv[1])]))";
+        let out = std::process::Command::new("python3")
+            .args(["-c", program, &serde_json::to_string(&names).unwrap()])
+            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/python"))
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let python: Vec<[String; 2]> = serde_json::from_slice(&out.stdout).unwrap();
+        let rust: Vec<[String; 2]> = names.iter().map(|n| script_names(n)).collect();
+        assert_eq!(rust, python);
     }
 }
