@@ -5,12 +5,13 @@
 # before they are sent. @CHUNK@ is filled in from the Rust constant.
 __vmt_init() {
   # The driver's files are `$__vmt_at<name>`, in the first tmpfs-like
-  # directory bash can create a file in: no process is started (each costs
-  # 25 ms or more under TCG), and FIFOs are made when first needed.
+  # directory bash may write in (access(2), which a read-only mount
+  # fails): no process is started (each costs 25 ms or more under TCG),
+  # and FIFOs are made when first needed.
   local d
   __vmt_key=$1 __vmt_at=
   for d in /run /dev/shm /tmp; do
-    { : >"$d/.nix-vmtest-$$.o.0"; } 2>/dev/null && __vmt_at=$d/.nix-vmtest-$$. && break
+    [[ -d $d && -w $d ]] && __vmt_at=$d/.nix-vmtest-$$. && break
   done
   [ -n "$__vmt_at" ] || return 1
   __vmt_pidfile=$d/.nix-vmtest-ctl.pid
@@ -23,7 +24,6 @@ __vmt_init() {
   __vmt_n=0 __vmt_out=${__vmt_at}o.0 __vmt_spent=
   # The port bootstrap's first line found the ports already.
   [[ -v __vmt_cmdport ]] || __vmt_ports
-  __vmt_ctl_start
 }
 __vmt_ctl_start() {
   local old f
@@ -81,6 +81,9 @@ __vmt_records() {
   # `__vmt_exec` does when the host stops commands (output kept, or not);
   # `e<line>` is evaluated here, with the console as stderr again.
   printf '%s serving\n' "$__vmt_sync"
+  # The control listener (if it is not running yet) starts before the
+  # first command is read: its fork overlaps the host's turn around.
+  __vmt_ctl_start
   while read -r -N 7 __vmt_h; do
     [[ $__vmt_h == cancel. ]] && continue
     read -r -N $((16#$__vmt_h)) __vmt_rec || break

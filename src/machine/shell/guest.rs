@@ -44,20 +44,27 @@ pub(super) fn compact(source: &str) -> String {
 /// [`names_report`].
 pub(super) fn console_bootstrap(n: &str, key: &str) -> String {
     format!(
-        "PS2=\n{}\n{}\n{}\n{}\n",
+        "PS2=; unset __d __c __p __h\n{}\n{}\n{}\n{}\n",
         compact(&BOOTSTRAP),
         compact(&BOOTSTRAP_REST),
-        init_and_report(n, key),
+        init_and_report(n, key, true),
         names_report(n, true)
     )
 }
 
 /// The bash that runs `__vmt_init` and reports `<n> ok[ ctl][ cmd]`, or
-/// `<n> failed`.
-fn init_and_report(n: &str, key: &str) -> String {
+/// `<n> failed`. On the `console` the control listener starts first; on
+/// the port, the serve loop starts it (`__vmt_records`), and `ctl` says
+/// the port is there.
+fn init_and_report(n: &str, key: &str, console: bool) -> String {
+    let (start, ctl) = if console {
+        (" && __vmt_ctl_start", "__vmt_listener")
+    } else {
+        ("", "__vmt_ctlport")
+    };
     format!(
-        "if __vmt_init {key}; then \
-         printf '%s ok%s%s\\n' {n} \"${{__vmt_listener:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
+        "if __vmt_init {key}{start}; then \
+         printf '%s ok%s%s\\n' {n} \"${{{ctl}:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\"; \
          else printf '%s failed\\n' {n}; fi"
     )
 }
@@ -94,11 +101,13 @@ pub(super) fn rest_line(n: &str, console: bool) -> String {
 pub(super) fn port_record_body(n: &str, key: &str, host_ctl: bool) -> String {
     let host_ctl = u8::from(host_ctl);
     format!(
-        "{}\n__vmt_sync={n} __vmt_left=; set --\n{}\n\
-         if [[ {host_ctl} == 1 && -n $__vmt_listener && -n $__vmt_cmdport ]]; then \
-         __vmt_records 2>/dev/null; else __vmt_sync=; printf '%s idle\\n' {n}; fi\n",
+        "{}\n__vmt_sync={n} __vmt_left=; set --\n\
+         __vmt_cmdport=$__d __vmt_ctlport=$__c; [[ -c $__vmt_ctlport ]] || __vmt_ctlport=; unset __d __c __p __h\n\
+         {}\n\
+         if [[ {host_ctl} == 1 && -n $__vmt_ctlport && -n $__vmt_cmdport ]]; then \
+         __vmt_records 2>/dev/null; else __vmt_ctl_start; __vmt_sync=; printf '%s idle\\n' {n}; fi\n",
         compact(&BOOTSTRAP),
-        init_and_report(n, key)
+        init_and_report(n, key, false)
     )
 }
 
@@ -108,17 +117,15 @@ pub(super) fn port_record_body(n: &str, key: &str, host_ctl: bool) -> String {
 /// ([`port_record_body`]); then `__vmt_served` reports the loop's end, or
 /// `<n> noport` if there was no port (or no record).
 pub(super) fn port_console_line(n: &str) -> String {
+    // Short, since bash reads the console a byte at a time (about 0.1 ms
+    // each under TCG): short names, which the record unsets, and
+    // `__vmt_served` or, undefined (no port, no record), `<n> noport`.
     format!(
-        "PS2= __vmt_cmdport= __vmt_ctlport=; for __vmt_p in /sys/class/virtio-ports/*; do \
-         read -r __vmt_h 2>/dev/null <\"$__vmt_p/name\"; case $__vmt_h in \
-         {CMD_PORT}) __vmt_cmdport=/dev/${{__vmt_p##*/}};; {CTL_PORT}) __vmt_ctlport=/dev/${{__vmt_p##*/}};; \
-         esac; done; [[ -c $__vmt_ctlport ]] || __vmt_ctlport=; \
-         if [[ -c $__vmt_cmdport ]]; then {{ __vmt_h=; while [[ $__vmt_h != *{n} ]]; do \
-         read -r -d . __vmt_h || break; done; [[ $__vmt_h == *{n} ]] && \
-         read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_h && eval \"${{__vmt_h#e}}\"; \
-         }} <>\"$__vmt_cmdport\" >&0; __vmt_st=$?; fi; \
-         if declare -F __vmt_served >/dev/null; then __vmt_served $__vmt_st; \
-         else printf '%s noport\\n' {n}; fi\n"
+        "PS2= __d= __c=;for __p in /sys/class/virtio-ports/*;do read -r __h <$__p/name;case $__h in \
+         {CMD_PORT})__d=/dev/${{__p##*/}};;{CTL_PORT})__c=/dev/${{__p##*/}};;esac;done 2>/dev/null;\
+         [[ -c $__d ]]&&{{ while [[ $__h != *{n} ]];do read -rd. __h||break;done;\
+         [[ $__h = *{n} ]]&&read -rN7 __h&&read -rN$((16#$__h)) __h&&eval \"${{__h#e}}\";}} <>$__d >&0;\
+         __vmt_served $? 2>/dev/null||echo {n} noport\n"
     )
 }
 
