@@ -26,8 +26,9 @@ use crate::machine::Machine;
 use crate::vlan::Vlan;
 
 pub use early::early_starts;
+pub use probe::WaitOp;
 pub use reply::{Answer, CallError, ErrorKind};
-pub use request::{Call, GlobalOp, MachineOp, Request, VlanOp, VlanRequest, Wait, WaitOp};
+pub use request::{Call, GlobalOp, MachineOp, Request, VlanOp, VlanRequest, Wait};
 
 /// What serving a script needs of the run.
 pub trait Host {

@@ -9,9 +9,54 @@
 use serde_json::json;
 
 use super::reply::{Answer, CallError};
-use super::request::{Wait, WaitOp};
+use serde::Deserialize;
+
+use super::request::{Port, Wait};
 use crate::machine::shell::{shell_quote, UntilMode};
 use crate::machine::{user_command, Machine};
+
+/// The waits for a condition in the guest, each with its own arguments
+/// (besides [`Wait`]'s); what the guest runs for each is its probe
+/// ([`WaitOp::probe`]). A new wait is a variant here, its probe below,
+/// and its method in the Python client (`machine.py`, `machine.pyi`).
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(tag = "op", content = "args", rename_all = "snake_case")]
+pub enum WaitOp {
+    /// `wait_until_succeeds` / `wait_until_fails`.
+    WaitUntil {
+        command: String,
+        /// `False`: wait for the command to fail.
+        #[serde(default = "super::request::yes")]
+        want_success: bool,
+    },
+    WaitForFile {
+        path: String,
+    },
+    WaitForOpenPort {
+        port: Port,
+        #[serde(default = "super::request::localhost")]
+        addr: String,
+    },
+    WaitForClosedPort {
+        port: Port,
+        #[serde(default = "super::request::localhost")]
+        addr: String,
+    },
+    WaitForOpenUnixSocket {
+        addr: String,
+        #[serde(default)]
+        is_datagram: bool,
+    },
+    WaitForUnit {
+        unit: String,
+        /// A unit of this user's systemd instead of the system's.
+        user: Option<String>,
+    },
+    /// Any other op, when read by its name alone ([`super::request::MachineOp`]):
+    /// no request holds it.
+    #[serde(other)]
+    NotAWait,
+}
 
 /// What a wait runs in the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]

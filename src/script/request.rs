@@ -13,6 +13,7 @@ use serde::de::{Error as _, Unexpected};
 use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 
+use super::probe::WaitOp;
 use super::reply::CallError;
 
 /// One line from the script, before its arguments are read.
@@ -292,53 +293,11 @@ struct WaitArgs {
     once: bool,
 }
 
-/// The waits for a condition in the guest, each with its own arguments
-/// (besides [`Wait`]'s); what the guest runs for each is its probe
-/// (`super::probe`).
-#[derive(Debug, PartialEq, Deserialize)]
-#[serde(tag = "op", content = "args", rename_all = "snake_case")]
-pub enum WaitOp {
-    /// `wait_until_succeeds` / `wait_until_fails`.
-    WaitUntil {
-        command: String,
-        /// `False`: wait for the command to fail.
-        #[serde(default = "yes")]
-        want_success: bool,
-    },
-    WaitForFile {
-        path: String,
-    },
-    WaitForOpenPort {
-        port: Port,
-        #[serde(default = "localhost")]
-        addr: String,
-    },
-    WaitForClosedPort {
-        port: Port,
-        #[serde(default = "localhost")]
-        addr: String,
-    },
-    WaitForOpenUnixSocket {
-        addr: String,
-        #[serde(default)]
-        is_datagram: bool,
-    },
-    WaitForUnit {
-        unit: String,
-        /// A unit of this user's systemd instead of the system's.
-        user: Option<String>,
-    },
-    /// Any other op, when read by its name alone ([`MachineOp::parse`]):
-    /// no request holds it.
-    #[serde(other)]
-    NotAWait,
-}
-
-fn yes() -> bool {
+pub(super) fn yes() -> bool {
     true
 }
 
-fn localhost() -> String {
+pub(super) fn localhost() -> String {
     "localhost".to_string()
 }
 
