@@ -451,18 +451,7 @@ let
         else
           noNixpkgs;
 
-      imageOf = name: {
-        inherit (plainNodes.${name})
-          kernel
-          initrd
-          disk
-          memory
-          cpus
-          kernelParams
-          qemuFlags
-          vlans
-          ;
-      };
+      imageOf = name: h.imageOf plainNodes.${name};
 
       # Node as Contract 2 (the nodes JSON) has it.
       jsonMachine =

@@ -73,17 +73,7 @@ rec {
   info =
     name: number: node: vm:
     let
-      self = {
-        inherit (node)
-          kernel
-          initrd
-          disk
-          memory
-          cpus
-          kernelParams
-          qemuFlags
-          vlans
-          ;
+      self = h.imageOf node // {
         inherit name;
         kind = "image";
         nodeNumber = number;

@@ -51,6 +51,19 @@ rec {
 
   isDerivation = v: isAttrs v && (v.type or null) == "derivation";
 
+  # What an image node is (Contract 2's `image`), taken from its options.
+  imageAttrs = [
+    "kernel"
+    "initrd"
+    "disk"
+    "memory"
+    "cpus"
+    "kernelParams"
+    "qemuFlags"
+    "vlans"
+  ];
+  imageOf = node: listToAttrs (map (a: { name = a; value = node.${a}; }) imageAttrs);
+
   # A value that can stand for a file: a path, a string, or a derivation.
   isPathLike = v: isPath v || isString v || isDerivation v;
 
