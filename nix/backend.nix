@@ -134,5 +134,4 @@ let
 in
 {
   inherit build;
-  driverBin = driverBinFor "building a test without the plugin";
 }
