@@ -285,8 +285,12 @@ pub fn find_qemu() -> PathBuf {
 
 /// Looks a program up in `$PATH`.
 pub fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
+    find_in(&std::env::var_os("PATH")?, name)
+}
+
+/// Looks a program up in a `PATH`-style list of directories.
+pub fn find_in(path: &std::ffi::OsStr, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(path)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
 }

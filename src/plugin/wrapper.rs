@@ -163,9 +163,7 @@ fn check(w: &Wrapper, lint: bool) -> Result<(), WrapperError> {
     // its `PATH`.
     let python = match (&w.python, &w.path) {
         (Some(p), _) => PathBuf::from(p),
-        (None, Some(path)) => std::env::split_paths(path)
-            .map(|d| d.join("python3"))
-            .find(|p| p.is_file())
+        (None, Some(path)) => crate::machine::qemu::find_in(path.as_ref(), "python3")
             .unwrap_or_else(crate::script::python::python),
         (None, None) => crate::script::python::python(),
     };
