@@ -229,6 +229,11 @@ pub struct Shell {
     /// What a cancelled call left running in the guest.
     pending: Option<Pending>,
     serial: u64,
+    /// The first command's record, to go to the port with the bootstrap's
+    /// (the guest's serve loop reads it once it serves: no turn around
+    /// between the two), and whether it went ([`Shell::run`]).
+    ahead: Option<Vec<u8>>,
+    ahead_sent: bool,
 }
 
 /// Where the guest's backdoor shell reads what the host sends.
@@ -308,6 +313,10 @@ enum Rest {
 /// before the next call.
 #[derive(Debug, Clone)]
 enum Pending {
+    /// The port bootstrap ([`Shell::bootstrap_on_port`]) with nonce `n`
+    /// and `key`; its answer is unread. With `ahead`, the first command's
+    /// record went with it.
+    Bootstrap { n: String, key: String, ahead: bool },
     /// A framed command or wait, or its output transfer.
     Command,
     /// A D-Bus session ([`Shell::unit_wait`]) with this nonce.
@@ -319,6 +328,76 @@ enum Pending {
     Serve(String),
     /// The serve loop was asked to end; its answer is unread.
     Leave(String),
+}
+
+/// A command as sent: in its exec form only where the host stops commands
+/// (`guest_ctl`; the guest's own watcher, without the port, needs the
+/// subshell it forks), and where the guest's names are known.
+fn sent_form(command: &str, names: Option<&HashSet<String>>, guest_ctl: bool) -> String {
+    own_shell_form(command, guest_ctl)
+        .or_else(|| {
+            names
+                .filter(|_| guest_ctl)
+                .and_then(|names| exec_form(command, names))
+        })
+        .unwrap_or_else(|| command.to_string())
+}
+
+/// The serve loop's record of a plain command (`r`: output kept; `n`: not),
+/// which it runs itself, with no function call and nothing to parse but
+/// the command.
+fn plain_record(
+    id: u64,
+    command: &str,
+    capture: bool,
+    names: Option<&HashSet<String>>,
+    guest_ctl: bool,
+) -> Result<Vec<u8>, ShellError> {
+    let kind = if capture { 'r' } else { 'n' };
+    record(
+        kind,
+        &format!("{id} {}", sent_form(command, names, guest_ctl)),
+    )
+}
+
+/// The port bootstrap's answer in what the port sent: `<n> <status>\n`
+/// (the report), then `<n> <state>\n` (`serving` or `idle`) unless the
+/// report is not `ok`.
+struct PortAnswer {
+    /// Where the report starts (what came before it is the guest's error).
+    start: usize,
+    status: Vec<u8>,
+    state: Option<Vec<u8>>,
+    /// Where the answer ends.
+    end: usize,
+}
+
+impl PortAnswer {
+    fn find(buf: &[u8], head: &[u8]) -> Option<PortAnswer> {
+        let line = |from: usize| -> Option<(usize, usize, usize)> {
+            let i = from + memmem::find(&buf[from..], head)?;
+            let s = i + head.len();
+            let e = s + buf[s..].iter().position(|&b| b == b'\n')?;
+            Some((i, s, e))
+        };
+        let (start, s, e) = line(0)?;
+        let status = buf[s..e].to_vec();
+        if !status.starts_with(b"ok") {
+            return Some(PortAnswer {
+                start,
+                status,
+                state: None,
+                end: e + 1,
+            });
+        }
+        let (_, s2, e2) = line(e + 1)?;
+        Some(PortAnswer {
+            start,
+            status,
+            state: Some(buf[s2..e2].to_vec()),
+            end: e2 + 1,
+        })
+    }
 }
 
 impl Shell {
@@ -333,6 +412,8 @@ impl Shell {
             boot: None,
             pending: None,
             serial: 0,
+            ahead: None,
+            ahead_sent: false,
         }
     }
 
@@ -527,6 +608,8 @@ impl Shell {
         self.route = Route::Console;
         self.boot = None;
         self.pending = None;
+        self.ahead = None;
+        self.ahead_sent = false;
     }
 
     /// Sets the backdoor shell up after a boot: defines the functions of
@@ -552,9 +635,15 @@ impl Shell {
     /// use): `ok` and the ports. Sets `boot` up.
     async fn take_report(&mut self, key: &str, before: Vec<u8>) -> Result<(), ShellError> {
         let status = self.read_until(b"\n").await?;
+        self.set_boot(key, &before, &status)
+    }
+
+    /// Sets `boot` up from the report's `status` (`ok` and the ports), or
+    /// fails with what the guest printed `before` it.
+    fn set_boot(&mut self, key: &str, before: &[u8], status: &[u8]) -> Result<(), ShellError> {
         if !status.starts_with(b"ok") {
             return Err(ShellError::Bootstrap(
-                String::from_utf8_lossy(&before).trim().to_string(),
+                String::from_utf8_lossy(before).trim().to_string(),
             ));
         }
         let has = |port: &[u8]| status.split(|&b| b == b' ').any(|w| w == port);
@@ -622,27 +711,71 @@ impl Shell {
         let body = guest::port_record_body(n, key, self.ctl.is_some());
         let mut bytes = format!("{n}.").into_bytes();
         bytes.extend(record('e', &body)?);
+        // The first command's record, where the loop will serve (the host
+        // has the control port): read by the loop once it serves, skipped
+        // (as anything before the next `<n>.`) if it does not.
+        let ahead = self.ahead.take().filter(|_| self.ctl.is_some());
+        if let Some(ahead) = &ahead {
+            bytes.extend(ahead);
+        }
         let Some(port) = self.other.as_mut() else {
             return Ok(false);
         };
         port.stream.write_all(&bytes).await?;
         let line = guest::port_console_line(n);
         self.stream.write_all(line.as_bytes()).await?;
-        // `<n> ok …` on the port, or `<n> noport` on the console.
+        let ahead = ahead.is_some();
+        self.pending = Some(Pending::Bootstrap {
+            n: n.to_string(),
+            key: key.to_string(),
+            ahead,
+        });
+        let answer = self.bootstrap_answer(n, key, ahead).await;
+        self.pending = None;
+        answer
+    }
+
+    /// Reads the port bootstrap's answer: `<n> ok …` then `<n> serving`
+    /// (or `<n> idle`) on the port, or `<n> noport` on the console (then
+    /// `false`). With `ahead`, the first command's record went with it
+    /// (`ahead_sent` says whether the loop serves, and so runs it). Nothing
+    /// is taken before the whole answer is there: a call cut short here
+    /// reads it again ([`Pending::Bootstrap`]).
+    async fn bootstrap_answer(
+        &mut self,
+        n: &str,
+        key: &str,
+        ahead: bool,
+    ) -> Result<bool, ShellError> {
         let head = format!("{n} ");
         let noport = format!("{n} noport\n");
-        let before = loop {
-            let Some(port) = self.other.as_mut() else {
-                return Ok(false);
-            };
-            if let Some(i) = memmem::find(&port.buf, head.as_bytes()) {
-                let before = port.buf[..i].to_vec();
-                port.buf.drain(..i + head.len());
-                break before;
-            }
+        loop {
             if let Some(i) = memmem::find(&self.buf, noport.as_bytes()) {
                 self.buf.drain(..i + noport.len());
                 return Ok(false);
+            }
+            let Some(port) = self.other.as_mut() else {
+                return Ok(false);
+            };
+            if let Some(answer) = PortAnswer::find(&port.buf, head.as_bytes()) {
+                let before = port.buf[..answer.start].to_vec();
+                let end = answer.end;
+                // A report that is not `ok` (no state follows) fails here.
+                self.set_boot(key, &before, &answer.status)?;
+                let state = answer.state.unwrap_or_default();
+                if let Some(port) = self.other.as_mut() {
+                    port.buf.drain(..end);
+                }
+                // Serving: what follows comes on the port.
+                if state == b"serving" {
+                    self.switch();
+                    self.route = Route::Port {
+                        sync: n.to_string(),
+                    };
+                    self.ahead_sent = ahead;
+                }
+                self.set_rest(Rest::Unsent);
+                return Ok(true);
             }
             let got = tokio::select! {
                 r = port.stream.read_buf(&mut port.buf) => r?,
@@ -651,28 +784,40 @@ impl Shell {
             if got == 0 {
                 return Err(ShellError::Closed);
             }
-        };
-        // The rest comes on the port.
-        self.switch();
-        self.take_report(key, before).await?;
-        self.read_until(format!("{n} ").as_bytes()).await?;
-        let state = self.read_until(b"\n").await?;
-        if state == b"serving" {
-            self.route = Route::Port {
-                sync: n.to_string(),
-            };
-        } else {
-            self.switch();
         }
-        self.set_rest(Rest::Unsent);
-        Ok(true)
     }
 
     /// Ends what a cancelled call left: stops whatever the guest still
     /// does for it and skips what it sent.
     async fn settle(&mut self) -> Result<(), ShellError> {
-        match self.pending.take() {
-            Some(Pending::Command) => {
+        // A bootstrap cut short may leave a command to end as well.
+        while let Some(pending) = self.pending.take() {
+            self.settle_one(pending).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_one(&mut self, pending: Pending) -> Result<(), ShellError> {
+        match pending {
+            Pending::Bootstrap { n, key, ahead } => {
+                // Kept until the answer is read, in case this call is
+                // cancelled too.
+                self.pending = Some(Pending::Bootstrap {
+                    n: n.clone(),
+                    key: key.clone(),
+                    ahead,
+                });
+                let answer = self.bootstrap_answer(&n, &key, ahead).await;
+                self.pending = None;
+                if !answer? {
+                    // No port: the next call bootstraps on the console.
+                    self.boot = None;
+                }
+                if std::mem::take(&mut self.ahead_sent) {
+                    self.pending = Some(Pending::Command);
+                }
+            }
+            Pending::Command => {
                 if self.guest_ctl() {
                     self.ctl_kill().await?;
                 }
@@ -695,13 +840,13 @@ impl Shell {
                 // A first command cut short did not send the rest.
                 self.complete().await?;
             }
-            Some(Pending::Bus(n)) => {
+            Pending::Bus(n) => {
                 self.send_bus_stop(&n).await?;
                 self.read_until(format!("{n} bus-stopped\n").as_bytes())
                     .await?;
                 self.pending = None;
             }
-            Some(Pending::BusStopping(n)) => {
+            Pending::BusStopping(n) => {
                 // Kept until the answer is read, in case this call is
                 // cancelled too.
                 self.pending = Some(Pending::BusStopping(n.clone()));
@@ -709,9 +854,8 @@ impl Shell {
                     .await?;
                 self.pending = None;
             }
-            Some(Pending::Serve(n)) => self.serve_answer(n).await?,
-            Some(Pending::Leave(n)) => self.leave_answer(n).await?,
-            None => {}
+            Pending::Serve(n) => self.serve_answer(n).await?,
+            Pending::Leave(n) => self.leave_answer(n).await?,
         }
         Ok(())
     }
@@ -830,13 +974,30 @@ impl Shell {
     /// Runs one request in the guest and returns its outcome. Dropping the
     /// future midway is safe: the next call cancels and drains it.
     pub async fn run(&mut self, req: Request<'_>) -> Result<Outcome, ShellError> {
-        self.ready(true).await?;
+        let id = self.serial + 1;
+        // After a boot, a plain command's record goes with the port
+        // bootstrap's (the loop serves it where the host has the control
+        // port, and the guest too: it is sent as for a guest with it).
+        if self.boot.is_none() && self.pending.is_none() && self.ctl.is_some() {
+            if let Request::Exec {
+                command, capture, ..
+            } = req
+            {
+                if command.is_ascii() {
+                    self.ahead = Some(plain_record(id, command, capture, None, true)?);
+                }
+            }
+        }
+        // Taken now: a call cut short leaves a gap, never a reused id.
+        self.serial = id;
+        let ready = self.ready(true).await;
+        self.ahead = None;
+        ready?;
         let Some(boot) = &self.boot else {
             return Err(ShellError::Protocol("the shell was not set up".into()));
         };
         let guest_ctl = boot.ctl;
-        self.serial += 1;
-        let id = self.serial;
+        let sent_ahead = std::mem::take(&mut self.ahead_sent);
         // What marks this command's answer and output chunks.
         let mark = format!("{}{id}", boot.key);
         // With the control port, the host stops a command at its deadline
@@ -854,28 +1015,16 @@ impl Shell {
         if !plain {
             self.complete().await?;
         }
-        // The command as sent: in its exec form only where the host stops
-        // commands (the guest's own watcher, without the port, needs the
-        // subshell it forks).
         let names = self.boot.as_ref().and_then(|b| b.names.as_ref());
-        let sent = |command: &str| {
-            own_shell_form(command, guest_ctl)
-                .or_else(|| {
-                    names
-                        .filter(|_| guest_ctl)
-                        .and_then(|names| exec_form(command, names))
-                })
-                .unwrap_or_else(|| command.to_string())
-        };
+        let sent = |command: &str| sent_form(command, names, guest_ctl);
         let sent_bytes = match req {
+            // Already on its way with the bootstrap.
+            Request::Exec { .. } if plain && sent_ahead => Vec::new(),
             // The serve loop runs a plain command itself, with no function
             // call and nothing to parse but the command.
             Request::Exec {
                 command, capture, ..
-            } if plain => {
-                let kind = if capture { 'r' } else { 'n' };
-                record(kind, &format!("{id} {}", sent(command)))?
-            }
+            } if plain => plain_record(id, command, capture, names, guest_ctl)?,
             Request::Exec {
                 command,
                 timeout,
@@ -906,7 +1055,9 @@ impl Shell {
             }
         };
         self.pending = Some(Pending::Command);
-        self.stream.write_all(&sent_bytes).await?;
+        if !sent_bytes.is_empty() {
+            self.stream.write_all(&sent_bytes).await?;
+        }
         let mut killed = false;
         if let Some(after) = kill_after {
             let head = format!("{mark} ");
@@ -962,6 +1113,30 @@ mod tests {
             .await
             .unwrap();
         line
+    }
+
+    /// The port bootstrap's answer is taken only whole: a call cut short
+    /// before it is complete reads it again from the start.
+    #[test]
+    fn the_port_answer_is_found_only_whole() {
+        let whole = b"junk N ok ctl cmd\nN serving\nK-1 0 done 0\n";
+        let answer = whole.len() - b"K-1 0 done 0\n".len();
+        for cut in 0..answer {
+            let part = PortAnswer::find(&whole[..cut], b"N ");
+            assert!(
+                part.is_none(),
+                "{:?}",
+                String::from_utf8_lossy(&whole[..cut])
+            );
+        }
+        let a = PortAnswer::find(whole, b"N ").unwrap();
+        assert_eq!(&whole[..a.start], b"junk ");
+        assert_eq!(a.status, b"ok ctl cmd");
+        assert_eq!(a.state.as_deref(), Some(&b"serving"[..]));
+        assert_eq!(&whole[a.end..], b"K-1 0 done 0\n");
+        // A failed report has no state after it.
+        let a = PortAnswer::find(b"no /run\nN failed\n", b"N ").unwrap();
+        assert_eq!((a.status.as_slice(), a.state), (&b"failed"[..], None));
     }
 
     /// The key of [`bootstrapped_pair`]'s shell.
