@@ -268,6 +268,7 @@ impl Reader<'_> {
             // Relative paths from here: QEMU runs in the machine's state dir.
             start_script: Some(std::path::absolute(script).unwrap_or_else(|_| script.into())),
             image: None,
+            snapshot: None,
         })
     }
 

@@ -43,6 +43,8 @@ pub enum DriverError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot make a snapshot: {0}")]
+    Snapshot(#[source] crate::machine::MachineError),
     #[error("cannot write the JUnit XML {path}: {source}")]
     Junit {
         path: PathBuf,
@@ -73,6 +75,10 @@ pub struct RunOptions {
     pub interactive: bool,
     pub keep_state: bool,
     pub accel: AccelChoice,
+    /// A directory of snapshots (`<dir>/<machine>`, as `--save-snapshots`
+    /// makes them) to restore machines from; a node's own `snapshot`
+    /// comes first.
+    pub snapshots: Option<PathBuf>,
 }
 
 /// The owner of every resource of a run. Dropping it kills every QEMU,
@@ -272,6 +278,7 @@ impl Driver {
             qemu: qemu::find_qemu(),
             keep_state: self.opts.keep_state,
             start_command,
+            snapshot: self.snapshot_of(&spec),
             spec,
         };
         let machine = Machine::new(cfg, self.log.clone());
@@ -286,6 +293,47 @@ impl Driver {
         self.machines.push(machine);
         let last = self.machines.len() - 1;
         Ok(&mut self.machines[last])
+    }
+
+    /// The snapshot a machine restores from: its node's, or the one in
+    /// `--snapshots` (if there is one there; the log says if not).
+    fn snapshot_of(&self, spec: &MachineSpec) -> Option<PathBuf> {
+        if let Some(dir) = &spec.snapshot {
+            return Some(dir.clone());
+        }
+        let dir = self.opts.snapshots.as_ref()?.join(&spec.name);
+        if dir.join(crate::machine::snapshot::MANIFEST).is_file() {
+            return Some(dir);
+        }
+        self.log.machine(
+            &spec.name,
+            &format!(
+                "no snapshot in {} (it has no {}): the machine boots",
+                dir.display(),
+                crate::machine::snapshot::MANIFEST
+            ),
+        );
+        None
+    }
+
+    /// Boots every machine, waits until each has booted (its shell
+    /// answers, and systemd's boot jobs are done), and saves each into
+    /// `<dir>/<machine>` (`--save-snapshots`); QEMU is stopped after each
+    /// save. Snapshots the run was given are not used: a snapshot is made
+    /// of a booted machine.
+    pub async fn save_snapshots(&mut self, dir: &Path) -> Result<(), DriverError> {
+        for m in &mut self.machines {
+            m.set_snapshot(None);
+            m.start(false).await.map_err(DriverError::Snapshot)?;
+        }
+        for m in &mut self.machines {
+            m.settle_boot().await.map_err(DriverError::Snapshot)?;
+            m.save_snapshot(&dir.join(&m.name), false)
+                .await
+                .map_err(DriverError::Snapshot)?;
+        }
+        self.shutdown_all().await;
+        Ok(())
     }
 
     /// The run's private state directory (removed with the driver).
@@ -317,6 +365,7 @@ impl Driver {
             name: name.clone(),
             start_script: None,
             image: None,
+            snapshot: None,
         };
         let keep = self.opts.keep_state || keep_state;
         let m = self

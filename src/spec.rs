@@ -60,6 +60,10 @@ pub struct MachineSpec {
     /// Or an image the driver builds the QEMU command for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSpec>,
+    /// A snapshot directory (made with `--save-snapshots`) to restore the
+    /// machine from instead of booting it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
 }
 
 /// A machine given as kernel, initrd and optional disk.
@@ -162,6 +166,7 @@ impl TestSpec {
                     name: name_from_start_script(s)?,
                     start_script: Some(std::path::absolute(s).unwrap_or_else(|_| s.clone())),
                     image: None,
+                    snapshot: None,
                 })
             })
             .collect::<Result<Vec<_>, SpecError>>()?;
@@ -289,11 +294,13 @@ mod tests {
                     name: "server".into(),
                     start_script: None,
                     image: image(vec![1, 2]),
+                    snapshot: None,
                 },
                 MachineSpec {
                     name: "client".into(),
                     start_script: None,
                     image: image(vec![2]),
+                    snapshot: None,
                 },
             ],
         }
@@ -315,6 +322,7 @@ mod tests {
             name: n.into(),
             start_script: None,
             image: image(vec![1]),
+            snapshot: None,
         };
         let dup = TestSpec {
             vlans: vec![],

@@ -279,6 +279,7 @@ fn dropping_ports(name: &str, ids: &str) -> nix_vmtest::spec::MachineSpec {
         name: name.into(),
         start_script: Some(script),
         image: None,
+        snapshot: None,
     }
 }
 
@@ -788,6 +789,7 @@ async fn start_scripts_in_the_nixos_shape_run_like_images() {
             name: "scripted".into(),
             start_script: Some(script),
             image: None,
+            snapshot: None,
         };
         let mut d = common::driver(vec![spec]).await;
         let m = &mut d.machines[0];

@@ -522,6 +522,7 @@ async fn vde_start_scripts() {
             name: name.into(),
             start_script: Some(vde_start_script(&scripts, name, node, hosts)),
             image: None,
+            snapshot: None,
         };
         let machines = vec![
             start_script("a", 1),

@@ -84,6 +84,16 @@ struct Args {
     /// Only check the script (syntax, machine names) and exit; boots nothing.
     #[arg(long)]
     check: bool,
+    /// Boot every machine, wait until it has booted (for systemd, until
+    /// the boot's jobs are done), save it into DIR/<machine> and exit; runs
+    /// no script.
+    #[arg(long = "save-snapshots", value_name = "DIR", conflicts_with_all = ["check", "interactive"])]
+    save_snapshots: Option<PathBuf>,
+    /// Restore machines from the snapshots in DIR/<machine> instead of
+    /// booting them (a snapshot that cannot be used is logged, and the
+    /// machine boots).
+    #[arg(long, value_name = "DIR", env = "NIX_VMTEST_SNAPSHOTS")]
+    snapshots: Option<PathBuf>,
     /// The test script: a Python file (or, in $testScript, its text).
     #[arg(env = "testScript")]
     test_script: Option<String>,
@@ -329,7 +339,7 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, CliError> {
     let cwd = std::env::current_dir().map_err(CliError::Cwd)?;
     let out_dir = match args.output_directory {
         Some(d) => cwd.join(d),
-        None => cwd,
+        None => cwd.clone(),
     };
     let (script_file, script_text) = match test.script {
         Some(TestScript::File(p)) => (Some(p), None),
@@ -347,7 +357,9 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, CliError> {
         interactive,
         keep_state: args.keep_state,
         accel: args.accel,
+        snapshots: args.snapshots.map(|d| cwd.join(d)),
     };
+    let save_to = args.save_snapshots.map(|d| cwd.join(d));
     // One thread: child processes get PR_SET_PDEATHSIG, which follows the
     // thread that spawned them, so every spawn happens on the main thread.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -356,6 +368,10 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, CliError> {
         .map_err(CliError::Runtime)?;
     let code = rt.block_on(async move {
         let mut driver = Driver::new(opts, log).await?;
+        if let Some(dir) = save_to {
+            driver.save_snapshots(&dir).await?;
+            return Ok(0);
+        }
         if let Some(text) = script_text {
             // The script's text goes into a file in the run's state dir
             // (removed with it), which the script host reads.

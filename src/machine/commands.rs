@@ -70,26 +70,7 @@ impl Machine {
         let attempt = async {
             let mut shell = match previous {
                 Some(s) => s,
-                None => {
-                    let (stream, _) = r.shell_listener.accept().await.map_err(ShellError::Io)?;
-                    let mut shell = Shell::new(stream);
-                    // QEMU connects its chardevs together when it starts; a
-                    // start script that drops the driver's ports still
-                    // works, with commands on the console and the guest
-                    // watching them itself.
-                    let grace = tokio::time::Instant::now() + Duration::from_secs(1);
-                    if let Ok(Ok((ctl, _))) =
-                        tokio::time::timeout_at(grace, r.ctl_listener.accept()).await
-                    {
-                        shell.set_ctl(ctl);
-                    }
-                    if let Ok(Ok((cmd, _))) =
-                        tokio::time::timeout_at(grace, r.cmd_listener.accept()).await
-                    {
-                        shell.set_cmd(cmd);
-                    }
-                    shell
-                }
+                None => r.accept_shell().await?,
             };
             shell.wait_for_marker().await?;
             Ok::<Shell, ShellError>(shell)

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use super::monitor::{Monitor, MonitorError, Qmp};
 use super::qemu;
-use super::shell::Shell;
+use super::shell::{Shell, ShellError};
 use super::{Machine, MachineError};
 
 /// How many console lines a failure report shows.
@@ -40,6 +40,16 @@ pub(super) struct Running {
     /// The console readers (QEMU's stdout and stderr).
     readers: Vec<tokio::task::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// What the start command gives the guest, as a snapshot's manifest
+    /// records it ([`Machine::devices`]).
+    pub(super) devices: Vec<String>,
+}
+
+/// A start command: QEMU's (or the start script's) arguments and the
+/// environment it gets.
+pub(super) struct Launch {
+    pub(super) argv: Vec<String>,
+    pub(super) env: Vec<(String, String)>,
 }
 
 impl Drop for Running {
@@ -48,6 +58,25 @@ impl Drop for Running {
         for t in self.readers.iter().chain(&self.tasks) {
             t.abort();
         }
+    }
+}
+
+impl Running {
+    /// Accepts QEMU's connections of the shell chardev and of the two
+    /// ports. QEMU connects its chardevs together when it starts; a start
+    /// script that drops the driver's ports still works, with commands on
+    /// the console and the guest watching them itself.
+    pub(super) async fn accept_shell(&mut self) -> Result<Shell, ShellError> {
+        let (stream, _) = self.shell_listener.accept().await?;
+        let mut shell = Shell::new(stream);
+        let grace = tokio::time::Instant::now() + Duration::from_secs(1);
+        if let Ok(Ok((ctl, _))) = tokio::time::timeout_at(grace, self.ctl_listener.accept()).await {
+            shell.set_ctl(ctl);
+        }
+        if let Ok(Ok((cmd, _))) = tokio::time::timeout_at(grace, self.cmd_listener.accept()).await {
+            shell.set_cmd(cmd);
+        }
+        Ok(shell)
     }
 }
 
@@ -64,43 +93,89 @@ fn status_text(s: Option<ExitStatus>) -> String {
 }
 
 impl Machine {
-    /// Starts QEMU and returns at once.
+    /// Starts QEMU and returns at once; or, for a machine with a snapshot
+    /// (its first start in a run), restores it and returns once its shell
+    /// answers. A snapshot that cannot be used is logged, and the machine
+    /// boots.
     pub async fn start(&mut self, allow_reboot: bool) -> Result<(), MachineError> {
         if self.is_running() {
             return Ok(());
         }
         self.running = None;
         self.allow_reboot = allow_reboot;
+        self.restored_from = None;
+        if let Some(dir) = self.snapshot_to_restore() {
+            // Boxed: a restore runs commands, which may start a machine.
+            match Box::pin(self.restore(&dir, allow_reboot)).await {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    self.stop_process();
+                    self.log.machine(
+                        &self.name,
+                        &format!(
+                            "not restoring from snapshot {}: {why}; booting instead",
+                            dir.display()
+                        ),
+                    );
+                }
+            }
+        }
+        self.prepare_disk(None).await?;
+        let launch = self.command(allow_reboot, false)?;
+        self.log.machine(&self.name, "starting vm");
+        self.spawn_qemu(launch)
+    }
+
+    /// Creates the state directory and the disk overlay the start command
+    /// uses (`NIX_DISK_IMAGE`): a fresh one unless the state is kept, over
+    /// `base` (a snapshot's disk) if given, else over an image node's disk.
+    /// A start script makes its own where none is given.
+    pub(super) async fn prepare_disk(&mut self, base: Option<&Path>) -> Result<(), MachineError> {
         std::fs::create_dir_all(self.shared_dir())
             .map_err(self.io_err("creating its state directory"))?;
-        let shell_path = self.path("shell");
-        let monitor_path = self.path("monitor");
-        let qmp_path = self.path("qmp");
-        let ctl_path = self.path("ctl");
-        let cmd_path = self.path("cmd");
-        for p in [&shell_path, &monitor_path, &qmp_path, &ctl_path, &cmd_path] {
-            let _ = std::fs::remove_file(p);
-        }
-        let shell_listener = UnixListener::bind(&shell_path)
-            .map_err(self.io_err("listening on the shell socket"))?;
-        let ctl_listener = UnixListener::bind(&ctl_path)
-            .map_err(self.io_err("listening on the control socket"))?;
-        let cmd_listener = UnixListener::bind(&cmd_path)
-            .map_err(self.io_err("listening on the command socket"))?;
-        let monitor_listener = UnixListener::bind(&monitor_path)
-            .map_err(self.io_err("listening on the monitor socket"))?;
-        let paths = qemu::Paths {
-            monitor: &monitor_path,
-            qmp: &qmp_path,
-            shell: &shell_path,
-            ctl: &ctl_path,
-            cmd: &cmd_path,
-        };
-        let driver_args = qemu::driver_args(&paths, allow_reboot, self.cfg.accel);
-        let disk = self.path(&format!("{}.qcow2", self.name));
-        if !self.cfg.keep_state {
+        let disk = self.disk_path();
+        if !self.cfg.keep_state || base.is_some() {
             let _ = std::fs::remove_file(&disk);
         }
+        let base = match base {
+            Some(b) => Some(b.to_path_buf()),
+            None if self.cfg.start_command.is_none() && self.cfg.spec.start_script.is_none() => {
+                self.cfg.spec.image.as_ref().and_then(|i| i.disk.clone())
+            }
+            None => None,
+        };
+        if let Some(base) = base {
+            if !disk.exists() {
+                self.make_overlay(&base, &disk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The disk overlay (`NIX_DISK_IMAGE`): `<state>/<name>.qcow2`.
+    pub(super) fn disk_path(&self) -> PathBuf {
+        self.path(&format!("{}.qcow2", self.name))
+    }
+
+    /// The start command and its environment, with the driver's options
+    /// (and `-incoming defer` for a restore).
+    pub(super) fn command(
+        &self,
+        allow_reboot: bool,
+        incoming: bool,
+    ) -> Result<Launch, MachineError> {
+        let paths = qemu::Paths {
+            monitor: &self.path("monitor"),
+            qmp: &self.path("qmp"),
+            shell: &self.path("shell"),
+            ctl: &self.path("ctl"),
+            cmd: &self.path("cmd"),
+        };
+        let mut driver_args = qemu::driver_args(&paths, allow_reboot, self.cfg.accel);
+        if incoming {
+            driver_args.extend(["-incoming".to_string(), "defer".to_string()]);
+        }
+        let disk = self.disk_path();
         let mut env: Vec<(String, String)> = vec![
             ("TMPDIR".into(), self.cfg.state_dir.display().to_string()),
             ("USE_TMPDIR".into(), "1".into()),
@@ -132,15 +207,7 @@ impl Machine {
             argv.extend(driver_args);
             argv
         } else if let Some(image) = &self.cfg.spec.image {
-            let overlay = match &image.disk {
-                Some(base) => {
-                    if !disk.exists() {
-                        self.make_overlay(base, &disk).await?;
-                    }
-                    Some(disk.as_path())
-                }
-                None => None,
-            };
+            let overlay = image.disk.as_ref().map(|_| disk.as_path());
             let sockets: Vec<(u32, PathBuf)> = self
                 .cfg
                 .vlan_sockets
@@ -165,7 +232,29 @@ impl Machine {
                 message: "has neither a start script nor an image".into(),
             });
         };
-        self.log.machine(&self.name, "starting vm");
+        Ok(Launch { argv, env })
+    }
+
+    /// Listens on the machine's sockets and spawns the start command.
+    pub(super) fn spawn_qemu(&mut self, launch: Launch) -> Result<(), MachineError> {
+        let shell_path = self.path("shell");
+        let monitor_path = self.path("monitor");
+        let qmp_path = self.path("qmp");
+        let ctl_path = self.path("ctl");
+        let cmd_path = self.path("cmd");
+        for p in [&shell_path, &monitor_path, &qmp_path, &ctl_path, &cmd_path] {
+            let _ = std::fs::remove_file(p);
+        }
+        let shell_listener = UnixListener::bind(&shell_path)
+            .map_err(self.io_err("listening on the shell socket"))?;
+        let ctl_listener = UnixListener::bind(&ctl_path)
+            .map_err(self.io_err("listening on the control socket"))?;
+        let cmd_listener = UnixListener::bind(&cmd_path)
+            .map_err(self.io_err("listening on the command socket"))?;
+        let monitor_listener = UnixListener::bind(&monitor_path)
+            .map_err(self.io_err("listening on the monitor socket"))?;
+        let devices = self.devices(&launch);
+        let Launch { argv, env } = launch;
         let mut child = qemu::spawn(&argv, &env, &self.cfg.state_dir).map_err(|source| {
             MachineError::Spawn {
                 name: self.name.clone(),
@@ -212,6 +301,7 @@ impl Machine {
             qmp_connecting: Some(qmp_rx),
             readers,
             tasks,
+            devices,
         });
         Ok(())
     }

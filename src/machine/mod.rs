@@ -15,6 +15,7 @@ pub mod dbus;
 pub mod monitor;
 pub mod qemu;
 pub mod shell;
+pub mod snapshot;
 
 mod commands;
 mod console;
@@ -129,6 +130,9 @@ pub struct MachineConfig {
     /// A shell command line to start QEMU with (`create_machine`), used
     /// instead of the spec's start script or image.
     pub start_command: Option<String>,
+    /// A snapshot directory to restore the machine from on its first start
+    /// (see `snapshot`).
+    pub snapshot: Option<PathBuf>,
 }
 
 /// One machine of the test.
@@ -141,6 +145,10 @@ pub struct Machine {
     allow_reboot: bool,
     /// Counter for intermediate names in the shared dir.
     transfers: u32,
+    /// Whether the first start (the one that may restore) is behind.
+    started_once: bool,
+    /// The snapshot this run of QEMU was restored from.
+    restored_from: Option<PathBuf>,
 }
 
 impl Machine {
@@ -154,6 +162,8 @@ impl Machine {
             running: None,
             allow_reboot: false,
             transfers: 0,
+            started_once: false,
+            restored_from: None,
         }
     }
 
@@ -271,6 +281,7 @@ mod tests {
                 name: "target".into(),
                 start_script: Some("/nonexistent/run-target-vm".into()),
                 image: None,
+                snapshot: None,
             },
             node: 1,
             state_dir: tmp.join("vm-state-target"),
@@ -282,6 +293,7 @@ mod tests {
             qemu: "qemu-system-x86_64".into(),
             keep_state: false,
             start_command: None,
+            snapshot: None,
         };
         let mut m = Machine::new(cfg, Log::quiet());
         assert_eq!(m.tmp_dir(), tmp.as_path());

@@ -182,6 +182,15 @@ impl Qmp {
         Ok(answer.get("return").cloned().unwrap_or(Value::Null))
     }
 
+    /// Forgets the events not yet taken (those the driver itself caused,
+    /// saving or restoring a snapshot).
+    pub fn clear_events(&self) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     /// The next QMP event not yet taken, waiting up to `timeout`.
     pub async fn next_event(&self, timeout: Duration) -> Result<Value, MonitorError> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -283,7 +292,7 @@ impl Machine {
             .map_err(|source| MachineError::Monitor { name, source })
     }
 
-    async fn qmp(&mut self) -> Result<&mut Qmp, MachineError> {
+    pub(super) async fn qmp(&mut self) -> Result<&mut Qmp, MachineError> {
         let name = self.name.clone();
         let r = self.running()?;
         if let Some(rx) = r.qmp_connecting.take() {

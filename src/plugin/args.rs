@@ -209,6 +209,7 @@ impl Reader<'_> {
                         name: name.to_string(),
                         start_script: Some(script),
                         image: None,
+                        snapshot: None,
                     },
                     file.context,
                 ))
@@ -349,6 +350,7 @@ impl Reader<'_> {
                     qemu_flags,
                     vlans,
                 }),
+                snapshot: None,
             },
             context,
         ))

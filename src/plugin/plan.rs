@@ -175,6 +175,7 @@ mod tests {
                     name: "machine".into(),
                     start_script: Some("/nix/store/aaa-run-machine-vm".into()),
                     image: None,
+                    snapshot: None,
                 }],
             },
             nodes_context: ["/nix/store/aaa-run-machine-vm".to_string()].into(),

@@ -76,6 +76,7 @@ fn image(
             qemu_flags: vec![],
             vlans,
         }),
+        snapshot: None,
     }
 }
 
@@ -115,6 +116,7 @@ pub fn options(machines: Vec<MachineSpec>) -> RunOptions {
         interactive: false,
         keep_state: false,
         accel: AccelChoice::Auto,
+        snapshots: None,
     }
 }
 

@@ -114,6 +114,13 @@ const CHUNK: usize = 131072;
 /// The line a NixOS backdoor prints when its shell is ready.
 pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
 
+/// The bash the driver defines in the guest (`guest-core.bash` and
+/// `guest-rest.bash`, filled in): a snapshot's guest runs what it defined
+/// (the control listener), so a snapshot records which it was.
+pub fn guest_functions() -> String {
+    format!("{}\n{}", *guest::BOOTSTRAP, *guest::BOOTSTRAP_REST)
+}
+
 /// What can go wrong talking to a backdoor shell.
 #[derive(Debug, thiserror::Error)]
 pub enum ShellError {
