@@ -9,7 +9,10 @@
 //!   changed to another accelerator, CPU model, device set, and a missing
 //!   state file are refused, with a logged cold boot;
 //! - `restored_vlan_nodes_reach_each_other`: two VLAN nodes restored from
-//!   snapshots ping each other, and a partition stops it.
+//!   snapshots ping each other, and a partition stops it;
+//! - `the_command_line_saves_and_restores_a_systemd_guest`:
+//!   `--save-snapshots` and `--snapshots` with the systemd guest's start
+//!   script (its disk overlay, systemd's boot jobs) and a test script.
 
 mod common;
 
@@ -159,8 +162,8 @@ async fn a_restored_tiny_guest_skips_the_boot() {
         let mut d =
             driver_logged(vec![common::tiny("tiny", vec![])], Some(&snaps), &log_file).await;
         let m = &mut d.machines[0];
+        // The first command starts the machine, as a script's does.
         let t = Instant::now();
-        m.start(false).await.unwrap();
         let out = succeed(m, "cat /root/marker").await;
         println!(
             "restored: start() to first command answered in {:.2}s",
@@ -372,6 +375,70 @@ async fn restored_vlan_nodes_reach_each_other() {
         drop(d);
         let _ = std::fs::remove_dir_all(&snaps);
         let _ = std::fs::remove_dir_all(&logs);
+    })
+    .await;
+}
+
+/// The driver binary with `args` in `cwd`; its exit status and output.
+fn run_driver(args: &[&str], cwd: &Path) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixos-test-driver"))
+        .args(args)
+        .current_dir(cwd)
+        .env_remove("testScript")
+        .env_remove("startScripts")
+        .env_remove("NIX_VMTEST_SNAPSHOTS")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_command_line_saves_and_restores_a_systemd_guest() {
+    common::within(LIMIT, async {
+        let work = temp("cli");
+        let script = common::guests().join("run-systemd-vm");
+        let script = script.to_str().unwrap();
+        let (code, out) = run_driver(
+            &["--start-scripts", script, "--save-snapshots", "snaps"],
+            &work,
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("systemd says the system is"), "{out}");
+        let snap = work.join("snaps/systemd");
+        let manifest = Manifest::read(&snap).unwrap();
+        assert!(manifest.disk, "the disk overlay was not saved");
+        assert!(snap.join("disk.qcow2").is_file());
+
+        // The restored guest writes to a new overlay over the saved one.
+        std::fs::write(
+            work.join("test.py"),
+            "import time\n\
+             t = time.time()\n\
+             systemd.wait_for_unit('multi-user.target')\n\
+             print(f'first wait answered after {time.time() - t:.2f}s')\n\
+             systemd.succeed('echo written > /root/after-restore; sync')\n\
+             systemd.succeed('findmnt /tmp/shared')\n\
+             skew = float(systemd.succeed('date +%s.%N')) - time.time()\n\
+             assert abs(skew) < 2, skew\n\
+             print(f'skew {skew:+.3f}')\n",
+        )
+        .unwrap();
+        let (code, out) = run_driver(
+            &["--start-scripts", script, "--snapshots", "snaps", "test.py"],
+            &work,
+        );
+        assert_eq!(code, 0, "{out}");
+        let named = format!("restored from {}", snap.display());
+        assert!(out.contains(&named), "{out}");
+        assert!(!out.contains("connecting to host..."), "it booted:\n{out}");
+        // The snapshot itself was not written.
+        assert_eq!(Manifest::read(&snap).unwrap(), manifest);
+        let _ = std::fs::remove_dir_all(&work);
     })
     .await;
 }

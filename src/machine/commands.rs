@@ -57,6 +57,10 @@ impl Machine {
         }
         if self.running.is_none() {
             self.start(false).await?;
+            // A restored machine is connected already.
+            if self.running.as_ref().is_some_and(|r| r.shell.is_some()) {
+                return Ok(());
+            }
         }
         self.log
             .machine(&self.name, "waiting for the VM to finish booting");
