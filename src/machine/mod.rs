@@ -4,12 +4,15 @@
 //!
 //! Lifecycle follows nixpkgs' driver: the driver listens on the shell and
 //! monitor sockets before QEMU starts; `start()` returns at once; the first
-//! command waits for the backdoor's ready line.
+//! command waits for the backdoor's ready line. A machine with a snapshot
+//! is restored by its first `start()`, which returns once its shell
+//! answers (`snapshot`).
 //!
 //! The machine's methods are grouped by concept: `lifecycle` (starting and
 //! stopping QEMU), `commands` (the backdoor shell), `console` (the serial
-//! console), `files` (host ⇄ guest copies, screenshots), and `monitor`
-//! (QEMU's monitor and QMP, with the protocol clients).
+//! console), `files` (host ⇄ guest copies, screenshots), `monitor`
+//! (QEMU's monitor and QMP, with the protocol clients), and `snapshot`
+//! (saving a booted machine, restoring it).
 
 pub mod dbus;
 pub mod monitor;
