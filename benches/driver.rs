@@ -31,7 +31,12 @@
 //!   (the real binary, medians of 100), driver process start → QEMU
 //!   spawned, and the driver's peak memory (VmHWM) over that run.
 //!
+//! - start() to the first command answered, cold boot vs restored from a
+//!   booted snapshot, on the tiny and the systemd guest (medians, each run
+//!   a driver of its own), with the snapshot's save time and state size.
+//!
 //! Set `NIX_VMTEST_BENCH_QUICK=1` for fewer samples.
+//! `cargo bench --bench driver -- snapshot` prints only the snapshot figures.
 //! `cargo bench --bench driver -- first` prints only the first two figures
 //! (the first command after a boot on seven boots of each kind).
 
@@ -41,9 +46,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use nix_vmtest::driver::Driver;
+use nix_vmtest::log::Log;
 use nix_vmtest::machine::shell::{shell_quote, Shell, UntilMode};
 use nix_vmtest::machine::Machine;
 use nix_vmtest::script::ops::user_command;
+use nix_vmtest::spec::MachineSpec;
 
 /// Calls counted per block in the `succeed("true")` figure.
 const BLOCK: usize = 10;
@@ -481,6 +489,63 @@ fn binary_run() -> BinaryRun {
     }
 }
 
+/// start() to the first command answered, in a new driver for `spec`
+/// (restoring from `snapshots` if given); whether it was restored.
+async fn first_command(spec: MachineSpec, snapshots: Option<&Path>) -> (Duration, bool) {
+    let mut opts = common::options(vec![spec]);
+    opts.snapshots = snapshots.map(Path::to_path_buf);
+    let mut d = Driver::new(opts, Log::quiet()).await.unwrap();
+    let m = &mut d.machines[0];
+    let t = Instant::now();
+    m.start(false).await.unwrap();
+    let status = m.execute("true", None, true).await.unwrap().status;
+    let took = t.elapsed();
+    assert_eq!(status, 0);
+    (took, m.restored_from().is_some())
+}
+
+/// Cold boot vs restored, `rounds` of each, for the guest `spec` makes;
+/// prints the figures.
+async fn snapshot_figures(label: &str, spec: impl Fn() -> MachineSpec, rounds: usize) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-snapshots-{}-{label}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut d = Driver::new(common::options(vec![spec()]), Log::quiet())
+        .await
+        .unwrap();
+    let m = &mut d.machines[0];
+    m.settle_boot().await.unwrap();
+    let t = Instant::now();
+    m.save_snapshot(&dir.join(&m.name), false).await.unwrap();
+    let save = t.elapsed();
+    drop(d);
+    let size = std::fs::metadata(dir.join("machine/state")).map_or(0, |m| m.len());
+    let mut cold = Vec::new();
+    let mut restored = Vec::new();
+    for _ in 0..rounds {
+        let (t, r) = first_command(spec(), None).await;
+        assert!(!r);
+        cold.push(t);
+        let (t, r) = first_command(spec(), Some(&dir)).await;
+        assert!(r, "the {label} guest was not restored (see its log)");
+        restored.push(t);
+    }
+    let (c, r) = (median(cold), median(restored));
+    let ratio = c.as_secs_f64() / r.as_secs_f64();
+    println!(
+        "start() -> first command ({label}):{}cold boot {}  restored {}  {ratio:.1}x  \
+         (goal restored < 1 s: {}, >= 10x: {}); save {}, state {:.1} MiB",
+        " ".repeat(12usize.saturating_sub(label.len())),
+        ms(c),
+        ms(r),
+        verdict(r < Duration::from_secs(1)),
+        verdict(ratio >= 10.0),
+        ms(save),
+        size as f64 / 1048576.0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
@@ -489,6 +554,8 @@ fn main() {
     // `cargo bench --bench driver -- first`: only the first command after
     // a boot, on more boots.
     let first_only = std::env::args().skip(1).any(|a| a == "first");
+    // `cargo bench --bench driver -- snapshot`: only the snapshot figures.
+    let snapshot_only = std::env::args().skip(1).any(|a| a == "snapshot");
     let calls = if quick { 50 } else { 200 };
     let wait_samples = if quick { 3 } else { 9 };
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -497,6 +564,12 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("== nix-vmtest driver bench (TCG unless KVM works) ==");
+        let rounds = if quick { 1 } else { 3 };
+        snapshot_figures("tiny", || common::tiny("machine", vec![]), rounds).await;
+        snapshot_figures("systemd", || common::systemd("machine", vec![]), rounds).await;
+        if snapshot_only {
+            return;
+        }
         let mut d = common::driver_quiet(vec![common::tiny("machine", vec![])]).await;
         let m = &mut d.machines[0];
         let t = Instant::now();
@@ -613,6 +686,9 @@ fn main() {
         );
         drop(d);
     });
+    if snapshot_only {
+        return;
+    }
     let run = binary_run();
     println!(
         "from a test script, median of 100:   succeed(\"true\") {:.2} ms  succeed(\"echo hi\") {:.2} ms",
