@@ -564,11 +564,13 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         println!("== nix-vmtest driver bench (TCG unless KVM works) ==");
-        let rounds = if quick { 1 } else { 3 };
-        snapshot_figures("tiny", || common::tiny("machine", vec![]), rounds).await;
-        snapshot_figures("systemd", || common::systemd("machine", vec![]), rounds).await;
-        if snapshot_only {
-            return;
+        if !first_only {
+            let rounds = if quick { 1 } else { 3 };
+            snapshot_figures("tiny", || common::tiny("machine", vec![]), rounds).await;
+            snapshot_figures("systemd", || common::systemd("machine", vec![]), rounds).await;
+            if snapshot_only {
+                return;
+            }
         }
         let mut d = common::driver_quiet(vec![common::tiny("machine", vec![])]).await;
         let m = &mut d.machines[0];
