@@ -199,7 +199,9 @@ impl Shell {
         let delimiter = format!("\n{nonce} c\n");
         let with_output = parts.next();
         if with_output == Some("2") {
-            // One small piece of output, not acknowledged.
+            // The output in one piece, not acknowledged: small, or any
+            // size on the command port (QEMU throttles a port, it drops
+            // nothing).
             output = self.read_until(delimiter.as_bytes()).await?;
         } else if with_output == Some("1") {
             loop {

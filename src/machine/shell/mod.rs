@@ -80,7 +80,9 @@
 //! reads. Output of up to 4096 characters (most commands') travels in one
 //! write with the answer and is not acknowledged, which saves a round
 //! trip: the guest then sends nothing until the next command, so it is
-//! still the only thing in flight.
+//! still the only thing in flight. On the command port (the serve loop)
+//! output of any size goes that way, in one `dd`: QEMU throttles a
+//! `virtserialport` instead of dropping its data.
 //!
 //! Waits (`wait_until_succeeds` and friends) loop in the guest with a 50 ms
 //! pause and no host round trip per try; the guest checks their deadline
