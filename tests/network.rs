@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::{sh, succeed};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -26,22 +28,6 @@ use nix_vmtest::spec::{format_mac, ip_address, mac_address, MachineSpec};
 /// How long one test may take: each boots several guests under TCG and
 /// takes 1 to 2 min on a loaded host.
 const LIMIT: Duration = Duration::from_secs(600);
-
-/// Runs a command; returns its status and output (lossy UTF-8).
-async fn sh(m: &mut Machine, cmd: &str) -> (i32, String) {
-    let o = m
-        .execute(cmd, Some(Duration::from_secs(120)), true)
-        .await
-        .unwrap_or_else(|e| panic!("{}: `{cmd}`: {e}", m.name));
-    (o.status, String::from_utf8_lossy(&o.output).into_owned())
-}
-
-/// Runs a command that must succeed; returns its output.
-async fn succeed(m: &mut Machine, cmd: &str) -> String {
-    let (st, out) = sh(m, cmd).await;
-    assert_eq!(st, 0, "{}: `{cmd}` exited with {st}: {out}", m.name);
-    out
-}
 
 fn idx(d: &Driver, name: &str) -> usize {
     d.machine_index(name)

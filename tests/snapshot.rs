@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::{sh, succeed};
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,20 +42,6 @@ fn temp(what: &str) -> PathBuf {
     ));
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-async fn sh(m: &mut Machine, cmd: &str) -> (i32, String) {
-    let o = m
-        .execute(cmd, Some(Duration::from_secs(60)), true)
-        .await
-        .unwrap_or_else(|e| panic!("{}: `{cmd}`: {e}", m.name));
-    (o.status, String::from_utf8_lossy(&o.output).into_owned())
-}
-
-async fn succeed(m: &mut Machine, cmd: &str) -> String {
-    let (st, out) = sh(m, cmd).await;
-    assert_eq!(st, 0, "{}: `{cmd}` exited with {st}: {out}", m.name);
-    out
 }
 
 /// A driver for `machines` whose log also goes to `log_file`, restoring

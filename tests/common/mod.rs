@@ -9,6 +9,7 @@ use std::time::Duration;
 use nix_vmtest::driver::{Driver, RunOptions};
 use nix_vmtest::log::Log;
 use nix_vmtest::machine::qemu::AccelChoice;
+use nix_vmtest::machine::Machine;
 use nix_vmtest::spec::{ImageSpec, MachineSpec, TestSpec};
 
 /// The directory holding the built guests (`$NIX_VMTEST_GUESTS`, else
@@ -154,4 +155,21 @@ pub async fn restart_slow_service(m: &mut nix_vmtest::machine::Machine) {
     )
     .await
     .unwrap();
+}
+
+/// Runs a command (two minutes at most); its status and output (lossy
+/// UTF-8).
+pub async fn sh(m: &mut Machine, cmd: &str) -> (i32, String) {
+    let o = m
+        .execute(cmd, Some(Duration::from_secs(120)), true)
+        .await
+        .unwrap_or_else(|e| panic!("{}: `{cmd}`: {e}", m.name));
+    (o.status, String::from_utf8_lossy(&o.output).into_owned())
+}
+
+/// Runs a command that must succeed; its output.
+pub async fn succeed(m: &mut Machine, cmd: &str) -> String {
+    let (st, out) = sh(m, cmd).await;
+    assert_eq!(st, 0, "{}: `{cmd}` exited with {st}: {out}", m.name);
+    out
 }
