@@ -269,6 +269,7 @@ impl Reader<'_> {
             start_script: Some(std::path::absolute(script).unwrap_or_else(|_| script.into())),
             image: None,
             snapshot: None,
+            peer: None,
         })
     }
 

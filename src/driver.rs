@@ -240,6 +240,9 @@ impl Driver {
             source,
         })?;
         for (i, m) in spec.machines.iter().enumerate() {
+            if m.is_peer() {
+                continue;
+            }
             let params = spec.network_kernel_params(&m.name);
             driver.add_machine(m.clone(), i as u32 + 1, params, None)?;
         }
@@ -366,6 +369,7 @@ impl Driver {
             start_script: None,
             image: None,
             snapshot: None,
+            peer: None,
         };
         let keep = self.opts.keep_state || keep_state;
         let m = self

@@ -33,6 +33,8 @@ pub enum SpecError {
     BadName(String),
     #[error("machine {machine:?} is on VLAN {vlan}, but VLANs are numbered 1..=255")]
     BadVlan { machine: String, vlan: u32 },
+    #[error("machine {0:?} is a peer (only addressed) and has a start script or an image too: give it one of them")]
+    PeerThatBoots(String),
     #[error("there are {0} machines, but addresses 192.168.<vlan>.<n> allow at most 254")]
     TooMany(usize),
 }
@@ -64,6 +66,21 @@ pub struct MachineSpec {
     /// machine from instead of booting it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<PathBuf>,
+    /// Or only a place in the addressing: a node of the test that this run
+    /// does not start (a snapshot's build has the other nodes so), which
+    /// still takes its node number and gives its name and address to the
+    /// others' `vmtest.hosts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerSpec>,
+}
+
+/// A node that is only addressed, not started (see [`MachineSpec::peer`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PeerSpec {
+    /// Its VLANs, as its image has them (empty for a start script, which
+    /// wires its own).
+    #[serde(default)]
+    pub vlans: Vec<u32>,
 }
 
 /// A machine given as kernel, initrd and optional disk.
@@ -103,10 +120,16 @@ impl MachineSpec {
     /// The VLANs the driver wires this machine to itself (image nodes);
     /// a start script wires its own.
     pub fn vlans(&self) -> &[u32] {
-        self.image
-            .as_ref()
-            .map(|i| i.vlans.as_slice())
-            .unwrap_or(&[])
+        match (&self.image, &self.peer) {
+            (Some(i), _) => &i.vlans,
+            (None, Some(p)) => &p.vlans,
+            (None, None) => &[],
+        }
+    }
+
+    /// Whether the run starts this machine (a peer is only addressed).
+    pub fn is_peer(&self) -> bool {
+        self.peer.is_some()
     }
 }
 
@@ -167,6 +190,7 @@ impl TestSpec {
                     start_script: Some(std::path::absolute(s).unwrap_or_else(|_| s.clone())),
                     image: None,
                     snapshot: None,
+                    peer: None,
                 })
             })
             .collect::<Result<Vec<_>, SpecError>>()?;
@@ -195,6 +219,9 @@ impl TestSpec {
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
             if !ok {
                 return Err(SpecError::BadName(m.name.clone()));
+            }
+            if m.is_peer() && (m.start_script.is_some() || m.image.is_some()) {
+                return Err(SpecError::PeerThatBoots(m.name.clone()));
             }
             for &v in m.vlans() {
                 if !(1..=255).contains(&v) {
@@ -295,12 +322,14 @@ mod tests {
                     start_script: None,
                     image: image(vec![1, 2]),
                     snapshot: None,
+                    peer: None,
                 },
                 MachineSpec {
                     name: "client".into(),
                     start_script: None,
                     image: image(vec![2]),
                     snapshot: None,
+                    peer: None,
                 },
             ],
         }
@@ -317,12 +346,35 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_keeps_its_number_and_address_for_the_others() {
+        // A snapshot's build of `server` has `client` as a peer: `server`
+        // gets the kernel parameters (so the QEMU arguments) of the run
+        // with both machines.
+        let json = r#"{"vlans": [1, 2], "machines": [
+            {"name": "server", "image": {"kernel": "/k", "initrd": "/i", "memory": 128, "vlans": [1, 2]}},
+            {"name": "client", "peer": {"vlans": [2]}}]}"#;
+        let spec: TestSpec = serde_json::from_str(json).unwrap();
+        let spec = spec.normalize().unwrap();
+        assert!(spec.machines[0].is_peer());
+        assert_eq!(spec.node_number("server"), Some(2));
+        assert_eq!(
+            spec.network_kernel_params("server"),
+            "vmtest.hostname=server vmtest.net=52:54:00:12:01:02=192.168.1.2/24,\
+             52:54:00:12:02:02=192.168.2.2/24 vmtest.hosts=client=192.168.2.1,server=192.168.1.2"
+        );
+        let both = r#"{"machines": [{"name": "c", "startScript": "/s", "peer": {}}]}"#;
+        let spec: TestSpec = serde_json::from_str(both).unwrap();
+        assert!(matches!(spec.normalize(), Err(SpecError::PeerThatBoots(n)) if n == "c"));
+    }
+
+    #[test]
     fn duplicate_and_bad_names_are_refused() {
         let m = |n: &str| MachineSpec {
             name: n.into(),
             start_script: None,
             image: image(vec![1]),
             snapshot: None,
+            peer: None,
         };
         let dup = TestSpec {
             vlans: vec![],

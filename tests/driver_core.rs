@@ -280,6 +280,7 @@ fn dropping_ports(name: &str, ids: &str) -> nix_vmtest::spec::MachineSpec {
         start_script: Some(script),
         image: None,
         snapshot: None,
+        peer: None,
     }
 }
 
@@ -790,6 +791,7 @@ async fn start_scripts_in_the_nixos_shape_run_like_images() {
             start_script: Some(script),
             image: None,
             snapshot: None,
+            peer: None,
         };
         let mut d = common::driver(vec![spec]).await;
         let m = &mut d.machines[0];

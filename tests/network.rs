@@ -509,6 +509,7 @@ async fn vde_start_scripts() {
             start_script: Some(vde_start_script(&scripts, name, node, hosts)),
             image: None,
             snapshot: None,
+            peer: None,
         };
         let machines = vec![
             start_script("a", 1),

@@ -231,7 +231,10 @@ fn from_config(path: &Path, matches: &ArgMatches, log: &Log) -> Result<Test, Cli
 }
 
 fn from_legacy(args: &Args) -> Result<Test, CliError> {
-    let mut spec = match &args.nodes_json {
+    // A derivation that passes its nodes as a file (`passAsFile`) has
+    // `$nodesJsonPath`, as the snapshot derivations do.
+    let passed = std::env::var_os("nodesJsonPath").map(PathBuf::from);
+    let mut spec = match args.nodes_json.as_ref().or(passed.as_ref()) {
         Some(p) => TestSpec::from_json_file(p)?,
         None => TestSpec::default(),
     };

@@ -285,6 +285,7 @@ mod tests {
                 start_script: Some("/nonexistent/run-target-vm".into()),
                 image: None,
                 snapshot: None,
+                peer: None,
             },
             node: 1,
             state_dir: tmp.join("vm-state-target"),

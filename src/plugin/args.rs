@@ -210,6 +210,7 @@ impl Reader<'_> {
                         start_script: Some(script),
                         image: None,
                         snapshot: None,
+                        peer: None,
                     },
                     file.context,
                 ))
@@ -351,6 +352,7 @@ impl Reader<'_> {
                     vlans,
                 }),
                 snapshot: None,
+                peer: None,
             },
             context,
         ))

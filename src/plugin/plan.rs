@@ -176,6 +176,7 @@ mod tests {
                     start_script: Some("/nix/store/aaa-run-machine-vm".into()),
                     image: None,
                     snapshot: None,
+                    peer: None,
                 }],
             },
             nodes_context: ["/nix/store/aaa-run-machine-vm".to_string()].into(),

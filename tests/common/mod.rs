@@ -78,6 +78,7 @@ fn image(
             vlans,
         }),
         snapshot: None,
+        peer: None,
     }
 }
 
