@@ -121,7 +121,8 @@ compat::Context contextFrom(EvalState & state, const json & j)
 using Refs = std::map<std::string, Value *>;
 
 // `{ "s": "...", "ctx": [...] }` (a string; with `"outOf": "driver"` it is
-// prefixed by that derivation's out path, context included) or
+// prefixed by that derivation's out path, context included; `"subst"`
+// below) or
 // `{ "list": [ those... ] }` → a Nix value.
 void decodeAttrValue(EvalState & state, const json & j, Value & v, const Refs & refs, PosArg pos)
 {
@@ -141,6 +142,17 @@ void decodeAttrValue(EvalState & state, const json & j, Value & v, const Refs & 
         std::string out = compat::coerceToString(state, pos, *drv, context, false);
         s = out + s;
     }
+    // `"subst": [[placeholder, ref]...]`: each placeholder becomes that
+    // derivation's out path (a node's snapshot in the nodes JSON).
+    if (j.contains("subst"))
+        for (auto & pair : j["subst"]) {
+            auto placeholder = pair[0].get<std::string>();
+            Value * drv = refs.at(pair[1].get<std::string>());
+            std::string out = compat::coerceToString(state, pos, *drv, context, false);
+            for (size_t at = s.find(placeholder); at != std::string::npos;
+                 at = s.find(placeholder, at + out.size()))
+                s.replace(at, placeholder.size(), out);
+        }
     compat::mkString(state, v, s, context);
 }
 
@@ -233,15 +245,26 @@ void prim_vmTest(EvalState & state, PosArg pos, Value ** args, Value & v)
         compat::throwEvalError(state, pos, e.what());
     }
 
-    // The run reads its script and nodes from `.driver`'s output.
+    // The nodes name their snapshots' out paths; the run reads its script
+    // and nodes from `.driver`'s output.
     Refs refs;
+    auto & snapshotDrvs = drvs["snapshots"];
+    auto snapshots = state.buildBindings(snapshotDrvs.size());
+    for (auto & [node, drv] : snapshotDrvs.items()) {
+        Value * snapshot = callDerivation(state, drv, pos, refs);
+        refs["snapshot-" + node] = snapshot;
+        snapshots.insert(state.symbols.create(node), snapshot);
+    }
     Value * driverDrv = callDerivation(state, drvs["driver"], pos, refs);
     Value * interactiveDrv = callDerivation(state, drvs["driverInteractive"], pos, refs);
     refs["driver"] = driverDrv;
     Value * test = callDerivation(state, drvs["test"], pos, refs);
 
-    auto result = state.buildBindings(compat::attrs(*test).size() + 2);
+    auto result = state.buildBindings(compat::attrs(*test).size() + 3);
     for (auto & attr : compat::attrs(*test)) result.insert(attr);
+    auto snapshotsValue = state.allocValue();
+    snapshotsValue->mkAttrs(snapshots);
+    result.insert(state.symbols.create("snapshots"), snapshotsValue);
     result.insert(state.symbols.create("driver"), driverDrv);
     result.insert(state.symbols.create("driverInteractive"), interactiveDrv);
     v.mkAttrs(result);
@@ -263,7 +286,10 @@ const char * const vmTestDoc = R"(
 
       Arguments: `name`, `nodes`, `testScript` (string or `{ nodes }: string`),
       and optionally `globalTimeout` (seconds), `requiredSystemFeatures`,
-      `skipLint`, `vlans`. The result has `.driver` and `.driverInteractive`.
+      `skipLint`, `vlans`, `snapshots` (true, false or `{ <node> = false; }`;
+      an image node may say `snapshot = false;` itself). The result has
+      `.driver`, `.driverInteractive` and `.snapshots.<node>` (each node's
+      booted snapshot, `vm-snapshot-<name>-<node>`, which the run restores).
     )";
 
 } // namespace

@@ -23,6 +23,7 @@ pub const ACCEPTED: &[&str] = &[
     "meta",
     "hostPath",
     "extraDriverArgs",
+    "snapshots",
 ];
 
 /// Attributes an image node takes.
@@ -35,6 +36,7 @@ pub const IMAGE_ATTRS: &[&str] = &[
     "kernelParams",
     "qemuFlags",
     "vlans",
+    "snapshot",
 ];
 
 /// The default `requiredSystemFeatures`, as nixpkgs' tests have them.
@@ -81,6 +83,10 @@ pub struct VmTest {
     /// More arguments for the driver (nixpkgs' `extraDriverArgs`), with the
     /// store paths they name.
     pub extra_driver_args: (Vec<String>, BTreeSet<String>),
+    /// The nodes that get a booted snapshot (`vm-snapshot-<name>-<node>`),
+    /// and the store paths each node needs (its start script, kernel,
+    /// initrd, disk): a snapshot depends on its own node only.
+    pub snapshots: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// Where the arguments come from: the store directory (`/nix/store`).
@@ -189,7 +195,7 @@ impl Reader<'_> {
         name: &str,
         pos: Option<&String>,
         v: &NixValue,
-    ) -> Result<(MachineSpec, BTreeSet<String>), ArgError> {
+    ) -> Result<(MachineSpec, BTreeSet<String>, Option<bool>), ArgError> {
         let attr = format!("nodes.{name}");
         match v {
             NixValue::Attrs {
@@ -199,7 +205,23 @@ impl Reader<'_> {
                 if !attrs.contains_key("kernel") && !attrs.contains_key("initrd") {
                     return Err(not_a_node(&attr, pos, v));
                 }
-                self.image(&attr, attrs, positions)
+                let snapshot = match attrs.get("snapshot") {
+                    None => None,
+                    Some(NixValue::Bool { v }) => Some(*v),
+                    Some(other) => {
+                        return Err(err(
+                            &format!("{attr}.snapshot"),
+                            positions.get("snapshot"),
+                            format!(
+                                "must be true or false (whether the node starts from a booted \
+                                 snapshot), got {}",
+                                other.describe()
+                            ),
+                        ))
+                    }
+                };
+                let (m, ctx) = self.image(&attr, attrs, positions)?;
+                Ok((m, ctx, snapshot))
             }
             NixValue::Path { .. } | NixValue::Drv { .. } | NixValue::String { .. } => {
                 let file = self.store_file(&attr, pos, v, "a start script")?;
@@ -213,6 +235,7 @@ impl Reader<'_> {
                         peer: None,
                     },
                     file.context,
+                    None,
                 ))
             }
             other => Err(not_a_node(&attr, pos, other)),
@@ -519,6 +542,8 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
 
     let mut machines = Vec::new();
     let mut nodes_context = BTreeSet::new();
+    let mut node_contexts = BTreeMap::new();
+    let mut node_snapshot = BTreeMap::new();
     match attrs.get("nodes") {
         None => return Err(missing("nodes")),
         Some(NixValue::Attrs {
@@ -526,9 +551,13 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
             pos: node_pos,
         }) => {
             for (node, value) in nodes {
-                let (machine, ctx) = reader.node(node, node_pos.get(node), value)?;
+                let (machine, ctx, snapshot) = reader.node(node, node_pos.get(node), value)?;
                 machines.push(machine);
-                nodes_context.extend(ctx);
+                nodes_context.extend(ctx.iter().cloned());
+                node_contexts.insert(node.clone(), ctx);
+                if let Some(on) = snapshot {
+                    node_snapshot.insert(node.clone(), on);
+                }
             }
         }
         Some(other) => {
@@ -639,6 +668,18 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         .normalize()
         .map_err(|e| err("nodes", pos.get("nodes"), e.to_string()))?;
 
+    let names: Vec<String> = node_contexts.keys().cloned().collect();
+    let wanted = snapshot_nodes(
+        attrs.get("snapshots"),
+        pos.get("snapshots"),
+        &names,
+        &node_snapshot,
+    )?;
+    let snapshots = node_contexts
+        .into_iter()
+        .filter(|(node, _)| wanted.contains(node))
+        .collect();
+
     Ok(VmTest {
         name,
         spec,
@@ -649,7 +690,73 @@ pub fn parse(args: &NixValue, store_dir: &str) -> Result<VmTest, ArgError> {
         skip_lint,
         host_path,
         extra_driver_args: (extra_args, args_context),
+        snapshots,
     })
+}
+
+/// The nodes that get a snapshot: every node unless `snapshots` (true,
+/// false, or `{ <node> = false; }`) or a node's own `snapshot` says no.
+fn snapshot_nodes(
+    arg: Option<&NixValue>,
+    pos: Option<&String>,
+    nodes: &[String],
+    own: &BTreeMap<String, bool>,
+) -> Result<BTreeSet<String>, ArgError> {
+    let mut per_node: BTreeMap<String, bool> = BTreeMap::new();
+    let default = match arg {
+        None => true,
+        Some(NixValue::Bool { v }) => *v,
+        Some(NixValue::Attrs { v, pos: positions }) => {
+            for (node, value) in v {
+                let attr = format!("snapshots.{node}");
+                if !nodes.contains(node) {
+                    return Err(err(
+                        &attr,
+                        positions.get(node),
+                        format!(
+                            "there is no node '{node}' (the nodes are {})",
+                            nodes.join(", ")
+                        ),
+                    ));
+                }
+                let NixValue::Bool { v: on } = value else {
+                    return Err(err(
+                        &attr,
+                        positions.get(node),
+                        format!("must be true or false, got {}", value.describe()),
+                    ));
+                };
+                if own.get(node).is_some_and(|o| o != on) {
+                    return Err(err(
+                        &attr,
+                        positions.get(node),
+                        format!(
+                            "says {on}, but nodes.{node}.snapshot says {}: give it in one place",
+                            !on
+                        ),
+                    ));
+                }
+                per_node.insert(node.clone(), *on);
+            }
+            true
+        }
+        Some(other) => {
+            return Err(err(
+                "snapshots",
+                pos,
+                format!(
+                    "must be true, false or an attribute set {{ <node> = false; }}, got {}",
+                    other.describe()
+                ),
+            ))
+        }
+    };
+    per_node.extend(own.iter().map(|(n, o)| (n.clone(), *o)));
+    Ok(nodes
+        .iter()
+        .filter(|n| per_node.get(*n).copied().unwrap_or(default))
+        .cloned()
+        .collect())
 }
 
 #[cfg(test)]
@@ -783,5 +890,64 @@ mod tests {
             ("testscript", s("")),
         ]));
         assert!(m.contains("did you mean 'testScript'"), "{m}");
+    }
+
+    #[test]
+    fn snapshots_are_on_by_default_and_off_per_test_or_node() {
+        let with = |extra: Vec<(&str, NixValue)>, a: NixValue| {
+            let mut items = vec![
+                ("name", s("t")),
+                ("nodes", attrs(vec![("a", a), ("b", image())])),
+                ("testScript", s("start_all()")),
+            ];
+            items.extend(extra);
+            attrs(items)
+        };
+        let nodes = |v: NixValue| -> Vec<String> {
+            parse(&v, "/nix/store")
+                .unwrap()
+                .snapshots
+                .into_keys()
+                .collect()
+        };
+        let off = NixValue::Bool { v: false };
+        assert_eq!(nodes(with(vec![], image())), ["a", "b"]);
+        let t = parse(&with(vec![], image()), "/nix/store").unwrap();
+        assert!(t.snapshots["a"].contains("/nix/store/aaa-vmlinuz"));
+        assert!(nodes(with(vec![("snapshots", off.clone())], image())).is_empty());
+        let per_node = attrs(vec![("a", off.clone())]);
+        assert_eq!(nodes(with(vec![("snapshots", per_node)], image())), ["b"]);
+        let NixValue::Attrs { v: mut own, pos } = image() else {
+            unreachable!()
+        };
+        own.insert("snapshot".into(), off.clone());
+        let own = NixValue::Attrs { v: own, pos };
+        assert_eq!(nodes(with(vec![], own.clone())), ["b"]);
+
+        let m = message(with(vec![("snapshots", s("no"))], image()));
+        assert!(
+            m.contains("snapshots: must be true, false or an attribute set"),
+            "{m}"
+        );
+        let m = message(with(
+            vec![("snapshots", attrs(vec![("c", off.clone())]))],
+            image(),
+        ));
+        assert!(
+            m.contains("snapshots.c: there is no node 'c' (the nodes are a, b)"),
+            "{m}"
+        );
+        let on = attrs(vec![("a", NixValue::Bool { v: true })]);
+        let m = message(with(vec![("snapshots", on)], own));
+        assert!(
+            m.contains("nodes.a.snapshot says false: give it in one place"),
+            "{m}"
+        );
+        let NixValue::Attrs { v: mut bad, pos } = image() else {
+            unreachable!()
+        };
+        bad.insert("snapshot".into(), s("yes"));
+        let m = message(with(vec![], NixValue::Attrs { v: bad, pos }));
+        assert!(m.contains("nodes.a.snapshot: must be true or false"), "{m}");
     }
 }

@@ -28,6 +28,21 @@
 //! requiredSystemFeatures = [ "nixos-test" "kvm" ]   (overridable)
 //! ```
 //!
+//! `vm-snapshot-<name>-<node>`, one per node with snapshots on (`.snapshots.<node>`):
+//! ```text
+//! builder  = <driver>/bin/nixos-test-driver
+//! args     = [ "--save-snapshots" $out ]           boots the node, saves $out/<node>
+//! nodesJson   the node as the run has it, the other nodes as peers
+//!             ({ name; peer.vlans; }: addressed, not started), the test's
+//!             vlans; passed as a file ($nodesJsonPath). Its inputs: the
+//!             node's own files only, not the script, nor the other nodes.
+//! PATH, NIX_VMTEST_PYTHON, requiredSystemFeatures   as the run's
+//! ```
+//! The run's (and `.driver`'s) nodes JSON then gives that node
+//! `"snapshot": "<vm-snapshot-...>/<node>"`. In the JSON given to the C++
+//! side, `"subst": [[placeholder, "snapshot-<node>"]]` puts that
+//! derivation's out path (and its context) where the placeholder is.
+//!
 //! The script and nodes go through `.driver`'s output rather than
 //! `builtins.toFile`-style store files because they may refer to derivation
 //! outputs (start scripts, `${pkgs.hello}` in a script), which a store text
@@ -38,6 +53,7 @@ use std::collections::BTreeSet;
 use serde_json::{json, Map, Value};
 
 use super::args::VmTest;
+use crate::spec::{MachineSpec, PeerSpec, TestSpec};
 
 /// What the C++ side knows about the evaluation.
 #[derive(Debug, Clone)]
@@ -62,13 +78,91 @@ fn list<I: IntoIterator<Item = String>>(items: I) -> Value {
     json!({ "list": items.into_iter().map(|s| plain(&s)).collect::<Vec<_>>() })
 }
 
-/// The three derivations, as `{"test": {"attrs": {...}}, "driver": ...,
-/// "driverInteractive": ...}`.
+/// The placeholder the C++ side replaces by the out path of node `node`'s
+/// snapshot derivation.
+fn snapshot_placeholder(node: &str) -> String {
+    format!("@nix-vmtest-snapshot-{node}@")
+}
+
+/// The nodes description a node's snapshot is made with: the node itself,
+/// the others as peers (so addresses and host names are the run's).
+fn snapshot_spec(spec: &TestSpec, node: &str) -> TestSpec {
+    let machines = spec
+        .machines
+        .iter()
+        .map(|m| {
+            if m.name == node {
+                MachineSpec {
+                    snapshot: None,
+                    ..m.clone()
+                }
+            } else {
+                MachineSpec {
+                    name: m.name.clone(),
+                    start_script: None,
+                    image: None,
+                    snapshot: None,
+                    peer: Some(PeerSpec {
+                        vlans: m.vlans().to_vec(),
+                    }),
+                }
+            }
+        })
+        .collect();
+    TestSpec {
+        vlans: spec.vlans.clone(),
+        machines,
+    }
+}
+
+/// The derivations, as `{"test": {"attrs": {...}}, "driver": ...,
+/// "driverInteractive": ..., "snapshots": {"<node>": {"attrs": ...}}}`.
 pub fn plan(test: &VmTest, host: &Host) -> Value {
     let driver_ctx: BTreeSet<String> = [host.driver.to_string()].into();
     let builder = format!("{}/bin/nixos-test-driver", host.driver);
-    let nodes_json = serde_json::to_string_pretty(&test.spec).expect("a TestSpec serializes");
     let out = host.out_placeholder;
+    let (path, python) = match &test.host_path {
+        Some(p) => (text(&p.text, &p.context), None),
+        None => (plain("/usr/bin:/bin"), Some(plain("/usr/bin/python3"))),
+    };
+
+    // One snapshot derivation per node that has one; the run's nodes name
+    // their out paths (placeholders, which the C++ side replaces).
+    let mut snapshots = Map::new();
+    let mut run_spec = test.spec.clone();
+    let mut subst = Vec::new();
+    for (node, ctx) in &test.snapshots {
+        let json = serde_json::to_string_pretty(&snapshot_spec(&test.spec, node))
+            .expect("a TestSpec serializes");
+        let mut attrs = Map::new();
+        attrs.insert(
+            "name".into(),
+            plain(&format!("vm-snapshot-{}-{node}", test.name)),
+        );
+        attrs.insert("system".into(), plain(host.system));
+        attrs.insert("builder".into(), text(&builder, &driver_ctx));
+        attrs.insert(
+            "args".into(),
+            list(["--save-snapshots".to_string(), out.to_string()]),
+        );
+        attrs.insert("nodesJson".into(), text(&json, ctx));
+        attrs.insert("passAsFile".into(), list(["nodesJson".to_string()]));
+        attrs.insert("PATH".into(), path.clone());
+        if let Some(p) = &python {
+            attrs.insert("NIX_VMTEST_PYTHON".into(), p.clone());
+        }
+        attrs.insert(
+            "requiredSystemFeatures".into(),
+            list(test.required_system_features.iter().cloned()),
+        );
+        snapshots.insert(node.clone(), json!({ "attrs": Value::Object(attrs) }));
+        let placeholder = snapshot_placeholder(node);
+        for m in run_spec.machines.iter_mut().filter(|m| &m.name == node) {
+            m.snapshot = Some(format!("{placeholder}/{node}").into());
+        }
+        subst.push(json!([placeholder, format!("snapshot-{node}")]));
+    }
+    let nodes_json = serde_json::to_string_pretty(&run_spec).expect("a TestSpec serializes");
 
     let common = |name: String| {
         let mut attrs = Map::new();
@@ -83,21 +177,17 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
         attrs
     };
 
-    // The run's environment: QEMU and python3 from the store (the driver
-    // takes python3 from PATH), or the host's (Debian's) programs, via
-    // extra-sandbox-paths.
-    let (path, python) = match &test.host_path {
-        Some(p) => (text(&p.text, &p.context), None),
-        None => (plain("/usr/bin:/bin"), Some(plain("/usr/bin/python3"))),
-    };
-
     let (extra, extra_ctx) = &test.extra_driver_args;
 
     let wrapper = |interactive: bool| {
         let suffix = if interactive { "-interactive" } else { "" };
         let mut attrs = common(format!("nixos-test-driver-{}{suffix}", test.name));
         attrs.insert("args".into(), list([super::wrapper::FLAG.to_string()]));
-        attrs.insert("nodesJson".into(), text(&nodes_json, &test.nodes_context));
+        let mut nodes = text(&nodes_json, &test.nodes_context);
+        if !subst.is_empty() {
+            nodes["subst"] = Value::Array(subst.clone());
+        }
+        attrs.insert("nodesJson".into(), nodes);
         attrs.insert(
             "testScript".into(),
             text(&test.test_script.text, &test.test_script.context),
@@ -156,6 +246,7 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
         "test": { "attrs": Value::Object(run) },
         "driver": { "attrs": wrapper(false) },
         "driverInteractive": { "attrs": wrapper(true) },
+        "snapshots": Value::Object(snapshots),
     })
 }
 
@@ -163,7 +254,8 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
 mod tests {
     use super::*;
     use crate::plugin::args::Text;
-    use crate::spec::{MachineSpec, TestSpec};
+    use crate::spec::{ImageSpec, MachineSpec, TestSpec};
+    use std::collections::BTreeMap;
 
     #[test]
     fn the_run_derivation_has_the_documented_shape() {
@@ -189,6 +281,7 @@ mod tests {
             skip_lint: false,
             host_path: None,
             extra_driver_args: (vec![], BTreeSet::new()),
+            snapshots: BTreeMap::new(),
         };
         let host = Host {
             driver: "/nix/store/ddd-nix-vmtest-0.1.0",
@@ -265,5 +358,94 @@ mod tests {
         let drv = &p["driver"]["attrs"];
         assert_eq!(drv["vmTestArgs"]["s"], r#"["--x","/nix/store/eee-x"]"#);
         assert_eq!(drv["vmTestArgs"]["ctx"][0], "/nix/store/eee-x");
+    }
+
+    #[test]
+    fn each_snapshot_has_its_node_and_the_others_as_peers() {
+        let image = |kernel: &str, vlans: Vec<u32>| ImageSpec {
+            kernel: kernel.into(),
+            initrd: "/nix/store/iii-initrd".into(),
+            disk: None,
+            memory: 256,
+            cpus: 1,
+            kernel_params: String::new(),
+            qemu_flags: vec![],
+            vlans,
+        };
+        let machine = |name: &str, kernel: &str, vlans| MachineSpec {
+            name: name.into(),
+            start_script: None,
+            image: Some(image(kernel, vlans)),
+            snapshot: None,
+            peer: None,
+        };
+        let ctx = |p: &str| -> BTreeSet<String> { [p.to_string()].into() };
+        let test = VmTest {
+            name: "net".into(),
+            spec: TestSpec {
+                vlans: vec![1, 2],
+                machines: vec![
+                    machine("a", "/nix/store/aaa-k", vec![1]),
+                    machine("b", "/nix/store/bbb-k", vec![1, 2]),
+                ],
+            },
+            nodes_context: ctx("/nix/store/aaa-k")
+                .union(&ctx("/nix/store/bbb-k"))
+                .cloned()
+                .collect(),
+            test_script: Text {
+                text: "start_all()".into(),
+                context: BTreeSet::new(),
+            },
+            global_timeout: 60,
+            required_system_features: vec!["nixos-test".into()],
+            skip_lint: false,
+            host_path: None,
+            extra_driver_args: (vec![], BTreeSet::new()),
+            // `b` only: a has snapshots off.
+            snapshots: [("b".to_string(), ctx("/nix/store/bbb-k"))].into(),
+        };
+        let host = Host {
+            driver: "/nix/store/ddd-nix-vmtest-0.1.0",
+            out_placeholder: "/out",
+            system: "x86_64-linux",
+        };
+        let p = plan(&test, &host);
+        assert!(p["snapshots"].get("a").is_none());
+        let snap = &p["snapshots"]["b"]["attrs"];
+        assert_eq!(snap["name"]["s"], "vm-snapshot-net-b");
+        assert_eq!(snap["args"]["list"][0]["s"], "--save-snapshots");
+        assert_eq!(snap["args"]["list"][1]["s"], "/out");
+        assert_eq!(snap["PATH"]["s"], "/usr/bin:/bin");
+        assert_eq!(snap["requiredSystemFeatures"]["list"][0]["s"], "nixos-test");
+        // Its inputs: b's files, not a's, nor the script.
+        assert_eq!(snap["nodesJson"]["ctx"], json!(["/nix/store/bbb-k"]));
+        assert!(snap.get("testScript").is_none() && snap.get("vmTestName").is_none());
+        let spec: TestSpec =
+            serde_json::from_str(snap["nodesJson"]["s"].as_str().unwrap()).unwrap();
+        assert_eq!(spec.vlans, vec![1, 2]);
+        assert_eq!(spec.machines[0].peer, Some(PeerSpec { vlans: vec![1] }));
+        assert!(spec.machines[0].image.is_none());
+        assert_eq!(spec.machines[1], test.spec.machines[1]);
+        // b's kernel parameters are the run's.
+        let spec = spec.normalize().unwrap();
+        let run_spec = test.spec.clone().normalize().unwrap();
+        assert_eq!(
+            spec.network_kernel_params("b"),
+            run_spec.network_kernel_params("b")
+        );
+        // The run's nodes name b's snapshot, through the placeholder the
+        // C++ side replaces.
+        let drv = &p["driver"]["attrs"]["nodesJson"];
+        assert_eq!(
+            drv["subst"],
+            json!([["@nix-vmtest-snapshot-b@", "snapshot-b"]])
+        );
+        let nodes: TestSpec = serde_json::from_str(drv["s"].as_str().unwrap()).unwrap();
+        assert_eq!(nodes.machines[0].snapshot, None);
+        assert_eq!(
+            nodes.machines[1].snapshot,
+            Some("@nix-vmtest-snapshot-b@/b".into())
+        );
     }
 }
