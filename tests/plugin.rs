@@ -722,3 +722,208 @@ fn boot_flake_check() {
         text(&out)
     );
 }
+
+// ---------------------------------------------------------------------------
+// Booted snapshots as derivations (tests/nix/snapshot.nix).
+
+/// `nix-build tests/nix/snapshot.nix` (or `nix-instantiate` with `--eval`
+/// and more `args`) with `--arg k v` for each pair.
+fn snapshot_nix(program: &str, dir: &Path, guests: &Path, args: &[(&str, &str)]) -> Command {
+    let mut cmd = nix(program, &[]);
+    cmd.current_dir(dir)
+        .arg(repo().join("tests/nix/snapshot.nix"))
+        .args(["--argstr", "guests"])
+        .arg(guests);
+    for (k, v) in args {
+        cmd.args(["--arg", k, v]);
+    }
+    cmd
+}
+
+/// The out path of an attribute of tests/nix/snapshot.nix, by evaluation.
+fn snapshot_attr(guests: &Path, args: &[(&str, &str)], attr: &str) -> String {
+    let dir = scratch();
+    let mut cmd = snapshot_nix("nix-instantiate", dir.path(), guests, args);
+    cmd.args(["--eval", "--strict", "--json", "-A", attr]);
+    let out = cmd.output().expect("nix-instantiate runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_str()
+        .unwrap_or_else(|| panic!("{attr} is {v}"))
+        .to_string()
+}
+
+/// The derivations `nix-build` says it builds, in order (their names).
+fn built(o: &Output) -> Vec<String> {
+    text(o)
+        .lines()
+        .filter_map(|l| l.strip_prefix("building '"))
+        .map(|l| l.trim_end_matches("'...").to_string())
+        .collect()
+}
+
+/// Lines a cold boot logs (and a restore does not).
+const BOOT_LINES: &[&str] = &["waiting for the VM to finish booting", "booting instead"];
+
+/// (a) the snapshot is built before the run, which restores from it;
+/// (b) another script with the same node restores from the same path and
+/// does not build the snapshot again; (d) deleting the snapshot makes the
+/// next build boot and snapshot again.
+#[test]
+fn boot_snapshot_derivation_is_built_once_and_restored_from() {
+    let guests = need_guests!();
+    let dir = scratch();
+    let node = unique_marker();
+    let run = |marker: &str| {
+        let mut cmd = snapshot_nix(
+            "nix-build",
+            dir.path(),
+            &guests,
+            &[("node", &node), ("marker", marker)],
+        );
+        let out = cmd.output().expect("nix-build runs");
+        assert!(out.status.success(), "{}", text(&out));
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let log = std::fs::read_to_string(Path::new(&path).join("log")).unwrap();
+        (out, path, log)
+    };
+    let snapshot = snapshot_attr(&guests, &[("node", &node)], "snapshots.machine.outPath");
+    assert!(
+        snapshot.ends_with("-vm-snapshot-snapshot-test-machine"),
+        "{snapshot}"
+    );
+    let restored = format!("restored from {snapshot}/machine");
+
+    // (a)
+    let (out, first, log) = run("\"1\"");
+    let drvs = built(&out);
+    assert_eq!(drvs.len(), 3, "{drvs:?}");
+    assert!(
+        drvs[0].ends_with("-vm-snapshot-snapshot-test-machine.drv"),
+        "{drvs:?}"
+    );
+    assert!(
+        drvs[2].ends_with("-vm-test-run-snapshot-test.drv"),
+        "{drvs:?}"
+    );
+    assert!(
+        text(&out).contains(&format!("saved snapshot {snapshot}/machine")),
+        "{}",
+        text(&out)
+    );
+    assert!(Path::new(&snapshot).join("machine/manifest.json").is_file());
+    assert!(log.contains(&restored), "{log}");
+    for line in BOOT_LINES {
+        assert!(!log.contains(line), "{line:?} in {log}");
+    }
+
+    // (b)
+    let (out, second, log) = run("\"2\"");
+    assert_ne!(first, second);
+    let drvs = built(&out);
+    assert!(
+        drvs.iter().all(|d| !d.contains("-vm-snapshot-")),
+        "{drvs:?}"
+    );
+    assert!(
+        drvs.iter()
+            .any(|d| d.ends_with("-vm-test-run-snapshot-test.drv")),
+        "{drvs:?}"
+    );
+    assert!(log.contains(&restored), "{log}");
+    for line in BOOT_LINES {
+        assert!(!log.contains(line), "{line:?} in {log}");
+    }
+
+    // (d) The runs' outputs name the snapshot (their logs do), so they go
+    // with it.
+    std::fs::remove_file(dir.path().join("result")).unwrap();
+    let referrers = Command::new("nix-store")
+        .args(["--query", "--referrers-closure", &snapshot])
+        .output()
+        .unwrap();
+    assert!(referrers.status.success(), "{}", text(&referrers));
+    let paths: Vec<String> = String::from_utf8_lossy(&referrers.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(paths.contains(&second), "{paths:?}");
+    let del = Command::new("nix-store")
+        .arg("--delete")
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(!Path::new(&snapshot).exists());
+    let (out, _, log) = run("\"3\"");
+    let drvs = built(&out);
+    assert!(
+        drvs[0].ends_with("-vm-snapshot-snapshot-test-machine.drv"),
+        "{drvs:?}"
+    );
+    assert!(
+        text(&out).contains("waiting for the VM to finish booting"),
+        "{}",
+        text(&out)
+    );
+    assert!(Path::new(&snapshot).join("machine/manifest.json").is_file());
+    assert!(log.contains(&restored), "{log}");
+}
+
+/// (c) the node's configuration, not the script, decides the snapshot's
+/// path; (e) `snapshots = false` (or the node's own `snapshot = false`)
+/// gives the run no snapshot derivation.
+#[test]
+fn eval_snapshot_paths_follow_the_node_and_can_be_turned_off() {
+    let guests = need_guests!();
+    let path = |args: &[(&str, &str)]| snapshot_attr(&guests, args, "snapshots.machine.outPath");
+    let base = path(&[]);
+    assert_eq!(base, path(&[("marker", "\"other script\"")]));
+    assert_ne!(base, path(&[("memory", "160")]));
+    assert_ne!(base, path(&[("node", "\"other\"")]));
+    assert_eq!(
+        base,
+        path(&[("snapshots", "true"), ("ownSnapshot", "true")])
+    );
+
+    let dir = scratch();
+    for off in [
+        vec![("snapshots", "false")],
+        vec![("snapshots", "{ machine = false; }")],
+        vec![("ownSnapshot", "false")],
+    ] {
+        let mut cmd = snapshot_nix("nix-instantiate", dir.path(), &guests, &off);
+        cmd.args(["--eval", "--strict", "--json", "-A", "snapshots"]);
+        let out = cmd.output().expect("nix-instantiate runs");
+        assert!(out.status.success(), "{off:?}: {}", text(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{}", "{off:?}");
+        let mut cmd = snapshot_nix("nix-instantiate", dir.path(), &guests, &off);
+        let out = cmd.output().expect("nix-instantiate runs");
+        assert!(out.status.success(), "{off:?}: {}", text(&out));
+        let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let d = show_derivation(&run);
+        let driver = d["inputDrvs"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .find(|k| k.contains("-nixos-test-driver-"))
+            .unwrap()
+            .clone();
+        let drv = show_derivation(&driver);
+        assert!(
+            drv["inputDrvs"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|k| !k.contains("-vm-snapshot-")),
+            "{off:?}: {drv}"
+        );
+        assert!(
+            !drv["env"]["nodesJson"]
+                .as_str()
+                .unwrap()
+                .contains("snapshot"),
+            "{off:?}"
+        );
+    }
+}
