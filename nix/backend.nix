@@ -71,6 +71,8 @@ let
       extraDriverArgs,
       # The run's PATH: QEMU and python3 (and what the test adds).
       path,
+      # The nodes that start from a booted snapshot.
+      snapshotNodes ? [ ],
     }:
     let
       driverBin = driverBinFor "building a test without the plugin";
@@ -82,6 +84,50 @@ let
         globalTimeout = timeout;
         vmTestName = name;
       };
+      # vm-snapshot-<name>-<node>: the driver boots the node (the others
+      # are peers: addressed, not started) and saves it into $out/<node>.
+      # Its inputs are the node's own files: not the script, nor the others.
+      vlansOf = m: if m ? image then m.image.vlans else [ ];
+      snapshotSpec =
+        node:
+        spec
+        // {
+          machines = map (
+            m:
+            if m.name == node then
+              m
+            else
+              {
+                inherit (m) name;
+                peer.vlans = vlansOf m;
+              }
+          ) spec.machines;
+        };
+      snapshots = builtins.listToAttrs (
+        map (node: {
+          name = node;
+          value = derivation {
+            name = "vm-snapshot-${name}-${node}";
+            inherit (common) system builder;
+            args = [
+              "--save-snapshots"
+              out
+            ];
+            nodesJson = builtins.toJSON (snapshotSpec node);
+            passAsFile = [ "nodesJson" ];
+            PATH = path;
+            inherit requiredSystemFeatures;
+          };
+        }) snapshotNodes
+      );
+      # The run's nodes: each with its snapshot.
+      runSpec =
+        spec
+        // {
+          machines = map (
+            m: if snapshots ? ${m.name} then m // { snapshot = "${snapshots.${m.name}}/${m.name}"; } else m
+          ) spec.machines;
+        };
       wrapper =
         interactive:
         derivation (
@@ -89,7 +135,7 @@ let
           // {
             name = "nixos-test-driver-${name}${if interactive then "-interactive" else ""}";
             args = [ "--write-wrapper" ];
-            nodesJson = builtins.toJSON spec;
+            nodesJson = builtins.toJSON runSpec;
             inherit testScript;
             passAsFile = [
               "nodesJson"
@@ -128,7 +174,7 @@ let
     in
     test
     // {
-      inherit driver;
+      inherit driver snapshots;
       driverInteractive = wrapper true;
     };
 in

@@ -90,6 +90,8 @@ let
           isList v && all isString v
         else if type == "script" then
           isString v || isFunction v
+        else if type == "snapshots" then
+          isBool v || (isAttrs v && all isBool (builtins.attrValues v))
         else
           true;
       want =
@@ -99,6 +101,7 @@ let
           bool = "a boolean";
           strings = "a list of strings";
           script = "a string or a function of { nodes, ... }";
+          snapshots = "true, false or an attribute set { <node> = false; }";
         }
         .${type};
     in
@@ -253,6 +256,7 @@ let
           hostPkgs
           requiredSystemFeatures
           extraDriverArgs
+          snapshots
           ;
         defaults = values.defaults ++ values.nodeDefaults;
         inherit (values) extraBaseModules interactive;
@@ -315,10 +319,12 @@ let
         else
           fail "${what}: vlans must be a list of VLAN numbers 1..255";
 
+      checkSnapshot = what: v: if v == null || isBool v then v else fail "${what}: snapshot must be true or false (whether the node starts from a booted snapshot), not ${h.describeType v}";
+
       normalizeImage =
         name: node:
         let
-          unknown = filter (k: !(elem k ([ "kernel" "initrd" ] ++ attrNames imageAttrs))) (attrNames node);
+          unknown = filter (k: !(elem k ([ "kernel" "initrd" "snapshot" ] ++ attrNames imageAttrs))) (attrNames node);
           n = imageAttrs // node;
           what = "image node `${name}`";
           need = k: if h.isPathLike n.${k} then n.${k} else fail "${what}: `${k}` must be a path, a string or a derivation, not ${h.describeType n.${k}}";
@@ -326,7 +332,7 @@ let
         if !(node ? kernel) then
           fail "${what} has no kernel"
         else if unknown != [ ] then
-          fail "${what} has unknown attribute${if length unknown > 1 then "s" else ""} ${h.showList unknown}; an image node takes kernel, initrd, disk, memory, cpus, kernelParams, qemuFlags and vlans"
+          fail "${what} has unknown attribute${if length unknown > 1 then "s" else ""} ${h.showList unknown}; an image node takes kernel, initrd, disk, memory, cpus, kernelParams, qemuFlags, vlans and snapshot"
         else if !(node ? initrd) then
           fail "${what} has a kernel but no initrd"
         else
@@ -345,22 +351,24 @@ let
                 fail "${what}: kernelParams must be a string (or a list of strings)";
             qemuFlags = if isList n.qemuFlags && all isString n.qemuFlags then n.qemuFlags else fail "${what}: qemuFlags must be a list of strings";
             vlans = checkVlans what n.vlans;
+            snapshot = checkSnapshot what (node.snapshot or null);
           };
 
       normalizeStartScript =
         name: node:
         let
           given = if isAttrs node && !(h.isDerivation node) then node else { startScript = node; };
-          unknown = filter (k: !(elem k [ "startScript" "vlans" ])) (attrNames given);
+          unknown = filter (k: !(elem k [ "startScript" "vlans" "snapshot" ])) (attrNames given);
         in
         if unknown != [ ] then
-          fail "start-script node `${name}` has unknown attribute${if length unknown > 1 then "s" else ""} ${h.showList unknown}; it takes startScript and vlans"
+          fail "start-script node `${name}` has unknown attribute${if length unknown > 1 then "s" else ""} ${h.showList unknown}; it takes startScript, vlans and snapshot"
         else if !(h.isPathLike given.startScript) then
           fail "node `${name}`: startScript must be a path, a string or a derivation"
         else
           {
             inherit (given) startScript;
             vlans = checkVlans "start-script node `${name}`" (given.vlans or [ 1 ]);
+            snapshot = checkSnapshot "start-script node `${name}`" (given.snapshot or null);
           };
 
       # What a test script and the NixOS nodes see of a node that is not
@@ -467,6 +475,31 @@ let
             startScript = if kinds.${name} == "nixos" then noNixpkgs else scriptPath plainNodes.${name}.startScript;
           };
 
+      # The nodes that start from a booted snapshot: all, unless
+      # `snapshots` (false, or { <node> = false; }) or the node's own
+      # `snapshot` says no (as builtins.vmTest's arguments).
+      snapshotNodes =
+        let
+          given = config.snapshots;
+          own = name: if plainNodes.${name} == null then null else plainNodes.${name}.snapshot;
+          badNames = if isAttrs given then filter (n: !(elem n nodeNames)) (attrNames given) else [ ];
+          clash = if isAttrs given then filter (n: own n != null && own n != given.${n}) (filter (n: elem n nodeNames) (attrNames given)) else [ ];
+          on =
+            name:
+            if own name != null then
+              own name
+            else if isAttrs given then
+              given.${name} or true
+            else
+              given;
+        in
+        if badNames != [ ] then
+          fail "snapshots.${head badNames}: there is no node `${head badNames}` (the nodes are ${concatStringsSep ", " nodeNames})"
+        else if clash != [ ] then
+          fail "snapshots.${head clash} and node `${head clash}`'s own snapshot differ; give it in one place"
+        else
+          filter on nodeNames;
+
       scriptPath = s: if h.isDerivation s then (if builtins.match "run-.*-vm" (s.name or "") != null then "${s}" else "${s}/bin/run-${s.name}-vm") else s;
 
       spec = {
@@ -519,6 +552,7 @@ let
               extraDriverArgs
               ;
             inherit vlans;
+            snapshots = listToAttrs (map (n: { name = n; value = elem n snapshotNodes; }) nodeNames);
             hostPath = runPath;
             testScript = testScriptString;
             nodes = listToAttrs (map (n: { name = n; value = builtinNode n; }) nodeNames);
@@ -532,7 +566,7 @@ let
               skipLint
               extraDriverArgs
               ;
-            inherit spec;
+            inherit spec snapshotNodes;
             path = runPath;
             testScript = testScriptString;
           };

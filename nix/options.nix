@@ -145,4 +145,14 @@
     default = [ ];
     description = "Extra command-line arguments for nixos-test-driver.";
   };
+  snapshots = {
+    merge = "unique";
+    type = "snapshots";
+    default = true;
+    description = ''
+      Start nodes from booted snapshots (vm-snapshot-<name>-<node>, built
+      once per node configuration): true, false, or { <node> = false; }.
+      A node given as an attribute set may say snapshot = false; itself.
+    '';
+  };
 }

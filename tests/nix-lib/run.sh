@@ -88,7 +88,7 @@ done < <(find . -name '*.nix' -not -path './target/*' -not -path './.git/*' -pri
 echo "== option names and defaults"
 eval_is "option names are nixpkgs' (plus nix-vmtest's own)" \
     'builtins.attrNames f.vmtest.options' \
-    '["defaults","enableOCR","extraBaseModules","extraDriverArgs","extraPythonPackages","globalTimeout","hostPkgs","imageNodes","interactive","meta","name","node.pkgs","node.pkgsReadOnly","node.specialArgs","nodeDefaults","nodes","passthru","qemu.package","requiredSystemFeatures","skipLint","skipTypeCheck","testScript"]'
+    '["defaults","enableOCR","extraBaseModules","extraDriverArgs","extraPythonPackages","globalTimeout","hostPkgs","imageNodes","interactive","meta","name","node.pkgs","node.pkgsReadOnly","node.specialArgs","nodeDefaults","nodes","passthru","qemu.package","requiredSystemFeatures","skipLint","skipTypeCheck","snapshots","testScript"]'
 eval_is "defaults of a test that sets only name, nodes, testScript" \
     'let c = (f.vmtest.runTest (f.twoNodes { })).config; in { inherit (c) globalTimeout skipLint skipTypeCheck enableOCR passthru meta requiredSystemFeatures extraDriverArgs defaults interactive; py = c.extraPythonPackages { }; }' \
     '{"globalTimeout":3600,"skipLint":false,"skipTypeCheck":false,"enableOCR":false,"passthru":{},"meta":{},"requiredSystemFeatures":["nixos-test","kvm"],"extraDriverArgs":[],"defaults":[],"interactive":[],"py":[]}'
@@ -141,7 +141,7 @@ eval_is "imageNodes (as with nixpkgs) are image nodes beside nodes" \
     'let t = f.vmtest.runTest { name = "i"; nodes.a = f.image; imageNodes.b = f.image // { vlans = [ 2 ]; }; testScript = ""; }; in { n = builtins.attrNames t.nodes; k = t.nodes.b.kind; v = t.config.vlans; }' \
     '{"n":["a","b"],"k":"image","v":[1,2]}'
 eval_is "the nodes JSON the driver gets (Contract 2)" \
-    'let t = f.vmtest.runTest (f.twoNodes { nodes = { client = f.image; server = f.image // { disk = f.disk; memory = 512; kernelParams = [ "a" "b" ]; vlans = [ 2 ]; }; }; }); j = builtins.fromJSON (builtins.unsafeDiscardStringContext t.driver.nodesJson); strip = m: m // { image = removeAttrs m.image [ "kernel" "initrd" "disk" ]; }; in j // { machines = map strip j.machines; disks = map (m: m.image.disk != null) j.machines; }' \
+    'let t = f.vmtest.runTest (f.twoNodes { nodes = { client = f.image; server = f.image // { disk = f.disk; memory = 512; kernelParams = [ "a" "b" ]; vlans = [ 2 ]; }; }; }); j = builtins.fromJSON (builtins.unsafeDiscardStringContext t.driver.nodesJson); strip = m: removeAttrs m [ "snapshot" ] // { image = removeAttrs m.image [ "kernel" "initrd" "disk" ]; }; in j // { machines = map strip j.machines; disks = map (m: m.image.disk != null) j.machines; }' \
     '{"vlans":[1,2],"machines":[{"name":"client","image":{"cpus":1,"kernelParams":"","memory":256,"qemuFlags":[],"vlans":[1]}},{"name":"server","image":{"cpus":1,"kernelParams":"a b","memory":512,"qemuFlags":[],"vlans":[2]}}],"disks":[false,true]}'
 
 echo "== errors say what is wrong"
@@ -161,6 +161,20 @@ eval_fails "imageNodes: an image needs a kernel" '(f.vmtest.runTest { name = "k"
 eval_fails "a node given two ways" '(f.vmtest.runTest { imports = [ { nodes.a = f.image; } ]; nodes.a = { services.x = 1; }; name = "m"; testScript = ""; }).drvPath' 'node `a` is defined as nixos and image at once'
 eval_fails "NixOS node without nixpkgs" '(f.vmtest.runTest { name = "n"; nodes.machine = { pkgs, ... }: { }; testScript = ""; }).drvPath' 'node `machine` is a NixOS configuration; evaluating it needs nixpkgs'
 eval_fails "no plugin and no driver" "(let v = import $root/nix { useBuiltin = false; }; in (v.runTest (f.twoNodes { })).drvPath)" 'building a test without the plugin needs the driver'
+
+echo "== booted snapshots (library)"
+# One vm-snapshot-<name>-<node> per node: its nodes JSON has the node and
+# the others as peers, no script; the run's nodes name $snapshot/<node>.
+eval_is "each node gets a snapshot derivation" '(let t = f.vmtest.runTest (f.twoNodes { }); in builtins.mapAttrs (n: s: s.name) t.snapshots)' '{"client":"vm-snapshot-demo-client","server":"vm-snapshot-demo-server"}'
+eval_is "a snapshot boots its node, the others are peers" '(let s = (f.vmtest.runTest (f.twoNodes { })).snapshots.client; j = builtins.fromJSON (builtins.unsafeDiscardStringContext s.nodesJson); in { args = builtins.head s.args; inherit (j) vlans; peer = (builtins.elemAt j.machines 1); client = (builtins.head j.machines).image.memory; script = s ? testScript; })' '{"args":"--save-snapshots","client":256,"peer":{"name":"server","peer":{"vlans":[1,2]}},"script":false,"vlans":[1,2]}'
+eval_is "the run's nodes name their snapshots" '(let t = f.vmtest.runTest (f.twoNodes { }); j = builtins.fromJSON (builtins.unsafeDiscardStringContext t.driver.nodesJson); in map (m: m.snapshot == builtins.unsafeDiscardStringContext "${t.snapshots.${m.name}}/${m.name}") j.machines)' '[true,true]'
+eval_is "the script does not change a snapshot, the node does" '(let p = x: (f.vmtest.runTest (f.twoNodes x)).snapshots.client.outPath; in [ (p { } == p { testScript = "pass"; }) (p { } == p { nodes.client = f.image // { memory = 300; }; nodes.server = f.image; }) ])' '[true,false]'
+eval_is "snapshots = false: none" '(let t = f.vmtest.runTest (f.twoNodes { snapshots = false; }); in [ t.snapshots (builtins.any (m: m ? snapshot) (builtins.fromJSON (builtins.unsafeDiscardStringContext t.driver.nodesJson)).machines) ])' '[{},false]'
+eval_is "snapshots per node, and a node's own" '(builtins.attrNames (f.vmtest.runTest (f.twoNodes { snapshots.client = false; })).snapshots ++ builtins.attrNames (f.vmtest.runTest (f.twoNodes { nodes = { client = f.image // { snapshot = false; }; server = f.image; }; })).snapshots)' '["server","server"]'
+eval_fails "snapshots: a node that is not there" '(f.vmtest.runTest (f.twoNodes { snapshots.clinet = false; })).drvPath' 'snapshots.clinet: there is no node `clinet` (the nodes are client, server)'
+eval_fails "snapshots: not a boolean" '(f.vmtest.runTest (f.twoNodes { snapshots = "no"; })).drvPath' 'option `snapshots` must be true, false or an attribute set { <node> = false; }'
+eval_fails "a node's snapshot: not a boolean" '(f.vmtest.runTest (f.twoNodes { nodes.client = f.image // { snapshot = 1; }; })).drvPath' 'snapshot must be true or false'
+eval_fails "snapshots given twice, differently" '(f.vmtest.runTest (f.twoNodes { snapshots.client = true; nodes.client = f.image // { snapshot = false; }; })).drvPath' 'give it in one place'
 
 echo "== flake.nix output names (with a stand-in for nixpkgs)"
 eval_is "flake outputs" \
@@ -219,13 +233,15 @@ if [ -x "$real_driver" ]; then
             --option extra-sandbox-paths "/bin /usr /lib /lib64" --no-out-link \
             -E "let f = import $here/fixtures.nix { driver = $real_prefix; }; in (f.vmtest.runTest (f.twoNodes { $1 })).driver" 2>&1
     }
-    out=$(driver_build 'name = "typo"; testScript = "start_all()\nservr.succeed(\"true\")\n";')
+    # `.driver` names the nodes' snapshots, so building it would build
+    # them first: without them here (the fixture's nodes do not boot).
+    out=$(driver_build 'name = "typo"; snapshots = false; testScript = "start_all()\nservr.succeed(\"true\")\n";')
     if [ $? -ne 0 ] && printf '%s' "$out" | grep -q "testScript line 2: name 'servr' is not defined"; then
         ok "with the real driver, .driver fails on a misspelt machine (line 2)"
     else
         bad "with the real driver, .driver fails on a misspelt machine (line 2)" "$(printf '%s\n' "$out" | quiet | tail -n 8)"
     fi
-    if out=$(driver_build 'name = "typo"; skipLint = true; testScript = "start_all()\nservr.succeed(\"true\")\n";') \
+    if out=$(driver_build 'name = "typo"; snapshots = false; skipLint = true; testScript = "start_all()\nservr.succeed(\"true\")\n";') \
         && [ -x "$(printf '%s\n' "$out" | tail -n 1)/bin/nixos-test-driver" ]; then
         ok "with skipLint, .driver builds despite the name"
     else
@@ -307,7 +323,9 @@ if [ -n "$plugin" ] && [ -f "$plugin" ]; then
         fi
         python3 "$here/same-shape.py" "$lib" "$plug"
     }
-    for args in '' 'extraDriverArgs = [ "--accel" "tcg" ]; skipLint = true; globalTimeout = 99; requiredSystemFeatures = [ ]; hostPkgs = import '"$here"'/fake-nixpkgs { };'; do
+    for args in '' 'extraDriverArgs = [ "--accel" "tcg" ]; skipLint = true; globalTimeout = 99; requiredSystemFeatures = [ ]; hostPkgs = import '"$here"'/fake-nixpkgs { };' \
+        'snapshots = false;' 'snapshots = { client = false; };' \
+        'nodes = { server = f.image // { vlans = [ 1 2 ]; snapshot = false; }; client = f.image // { disk = f.disk; }; };'; do
         if out=$(same_shape "$args" 2>&1); then
             ok "plugin and library make the same derivations ($(printf '%s' "$out" | tail -n 1))"
         else

@@ -1,6 +1,8 @@
 """Compares two vm-test-run derivations, one from the library
 (nix/backend.nix) and one from the plugin (src/plugin/plan.rs), with their
-`.driver` derivations: builder, arguments and environment must be the same,
+`.driver` and snapshot (`vm-snapshot-<name>-<node>`, inputs of `.driver`)
+derivations: builder, arguments and environment must be the same, and so
+must the set of snapshots,
 store paths standing as their names. Allowed: `vmTestCheck` (the library's
 `.driver` checks the script; the plugin did at evaluation) and the
 driver's own store path (each imports it its way).
@@ -33,6 +35,16 @@ def driver_of(run):
     return found[0]
 
 
+def snapshots_of(driver):
+    """The snapshot derivations `.driver` needs, by name."""
+    found = {}
+    for d in show(driver)["inputDrvs"]:
+        m = re.search(r"-(vm-snapshot-[^/]*)\.drv$", d)
+        if m:
+            found[m.group(1)] = d
+    return found
+
+
 def shape(drv):
     d = show(drv)
     env = dict(d["env"])
@@ -41,6 +53,11 @@ def shape(drv):
     assert builder.endswith("/bin/nixos-test-driver"), f"builder {builder} is not the driver"
     if "nodesJson" in env:
         env["nodesJson"] = json.loads(env["nodesJson"])
+        # A node's snapshot is a store path: compared as its name (the
+        # snapshot derivations themselves are compared on their own).
+        for m in env["nodesJson"].get("machines", []):
+            if "snapshot" in m:
+                m["snapshot"] = STORE.sub("/nix/store/…-", m["snapshot"])
     norm = lambda s: STORE.sub("/nix/store/…-", s) if isinstance(s, str) else s
     return {
         "builder": "<driver>/bin/nixos-test-driver",
@@ -57,6 +74,12 @@ def main():
         (".driver", driver_of(show(lib_run)), driver_of(show(plug_run))),
     ]
     problems = []
+    lib_snaps = snapshots_of(pairs[1][1])
+    plug_snaps = snapshots_of(pairs[1][2])
+    if sorted(lib_snaps) != sorted(plug_snaps):
+        problems.append(f"snapshots:\n  library {sorted(lib_snaps)}\n  plugin  {sorted(plug_snaps)}")
+    for name in sorted(set(lib_snaps) & set(plug_snaps)):
+        pairs.append((name, lib_snaps[name], plug_snaps[name]))
     for what, lib, plug in pairs:
         a, b = shape(lib), shape(plug)
         check = a["env"].pop("vmTestCheck", None), b["env"].pop("vmTestCheck", None)
@@ -73,8 +96,8 @@ def main():
     if problems:
         print("\n".join(problems))
         sys.exit(1)
-    n = sum(len(shape(x)["env"]) for x in (lib_run, driver_of(show(lib_run))))
-    print(f"{n} attributes and the arguments equal")
+    n = sum(len(shape(x)["env"]) for x in [lib_run, driver_of(show(lib_run))] + list(lib_snaps.values()))
+    print(f"{n} attributes and the arguments equal, {len(lib_snaps)} snapshot(s)")
 
 
 main()
