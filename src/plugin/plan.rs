@@ -121,6 +121,9 @@ pub fn plan(test: &VmTest, host: &Host) -> Value {
     let driver_ctx: BTreeSet<String> = [host.driver.to_string()].into();
     let builder = format!("{}/bin/nixos-test-driver", host.driver);
     let out = host.out_placeholder;
+    // The run's environment (and the snapshots'): QEMU and python3 from
+    // the store (the driver takes python3 from PATH), or the host's
+    // (Debian's) programs, via extra-sandbox-paths.
     let (path, python) = match &test.host_path {
         Some(p) => (text(&p.text, &p.context), None),
         None => (plain("/usr/bin:/bin"), Some(plain("/usr/bin/python3"))),
