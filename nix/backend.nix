@@ -1,5 +1,5 @@
 # The vm-test-run-<name> derivation when the plugin is not loaded: its
-# builder is the driver itself (Contract 1 of ARCHITECTURE.md), reading the
+# builder is the driver itself (docs/contracts.md, Contract 1), reading the
 # nodes JSON (Contract 2) and the test script from `.driver`'s output. With
 # nixpkgs (hostPkgs) the driver is the package built from this repository
 # (nix/package.nix); without it, `driver` must be given.

@@ -1,5 +1,5 @@
 """nix-vmtest's Python client: the globals and ``Machine`` API a NixOS test
-script uses, talking to the Rust driver over a socketpair (ARCHITECTURE.md,
+script uses, talking to the Rust driver over a socketpair (docs/contracts.md,
 Contract 3). Standard library only."""
 
 from .errors import (

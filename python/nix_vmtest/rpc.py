@@ -1,4 +1,4 @@
-"""JSON-lines client for the driver's script protocol (ARCHITECTURE.md, Contract 3).
+"""JSON-lines client for the driver's script protocol (docs/contracts.md, Contract 3).
 
 Request, one line:  ``{"id": 7, "op": "execute", "machine": "server", "args": {...}}``
 Reply, one line:    ``{"id": 7, "ok": <value>}`` or

@@ -75,7 +75,7 @@ struct Args {
     /// VLAN numbers to create switches for.
     #[arg(long, env = "vlans", num_args = 0.., value_delimiter = ' ')]
     vlans: Vec<u32>,
-    /// A nodes description (JSON, see ARCHITECTURE.md) with start scripts and images.
+    /// A nodes description (JSON, see docs/contracts.md) with start scripts and images.
     #[arg(long = "nodes-json", env = "nodesJson")]
     nodes_json: Option<PathBuf>,
     /// Accelerator: auto (KVM where it really works, else TCG), kvm, tcg.

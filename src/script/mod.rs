@@ -1,4 +1,4 @@
-//! The test script's side of a run (ARCHITECTURE.md, contract 3): the
+//! The test script's side of a run (docs/contracts.md, Contract 3): the
 //! Python process that runs it ([`python`]), the JSON-lines protocol it
 //! speaks ([`request`], [`reply`]), and the server that answers it one
 //! request at a time ([`serve`], [`ops`]). A `cancel` request for the

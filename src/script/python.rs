@@ -1,4 +1,4 @@
-//! The process that runs the test script (ARCHITECTURE.md, contract 3):
+//! The process that runs the test script (docs/contracts.md, Contract 3):
 //! `python3 -u -m nix_vmtest` with the client package on `PYTHONPATH`, one
 //! end of a socketpair on its fd 3, and, running a script, its output
 //! copied to the log.

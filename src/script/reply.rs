@@ -1,4 +1,4 @@
-//! The driver's replies (ARCHITECTURE.md, contract 3): a value, with raw
+//! The driver's replies (docs/contracts.md, Contract 3): a value, with raw
 //! bytes after the line when it carries command output, or an error of a
 //! kind the Python client turns into its exception type.
 

@@ -1,4 +1,4 @@
-//! The script's requests, typed (ARCHITECTURE.md, contract 3): one variant
+//! The script's requests, typed (docs/contracts.md, Contract 3): one variant
 //! per op, holding that op's arguments, which are the Python keyword
 //! arguments under the same names. A default is written once, with the
 //! argument it belongs to (its type or its `serde(default)`); a `null`

@@ -15,7 +15,8 @@
 //! guest → host : <key><n> <status> <done|timeout|cancel> <0|1|2>\n
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<key><n> c\n`,
 //!                the host answering `more.` or `done.` after each;
-//!                if 2: `<≤4096 characters raw>\n<key><n> c\n`, not answered
+//!                if 2: `<raw output>\n<key><n> c\n`, not answered (at most
+//!                4096 characters on the console; any size on the command port)
 //! ```
 //!
 //! `<n>` numbers the commands of a boot, and `<key>` is a random string the
@@ -35,8 +36,8 @@
 //! record on the port takes one read(2). The guest answers on the port
 //! too: a write there returns at once, where a write to the console spins
 //! in the guest until QEMU has taken the data (0.5–1 ms per answer, measured
-//! under TCG). The acknowledged chunks below stay, though a port never
-//! drops data.
+//! under TCG). A port never drops data, so output there is not chunked
+//! (see below): only the console keeps the acknowledged chunks.
 //!
 //! The guest reads acknowledgements (and `cancel.`) with `read -d .`: a
 //! delimiter other than newline makes bash read byte by byte, so it never
