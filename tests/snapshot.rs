@@ -132,6 +132,12 @@ async fn a_restored_tiny_guest_skips_the_boot() {
             );
         }
         assert!(!manifest.disk, "the tiny guest has no disk");
+        let saved_key = manifest
+            .shell
+            .as_ref()
+            .expect("the manifest keeps the shell's bootstrap")
+            .key
+            .clone();
         // The saving VM goes on, with its share mounted again.
         let m = &mut d.machines[0];
         let out = succeed(
@@ -159,6 +165,9 @@ async fn a_restored_tiny_guest_skips_the_boot() {
         );
         assert_eq!(out, "kept-in-ram\n", "the RAM state did not come back");
         assert_eq!(m.restored_from(), Some(snaps.join("tiny").as_path()));
+        // No bootstrap ran: the guest's shell still has the saved key (a
+        // bootstrap makes a new one), and its commands are answered.
+        assert_eq!(succeed(m, "echo \"$__vmt_key\"").await.trim(), saved_key);
         let skew = clock_skew(m).await;
         println!("restored guest clock - host clock: {skew:+.3}s");
         assert!(skew.abs() < 2.0, "the guest clock is off by {skew:.3}s");
@@ -200,6 +209,20 @@ async fn a_restored_tiny_guest_skips_the_boot() {
         m.crash().await.unwrap();
         assert!(!m.is_running());
         drop(d);
+
+        // --- A manifest without the shell (as older drivers wrote them):
+        // the restore bootstraps (a new key), and works as well.
+        let older = temp("older");
+        altered(&snaps.join("tiny"), &older.join("tiny"), |m| m.shell = None);
+        let mut d =
+            driver_logged(vec![common::tiny("tiny", vec![])], Some(&older), &log_file).await;
+        let m = &mut d.machines[0];
+        assert_eq!(succeed(m, "cat /root/marker").await, "kept-in-ram\n");
+        assert_eq!(m.restored_from(), Some(older.join("tiny").as_path()));
+        let key = succeed(m, "echo \"$__vmt_key\"").await;
+        assert_ne!(key.trim(), saved_key, "the restore did not bootstrap");
+        drop(d);
+        let _ = std::fs::remove_dir_all(&older);
         let _ = std::fs::remove_dir_all(&snaps);
         let _ = std::fs::remove_dir_all(&logs);
     })

@@ -13,15 +13,19 @@
 //!   the machine boots; so does a restore that fails.
 //!
 //! The backdoor shell is left idle: before saving, the driver ends the
-//! guest's serve loop, so bash reads the console again, as after a boot
-//! (only the marker line was printed long ago). A restored driver then
-//! connects its sockets and runs its usual bootstrap on them, which finds
-//! the ports and defines its functions again, and nothing about the old
-//! connection (keys, command numbers, buffers) has to be carried over.
-//! The one thing from the old run the guest keeps running is the control
-//! listener (`__vmt_listen`), which the bootstrap reuses: the manifest
-//! records the guest functions, so a driver with other ones boots instead.
-//!
+//! guest's serve loop, so bash reads the console again, with all its
+//! functions defined. The manifest keeps what the host knows of that
+//! bootstrap ([`SavedShell`]: the key its answers carry, its ports, the
+//! names bash resolves itself), so a restored driver takes the shell up
+//! where it was ([`Shell::resume`]): its first command starts the serve
+//! loop with one short console line, and no bootstrap runs (it was about
+//! half of a restore under TCG). Nothing else of the old connection
+//! (command numbers, buffers) is carried over. The one process from the
+//! old run the guest keeps running is the control listener
+//! (`__vmt_listen`), which the serve loop reuses: the manifest records the
+//! guest functions, so a driver with other ones boots instead. A manifest
+//! without the shell (older drivers) is restored with a bootstrap.
+
 //! What cannot migrate is put away first: a mounted 9p share blocks QEMU's
 //! migration, so every 9p mount is unmounted after a `sync`, and mounted
 //! again afterwards (in the saving VM if it goes on, and in the restored
@@ -45,7 +49,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::lifecycle::Launch;
-use super::shell::{self, Shell};
+use super::shell::{self, SavedShell, Shell};
 use super::{Machine, MachineError};
 use crate::log::Level;
 
@@ -105,6 +109,12 @@ pub struct Manifest {
     pub mounts: Vec<Mount>,
     /// When it was saved (host time, seconds since the epoch).
     pub saved_at: f64,
+    /// The backdoor shell's bootstrap, as the guest keeps it: a restore
+    /// with it starts the guest's serve loop and needs no bootstrap.
+    /// Absent (older manifests, a shell that was not set up): the restore
+    /// bootstraps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<SavedShell>,
 }
 
 /// A 9p mount of the guest, as `/proc/mounts` lists it.
@@ -267,7 +277,10 @@ fn parse_mounts(output: &str) -> Vec<Mount> {
         .collect()
 }
 
-/// The guest command that mounts `mounts` again where they are not.
+/// The guest command that mounts `mounts` again where they are not. Only
+/// `mount` (and `mkdir` where the mount point went) is a process: a
+/// restored guest's first processes are slow (TCG translates their code
+/// afresh), so /proc/mounts is read by bash itself.
 fn remount_command(mounts: &[Mount]) -> String {
     mounts
         .iter()
@@ -278,8 +291,10 @@ fn remount_command(mounts: &[Mount]) -> String {
                 shell::shell_quote(&m.options),
             );
             format!(
-                "grep -q \"^$(printf %s {tag}) $(printf %s {dir}) 9p \" /proc/mounts || \
-                 {{ mkdir -p {dir} && mount -t 9p -o {opts} {tag} {dir}; }} || \
+                "__m=; while read -r __t __d __f __o; do \
+                 [[ $__t == {tag} && $__d == {dir} && $__f == 9p ]] && __m=1; done </proc/mounts; \
+                 [[ -n $__m ]] || {{ {{ [[ -d {dir} ]] || mkdir -p {dir}; }} && \
+                 mount -t 9p -o {opts} {tag} {dir}; }} || \
                  {{ echo \"cannot mount the 9p share \"{tag}\" on \"{dir}; exit 3; }}\n"
             )
         })
@@ -589,13 +604,16 @@ impl Machine {
         let identity = self.identity().await?;
         let devices = self.running()?.devices.clone();
         let saved = self.save_state(&dir).await;
-        if let Err(e) = saved {
-            let _ = self.qmp_execute("cont", None).await;
-            let _ = self
-                .guest_step("mounting the 9p shares again", &remount_command(&mounts))
-                .await;
-            return Err(e);
-        }
+        let shell = match saved {
+            Ok(shell) => shell,
+            Err(e) => {
+                let _ = self.qmp_execute("cont", None).await;
+                let _ = self
+                    .guest_step("mounting the 9p shares again", &remount_command(&mounts))
+                    .await;
+                return Err(e);
+            }
+        };
         let has_disk = dir.join(DISK).exists();
         let manifest = Manifest {
             format: MANIFEST_FORMAT,
@@ -612,6 +630,7 @@ impl Machine {
             disk: has_disk,
             mounts,
             saved_at: now_epoch(),
+            shell,
         };
         let written = serde_json::to_string_pretty(&manifest)
             .map_err(|e| std::io::Error::other(e.to_string()))
@@ -650,14 +669,17 @@ impl Machine {
 
     /// Leaves the shell idle on the console, stops the VM and migrates its
     /// state into `dir/state`; copies the disk overlay into `dir/disk.qcow2`
-    /// while the VM is stopped (the migration flushed it).
-    async fn save_state(&mut self, dir: &Path) -> Result<(), MachineError> {
+    /// while the VM is stopped (the migration flushed it). Returns what the
+    /// guest keeps of the shell's bootstrap.
+    async fn save_state(&mut self, dir: &Path) -> Result<Option<SavedShell>, MachineError> {
         let name = self.name.clone();
+        let mut saved = None;
         if let Some(shell) = self.running()?.shell.as_mut() {
             shell
                 .raw_mode()
                 .await
                 .map_err(|source| MachineError::Shell { name, source })?;
+            saved = shell.saved();
         }
         if MAPPED_RAM {
             self.set_mapped_ram().await?;
@@ -672,7 +694,7 @@ impl Machine {
             std::fs::copy(&disk, dir.join(DISK))
                 .map_err(self.io_err("copying the disk overlay"))?;
         }
-        Ok(())
+        Ok(saved)
     }
 
     /// Starts QEMU from the snapshot in `dir` and hands the machine over
@@ -738,7 +760,12 @@ impl Machine {
                 t.elapsed().as_secs_f64() * 1000.0
             ))
         };
-        let shell = self.accept_or_death().await?;
+        let mut shell = self.accept_or_death().await?;
+        let resumed = manifest
+            .shell
+            .clone()
+            .map(|saved| shell.resume(saved))
+            .is_some();
         let id = self.identity().await.map_err(text)?;
         manifest.check_identity(&id)?;
         lap("QEMU up");
@@ -754,12 +781,14 @@ impl Machine {
         // The snapshot was taken of a stopped VM, so it stays paused.
         self.qmp_execute("cont", None).await.map_err(text)?;
         self.running().map_err(text)?.shell = Some(shell);
-        // The bootstrap first, so that the clock is set right after the
-        // host's time is taken.
-        self.guest_step("the first command", "true")
-            .await
-            .map_err(text)?;
-        lap("shell set up");
+        if !resumed {
+            // The bootstrap first, so that the clock is set right after
+            // the host's time is taken.
+            self.guest_step("the first command", "true")
+                .await
+                .map_err(text)?;
+            lap("shell set up");
+        }
         // One command: the guest's first ones after a restore are slow
         // (TCG translates its code afresh).
         let resume = resume_command().map_err(|e| format!("cannot read /dev/urandom: {e}"))?
@@ -833,8 +862,63 @@ mod tests {
     }
 
     #[test]
+    fn the_remount_mounts_what_is_not_mounted_and_says_what_failed() {
+        // `mount` and `mkdir` stand in for the real ones; the host's
+        // /proc/mounts has no 9p share.
+        let dir = tempfile::tempdir().unwrap();
+        let point = dir.path().join("a b/shared");
+        let m = Mount {
+            tag: "shared".into(),
+            dir: point.display().to_string(),
+            options: "rw,msize=262144,trans=virtio".into(),
+        };
+        let run = |mount_status: u8| {
+            let script = format!(
+                "mount() {{ printf '<%s>' \"$@\"; echo; return {mount_status}; }}\n{}",
+                remount_command(std::slice::from_ref(&m))
+            );
+            let out = std::process::Command::new("bash")
+                .args(["-c", &script])
+                .output()
+                .unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        };
+        let (code, out) = run(0);
+        assert_eq!(code, Some(0), "{out}");
+        assert_eq!(
+            out,
+            format!(
+                "<-t><9p><-o><rw,msize=262144,trans=virtio><shared><{}>\n",
+                point.display()
+            )
+        );
+        assert!(point.is_dir(), "the mount point was made");
+        let (code, out) = run(32);
+        assert_eq!(code, Some(3), "{out}");
+        assert!(
+            out.contains(&format!(
+                "cannot mount the 9p share shared on {}",
+                point.display()
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn the_guest_commands_are_bash_that_parses() {
-        for cmd in [QUIESCE.to_string(), resume_command().unwrap()] {
+        let odd = Mount {
+            tag: "a tag's".into(),
+            dir: "/tmp/a \"dir\"".into(),
+            options: "rw,trans=virtio".into(),
+        };
+        for cmd in [
+            QUIESCE.to_string(),
+            resume_command().unwrap(),
+            remount_command(&[odd]),
+        ] {
             let parsed = std::process::Command::new("bash")
                 .args(["-n", "-c", &cmd])
                 .status()
@@ -860,7 +944,24 @@ mod tests {
             disk: false,
             mounts: vec![],
             saved_at: 0.0,
+            shell: None,
         };
+        // A manifest without the shell (as older drivers wrote it) reads,
+        // and its restore bootstraps; one with it keeps all of it.
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(!json.contains("\"shell\""), "{json}");
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), m);
+        let with = Manifest {
+            shell: Some(SavedShell {
+                key: "k-".into(),
+                ctl: true,
+                cmd: true,
+                names: Some(vec!["cd".into(), "echo".into()]),
+            }),
+            ..m.clone()
+        };
+        let json = serde_json::to_string(&with).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), with);
         assert!(m.check_driver(super::super::qemu::Accel::Tcg).is_ok());
         let e = m.check_driver(super::super::qemu::Accel::Kvm).unwrap_err();
         assert!(e.contains("accelerator tcg, this run uses kvm"), "{e}");

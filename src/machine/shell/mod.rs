@@ -246,6 +246,19 @@ pub struct Shell {
     ahead_sent: bool,
 }
 
+/// What a snapshot keeps of the bootstrap of the guest it holds
+/// ([`Shell::saved`], [`Shell::resume`]): the key its answers carry (a
+/// restored guest has the same one in its memory, so it is no more secret
+/// than the snapshot), which ports it listens on, and the names bash
+/// resolves itself there.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedShell {
+    pub key: String,
+    pub ctl: bool,
+    pub cmd: bool,
+    pub names: Option<Vec<String>>,
+}
+
 /// Where the guest's backdoor shell reads what the host sends.
 #[derive(Debug)]
 enum Route {
@@ -425,6 +438,42 @@ impl Shell {
             ahead: None,
             ahead_sent: false,
         }
+    }
+
+    /// What this boot's bootstrap set up in the guest, once the guest's
+    /// shell is idle on the console with all its functions defined (after
+    /// [`Shell::raw_mode`]): what a snapshot keeps so that a restored
+    /// guest needs no bootstrap. `None` before that.
+    pub fn saved(&self) -> Option<SavedShell> {
+        let boot = self.boot.as_ref()?;
+        if self.serving() || self.pending.is_some() || boot.rest != Rest::Done {
+            return None;
+        }
+        Some(SavedShell {
+            key: boot.key.clone(),
+            ctl: boot.ctl,
+            cmd: boot.cmd,
+            names: boot.names.as_ref().map(|n| {
+                let mut v: Vec<String> = n.iter().cloned().collect();
+                v.sort();
+                v
+            }),
+        })
+    }
+
+    /// Takes up a guest whose shell is as [`Shell::saved`] left it (a
+    /// restored snapshot): its functions and key are there, so the next
+    /// call starts the serve loop (one short console line) instead of
+    /// bootstrapping. The ports count only where this QEMU has them too.
+    pub fn resume(&mut self, saved: SavedShell) {
+        self.forget_boot();
+        self.boot = Some(Boot {
+            key: saved.key,
+            ctl: saved.ctl && self.ctl.is_some(),
+            cmd: saved.cmd && self.other.is_some(),
+            names: saved.names.map(|v| v.into_iter().collect()),
+            rest: Rest::Done,
+        });
     }
 
     /// Adds the control port's connection.
