@@ -18,70 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::{nix, text};
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn plugin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NIX_VMTEST_PLUGIN") {
-        return p.into();
-    }
-    // `cargo test` does not build the cdylib: use the one `cargo build
-    // [--release] --features nix-plugin` left next to the driver.
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_nixos-test-driver"))
-        .parent()
-        .unwrap();
-    let target = bin_dir.parent().unwrap();
-    let candidates = [
-        bin_dir.join("libnix_vmtest.so"),
-        target.join("release/libnix_vmtest.so"),
-        target.join("debug/libnix_vmtest.so"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            panic!(
-                "no plugin at {candidates:?}: run `cargo build --release --features nix-plugin` \
-                 first (same CARGO_TARGET_DIR), or set NIX_VMTEST_PLUGIN"
-            )
-        })
-        .clone()
-}
-
-/// Extra sandbox paths for a Debian host: QEMU, Python and their libraries
-/// live outside the store.
-const SANDBOX_PATHS: &str = "/usr /lib /lib64 /bin";
-
-/// `nix-build`/`nix-instantiate`/`nix` with the plugin and the test settings.
-fn nix(program: &str, extra_sandbox: &[&Path]) -> Command {
-    let mut cmd = Command::new(program);
-    let mut sandbox_paths = SANDBOX_PATHS.to_string();
-    for p in extra_sandbox {
-        sandbox_paths.push(' ');
-        sandbox_paths.push_str(&p.to_string_lossy());
-    }
-    cmd.arg("--option")
-        .arg("plugin-files")
-        .arg(plugin())
-        .args(["--option", "sandbox", "true"])
-        .args(["--option", "substituters", ""])
-        .args(["--option", "extra-sandbox-paths", &sandbox_paths]);
-    // Debian's nix-bin without nix-setup-systemd has no nixbld group: build
-    // as root (still sandboxed) rather than fail.
-    let has_group = Command::new("getent")
-        .args(["group", "nixbld"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_group {
-        cmd.args(["--option", "build-users-group", ""]);
-    }
-    cmd.env("NIX_VMTEST_TEST", "1");
-    cmd
-}
-
-fn text(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
 
 fn instantiate(file: &str, attr: Option<&str>) -> Output {

@@ -1,9 +1,10 @@
-//! Shared helpers for the integration tests: the Debian test guests
-//! (built by `tests/guests/build.sh`) and drivers with image nodes.
+//! Shared helpers for the integration tests and the benches: the Debian
+//! test guests (built by `tests/guests/build.sh`), drivers with image
+//! nodes, and Nix commands with the plugin loaded.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use nix_vmtest::driver::{Driver, RunOptions};
@@ -173,4 +174,75 @@ pub async fn succeed(m: &mut Machine, cmd: &str) -> String {
     let (st, out) = sh(m, cmd).await;
     assert_eq!(st, 0, "{}: `{cmd}` exited with {st}: {out}", m.name);
     out
+}
+
+/// The plugin (`libnix_vmtest.so`): `$NIX_VMTEST_PLUGIN`, else the one
+/// `cargo build [--release] --features nix-plugin` left next to the driver
+/// (`cargo test` and `cargo bench` do not build the cdylib). `Err` says
+/// where it looked and how to build it.
+pub fn find_plugin() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("NIX_VMTEST_PLUGIN") {
+        return Ok(p.into());
+    }
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_nixos-test-driver"))
+        .parent()
+        .unwrap();
+    let target = bin_dir.parent().unwrap();
+    let candidates = [
+        bin_dir.join("libnix_vmtest.so"),
+        target.join("release/libnix_vmtest.so"),
+        target.join("debug/libnix_vmtest.so"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "no plugin at {candidates:?}: run `cargo build --release --features nix-plugin` \
+                 first (same CARGO_TARGET_DIR), or set NIX_VMTEST_PLUGIN"
+            )
+        })
+}
+
+/// The plugin, or a panic saying how to build it ([`find_plugin`]).
+pub fn plugin() -> PathBuf {
+    find_plugin().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Extra sandbox paths for a Debian host: QEMU, Python and their libraries
+/// live outside the store.
+pub const SANDBOX_PATHS: &str = "/usr /lib /lib64 /bin";
+
+/// `nix-build`/`nix-instantiate`/`nix` with the plugin loaded, the sandbox
+/// on (with `extra_sandbox` besides [`SANDBOX_PATHS`]) and no substituters.
+pub fn nix(program: &str, extra_sandbox: &[&Path]) -> Command {
+    let mut cmd = Command::new(program);
+    let mut sandbox_paths = SANDBOX_PATHS.to_string();
+    for p in extra_sandbox {
+        sandbox_paths.push(' ');
+        sandbox_paths.push_str(&p.to_string_lossy());
+    }
+    cmd.arg("--option")
+        .arg("plugin-files")
+        .arg(plugin())
+        .args(["--option", "sandbox", "true"])
+        .args(["--option", "substituters", ""])
+        .args(["--option", "extra-sandbox-paths", &sandbox_paths]);
+    // Debian's nix-bin without nix-setup-systemd has no nixbld group: build
+    // as root (still sandboxed) rather than fail.
+    let has_group = Command::new("getent")
+        .args(["group", "nixbld"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_group {
+        cmd.args(["--option", "build-users-group", ""]);
+    }
+    cmd.env("NIX_VMTEST_TEST", "1");
+    cmd
+}
+
+/// A command's stdout then stderr, lossy UTF-8.
+pub fn text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
 }
