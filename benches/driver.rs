@@ -34,6 +34,9 @@
 //! - start() to the first command answered, cold boot vs restored from a
 //!   booted snapshot, on the tiny and the systemd guest (medians, each run
 //!   a driver of its own), with the snapshot's save time and state size.
+//!   What a user waits for around that (a whole `nix-build` of a test
+//!   with snapshots off, restored, and on a first build; the snapshot
+//!   derivation's build time and size) is `benches/nix_build.rs`.
 //!
 //! Set `NIX_VMTEST_BENCH_QUICK=1` for fewer samples.
 //! `cargo bench --bench driver -- snapshot` prints only the snapshot figures.
