@@ -29,7 +29,7 @@ pub enum SpecError {
     ScriptName(PathBuf),
     #[error("two machines are named {0:?}: machine names must be unique")]
     DuplicateName(String),
-    #[error("machine name {0:?} is not usable: use letters, digits, '-' and '_'")]
+    #[error("machine name {0:?} is not usable: use letters, digits, '-', '_' and '.'")]
     BadName(String),
     #[error("machine {machine:?} is on VLAN {vlan}, but VLANs are numbered 1..=255")]
     BadVlan { machine: String, vlan: u32 },

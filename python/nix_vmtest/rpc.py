@@ -13,8 +13,8 @@ answer them in any order).
 Ctrl-C (``KeyboardInterrupt``) while waiting for a reply sends
 ``{"id": <new>, "op": "cancel", "machine": null, "args": {"id": <id>}}``,
 keeps reading until the reply to the original id arrives (a third Ctrl-C
-gives up waiting), then re-raises ``KeyboardInterrupt``. The reply to the
-``cancel`` request itself, whatever it is, is read and dropped.
+gives up waiting), then re-raises ``KeyboardInterrupt``. The driver sends
+no reply to the ``cancel`` request itself (one that came would be dropped).
 """
 
 import json

@@ -133,6 +133,7 @@ pub(super) fn port_console_line(n: &str) -> String {
 mod tests {
     use super::*;
     use crate::machine::shell::Shell;
+    use std::path::Path;
     use tokio::net::UnixStream;
 
     /// The console bootstrap in the host's bash, read interactively from a
@@ -285,7 +286,9 @@ mod tests {
         fn drop(&mut self) {
             let _ = self.child.kill();
             let _ = self.child.wait();
-            // `__vmt_init`'s files: `<dir>/.nix-vmtest-<bash's pid>.*`.
+            // `__vmt_init`'s files: `<dir>/.nix-vmtest-<bash's pid>.*`,
+            // and the control listener's pid file where the pid in it is
+            // gone (the listener of this bash, or of an earlier one).
             let prefix = format!(".nix-vmtest-{}.", self.child.id());
             for dir in ["/run", "/dev/shm", "/tmp"] {
                 let Ok(entries) = std::fs::read_dir(dir) else {
@@ -294,6 +297,12 @@ mod tests {
                 for e in entries.flatten() {
                     if e.file_name().to_string_lossy().starts_with(&prefix) {
                         let _ = std::fs::remove_file(e.path());
+                    }
+                }
+                let pidfile = Path::new(dir).join(".nix-vmtest-ctl.pid");
+                if let Ok(pid) = std::fs::read_to_string(&pidfile) {
+                    if !Path::new("/proc").join(pid.trim()).exists() {
+                        let _ = std::fs::remove_file(&pidfile);
                     }
                 }
             }
