@@ -441,54 +441,6 @@ async fn vlans_and_faults() {
     .await;
 }
 
-/// Writes `run-<name>-vm` into `dir`: a start script for the `tiny` guest
-/// as node `node` that joins VLAN 1 as nixpkgs' start scripts do, with
-/// nixpkgs' `qemuNICFlags` for interface 1 on VLAN 1 (`qemu-common.nix`):
-/// `-device virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:<n>` and
-/// `-netdev vde,id=vlan1,sock="$QEMU_VDE_SOCKET_1"`. The rest of the
-/// script is the guests' own (`tests/guests/make-start-script`, with no
-/// VLAN of its own); the guest's address for that MAC goes in through
-/// `QEMU_KERNEL_PARAMS`, which the Debian guests' init reads where a NixOS
-/// guest has its network configuration.
-fn vde_start_script(dir: &Path, name: &str, node: u32, hosts: &str) -> PathBuf {
-    let guests = common::guests();
-    let inner = dir.join("inner");
-    std::fs::create_dir_all(&inner).unwrap();
-    let make = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/make-start-script");
-    let out = std::process::Command::new("bash")
-        .arg(&make)
-        .args([name, "tiny", &node.to_string(), "", hosts])
-        .arg(&inner)
-        .env("NIX_VMTEST_GUESTS_DIR", &guests)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "make-start-script: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mac = format_mac(mac_address(1, node));
-    let ip = ip_address(1, node);
-    let script = dir.join(format!("run-{name}-vm"));
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             QEMU_KERNEL_PARAMS=\"vmtest.net={mac}={ip}/24 ${{QEMU_KERNEL_PARAMS:-}}\"\n\
-             export QEMU_KERNEL_PARAMS\n\
-             exec {inner}/run-{name}-vm \\\n    \
-             -device virtio-net-pci,netdev=vlan1,mac={mac} \\\n    \
-             -netdev vde,id=vlan1,sock=\"$QEMU_VDE_SOCKET_1\" \\\n    \
-             \"$@\"\n",
-            inner = inner.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    script
-}
-
 /// Guests a and c join VLAN 1 through VDE (NixOS start scripts), b through
 /// `-netdev stream` (an image node): all three talk through the one switch,
 /// and block, partition and delay act on the VDE ports as on stream ports.
@@ -506,7 +458,7 @@ async fn vde_start_scripts() {
         let hosts = "a=192.168.1.1,b=192.168.1.2,c=192.168.1.3";
         let start_script = |name: &str, node: u32| MachineSpec {
             name: name.into(),
-            start_script: Some(vde_start_script(&scripts, name, node, hosts)),
+            start_script: Some(common::vde_start_script(&scripts, name, node, hosts)),
             image: None,
             snapshot: None,
             peer: None,

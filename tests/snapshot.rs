@@ -12,7 +12,13 @@
 //!   snapshots ping each other, and a partition stops it;
 //! - `the_command_line_saves_and_restores_a_systemd_guest`:
 //!   `--save-snapshots` and `--snapshots` with the systemd guest's start
-//!   script (its disk overlay, systemd's boot jobs) and a test script.
+//!   script (its disk overlay, systemd's boot jobs) and a test script;
+//! - `a_nixpkgs_configuration_restores_vde_start_scripts`: as a nixpkgs
+//!   test's snapshot derivations and `.driver` do it (`nix/test-module.nix`):
+//!   each node saved alone (`--nodes-json` with its start script and the
+//!   test's VLANs, `--save-snapshots`), then `--config
+//!   driverConfiguration.json` with `--snapshot <node>=<dir>` per node;
+//!   start scripts that join the VLAN with `-netdev vde`, as NixOS' do.
 
 mod common;
 
@@ -392,12 +398,19 @@ async fn restored_vlan_nodes_reach_each_other() {
 
 /// The driver binary with `args` in `cwd`; its exit status and output.
 fn run_driver(args: &[&str], cwd: &Path) -> (i32, String) {
+    run_driver_env(args, cwd, &[])
+}
+
+/// [`run_driver`] with `env` added.
+fn run_driver_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> (i32, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_nixos-test-driver"))
         .args(args)
         .current_dir(cwd)
         .env_remove("testScript")
         .env_remove("startScripts")
         .env_remove("NIX_VMTEST_SNAPSHOTS")
+        .env_remove("nodesJsonPath")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -449,6 +462,121 @@ async fn the_command_line_saves_and_restores_a_systemd_guest() {
         assert!(!out.contains("connecting to host..."), "it booted:\n{out}");
         // The snapshot itself was not written.
         assert_eq!(Manifest::read(&snap).unwrap(), manifest);
+        let _ = std::fs::remove_dir_all(&work);
+    })
+    .await;
+}
+
+/// nixpkgs' path (`nix/test-module.nix`): a node's snapshot derivation runs
+/// the driver with a nodes description of that node's start script and
+/// the test's VLANs (`$nodesJsonPath`, `--save-snapshots $out`), and the
+/// test's `.driver` runs it with `--config driverConfiguration.json` and
+/// `--snapshot <node>=<snapshot>/<node>`. The start scripts join VLAN 1
+/// through VDE (`-netdev vde`, as NixOS' do), so the restored guests'
+/// NICs connect to the new run's switch: they reach each other by name.
+#[tokio::test(flavor = "current_thread")]
+async fn a_nixpkgs_configuration_restores_vde_start_scripts() {
+    common::within(LIMIT, async {
+        let work = temp("nixpkgs");
+        let hosts = "a=192.168.1.1,b=192.168.1.2";
+        let scripts: Vec<(&str, PathBuf)> = [("a", 1), ("b", 2)]
+            .into_iter()
+            .map(|(name, node)| {
+                let dir = work.join(format!("{name}-vm"));
+                std::fs::create_dir_all(&dir).unwrap();
+                (name, common::vde_start_script(&dir, name, node, hosts))
+            })
+            .collect();
+
+        // One save per node, each alone with the test's VLANs.
+        for (name, script) in &scripts {
+            let nodes = work.join(format!("{name}.json"));
+            let json = serde_json::json!({
+                "vlans": [1],
+                "machines": [{ "name": name, "startScript": script }],
+            });
+            std::fs::write(&nodes, json.to_string()).unwrap();
+            let out = format!("snapshot-{name}");
+            let (code, text) = run_driver_env(
+                &["--save-snapshots", &out],
+                &work,
+                &[("nodesJsonPath", nodes.to_str().unwrap())],
+            );
+            assert_eq!(code, 0, "{text}");
+            let manifest = Manifest::read(&work.join(&out).join(name)).unwrap();
+            assert!(
+                manifest
+                    .devices
+                    .iter()
+                    .any(|d| d == "env QEMU_VDE_SOCKET_1=@VDE1@"),
+                "{:?}",
+                manifest.devices
+            );
+        }
+
+        // The run: nixpkgs' configuration, each node's snapshot named.
+        std::fs::write(
+            work.join("test-script"),
+            "start_all()\n\
+             a.succeed('ping -c1 -W5 b')\n\
+             b.succeed('ping -c1 -W5 a')\n",
+        )
+        .unwrap();
+        let vms: serde_json::Map<String, serde_json::Value> = scripts
+            .iter()
+            .map(|(name, script)| {
+                (
+                    name.to_string(),
+                    serde_json::json!({ "name": name, "start_script": script }),
+                )
+            })
+            .collect();
+        let config = serde_json::json!({
+            "vms": vms,
+            "containers": {},
+            "vlans": [1],
+            "global_timeout": 300,
+            "enable_ssh_backdoor": false,
+            "test_script": work.join("test-script"),
+        });
+        std::fs::write(work.join("driverConfiguration.json"), config.to_string()).unwrap();
+        let snap = |name: &str| work.join(format!("snapshot-{name}/{name}"));
+        let args = [
+            "--config".to_string(),
+            "driverConfiguration.json".to_string(),
+            "--snapshot".to_string(),
+            format!("a={}", snap("a").display()),
+            "--snapshot".to_string(),
+            format!("b={}", snap("b").display()),
+            "-o".to_string(),
+            "out".to_string(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, text) = run_driver(&args, &work);
+        assert_eq!(code, 0, "{text}");
+        for name in ["a", "b"] {
+            let named = format!("restored from {}", snap(name).display());
+            assert!(text.contains(&named), "{name} was not restored:\n{text}");
+        }
+        assert!(!text.contains(BOOT_LINE), "a node booted:\n{text}");
+
+        // A name that is not a machine of the test is refused.
+        let (code, text) = run_driver(
+            &[
+                "--config",
+                "driverConfiguration.json",
+                "--snapshot",
+                "c=/nowhere",
+            ],
+            &work,
+        );
+        assert_eq!(code, 2, "{text}");
+        assert!(
+            text.contains(
+                "--snapshot c=...: there is no machine `c` in this test (its machines: a, b)"
+            ),
+            "{text}"
+        );
         let _ = std::fs::remove_dir_all(&work);
     })
     .await;

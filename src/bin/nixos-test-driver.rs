@@ -94,6 +94,13 @@ struct Args {
     /// machine boots).
     #[arg(long, value_name = "DIR", env = "NIX_VMTEST_SNAPSHOTS")]
     snapshots: Option<PathBuf>,
+    /// Restore machine MACHINE from the snapshot in DIR (as
+    /// `--save-snapshots` makes it: `<dir>/<machine>`) instead of booting
+    /// it; may be given once per machine, and wins over --snapshots. This
+    /// is how a test's `.driver` names each node's snapshot with
+    /// `--config`, whose file has no place for one.
+    #[arg(long = "snapshot", value_name = "MACHINE=DIR", value_parser = parse_snapshot)]
+    snapshot: Vec<(String, PathBuf)>,
     /// The test script: a Python file (or, in $testScript, its text).
     #[arg(env = "testScript")]
     test_script: Option<String>,
@@ -158,8 +165,24 @@ enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(
+        "--snapshot {name}=...: there is no machine `{name}` in this test (its machines: {known})"
+    )]
+    SnapshotMachine { name: String, known: String },
     #[error(transparent)]
     Driver(#[from] DriverError),
+}
+
+/// `--snapshot MACHINE=DIR`.
+fn parse_snapshot(arg: &str) -> Result<(String, PathBuf), String> {
+    match arg.split_once('=') {
+        Some((name, dir)) if !name.is_empty() && !dir.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!(
+            "`{arg}` is not MACHINE=DIR (a machine's name and its snapshot directory)"
+        )),
+    }
 }
 
 /// The options of the older command line, which `--config` replaces:
@@ -287,7 +310,21 @@ fn run(args: Args, matches: &ArgMatches, log: Log) -> Result<i32, CliError> {
         Some(path) => from_config(&path, matches, &log)?,
         None => from_legacy(&args)?,
     };
-    let spec = test.spec.normalize()?;
+    let mut spec = test.spec.normalize()?;
+    for (name, dir) in &args.snapshot {
+        let Some(m) = spec
+            .machines
+            .iter_mut()
+            .find(|m| &m.name == name && !m.is_peer())
+        else {
+            let names: Vec<&str> = spec.machines.iter().map(|m| m.name.as_str()).collect();
+            return Err(CliError::SnapshotMachine {
+                name: name.clone(),
+                known: names.join(", "),
+            });
+        };
+        m.snapshot = Some(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()));
+    }
 
     if args.check {
         let (script, _file) = match test.script.as_ref().ok_or(CliError::CheckWithoutScript)? {
@@ -427,5 +464,21 @@ mod tests {
         let a = parse(&["--keep-machine", "--log-level", "debug"]).unwrap();
         assert!(a.keep_state);
         assert_eq!(a.log_level, Some(Level::Debug));
+    }
+
+    #[test]
+    fn snapshot_takes_a_machine_and_a_directory() {
+        let a = parse(&["-c", "x", "--snapshot", "a=/s/a", "--snapshot=b=/s/b=c"]).unwrap();
+        assert_eq!(
+            a.snapshot,
+            vec![
+                ("a".to_string(), PathBuf::from("/s/a")),
+                ("b".to_string(), PathBuf::from("/s/b=c"))
+            ]
+        );
+        for bad in ["a", "=/s", "a="] {
+            let e = parse(&["--snapshot", bad]).unwrap_err().to_string();
+            assert!(e.contains("is not MACHINE=DIR"), "{bad}: {e}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use nix_vmtest::driver::{Driver, RunOptions};
 use nix_vmtest::log::Log;
 use nix_vmtest::machine::qemu::AccelChoice;
 use nix_vmtest::machine::Machine;
-use nix_vmtest::spec::{ImageSpec, MachineSpec, TestSpec};
+use nix_vmtest::spec::{format_mac, ip_address, mac_address, ImageSpec, MachineSpec, TestSpec};
 
 /// The directory holding the built guests (`$NIX_VMTEST_GUESTS`, else
 /// what `tests/guests/build.sh --print-dir` names). Fails loudly when they
@@ -245,4 +245,52 @@ pub fn nix(program: &str, extra_sandbox: &[&Path]) -> Command {
 /// A command's stdout then stderr, lossy UTF-8.
 pub fn text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+}
+
+/// Writes `run-<name>-vm` into `dir`: a start script for the `tiny` guest
+/// as node `node` that joins VLAN 1 as nixpkgs' start scripts do, with
+/// nixpkgs' `qemuNICFlags` for interface 1 on VLAN 1 (`qemu-common.nix`):
+/// `-device virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:<n>` and
+/// `-netdev vde,id=vlan1,sock="$QEMU_VDE_SOCKET_1"`. The rest of the
+/// script is the guests' own (`tests/guests/make-start-script`, with no
+/// VLAN of its own); the guest's address for that MAC goes in through
+/// `QEMU_KERNEL_PARAMS`, which the Debian guests' init reads where a NixOS
+/// guest has its network configuration.
+pub fn vde_start_script(dir: &Path, name: &str, node: u32, hosts: &str) -> PathBuf {
+    let guests = guests();
+    let inner = dir.join("inner");
+    std::fs::create_dir_all(&inner).unwrap();
+    let make = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guests/make-start-script");
+    let out = std::process::Command::new("bash")
+        .arg(&make)
+        .args([name, "tiny", &node.to_string(), "", hosts])
+        .arg(&inner)
+        .env("NIX_VMTEST_GUESTS_DIR", &guests)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "make-start-script: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mac = format_mac(mac_address(1, node));
+    let ip = ip_address(1, node);
+    let script = dir.join(format!("run-{name}-vm"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             QEMU_KERNEL_PARAMS=\"vmtest.net={mac}={ip}/24 ${{QEMU_KERNEL_PARAMS:-}}\"\n\
+             export QEMU_KERNEL_PARAMS\n\
+             exec {inner}/run-{name}-vm \\\n    \
+             -device virtio-net-pci,netdev=vlan1,mac={mac} \\\n    \
+             -netdev vde,id=vlan1,sock=\"$QEMU_VDE_SOCKET_1\" \\\n    \
+             \"$@\"\n",
+            inner = inner.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
 }
