@@ -810,6 +810,64 @@ fn boot_snapshot_derivation_is_built_once_and_restored_from() {
     assert!(log.contains(&restored), "{log}");
 }
 
+/// `.driverInteractive` (the wrapper a person runs, outside the sandbox)
+/// restores the node from the same snapshot derivation as the run: building
+/// it builds the snapshot, and the REPL's first use of the machine logs
+/// `restored from <that store path>/machine` and does not boot.
+#[test]
+fn boot_driver_interactive_restores_from_the_snapshot() {
+    let guests = need_guests!();
+    let dir = scratch();
+    let node = unique_marker();
+    let snapshot = snapshot_attr(&guests, &[("node", &node)], "snapshots.machine.outPath");
+    let mut cmd = snapshot_nix("nix-build", dir.path(), &guests, &[("node", &node)]);
+    cmd.args(["-A", "driverInteractive"]);
+    let out = cmd.output().expect("nix-build runs");
+    assert!(out.status.success(), "{}", text(&out));
+    let drvs = built(&out);
+    assert!(
+        drvs.iter()
+            .any(|d| d.ends_with("-vm-snapshot-snapshot-test-machine.drv")),
+        "{drvs:?}"
+    );
+    let wrapper = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        wrapper.ends_with("-nixos-test-driver-snapshot-test-interactive"),
+        "{wrapper}"
+    );
+
+    // The REPL, fed on stdin: the machine's first use restores it.
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut child = Command::new(Path::new(&wrapper).join("bin/nixos-test-driver"))
+        .current_dir(dir.path())
+        .env("TMPDIR", &tmp)
+        .env_remove("NIX_VMTEST_SNAPSHOTS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let node_value = node.trim_matches('"');
+    let input = format!(
+        "machine.succeed('grep -q nixvmtest.node={node_value} /proc/cmdline')\n\
+         print('interactive-' + 'restored-ok')\n"
+    );
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    let all = text(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("interactive-restored-ok"), "{all}");
+    assert!(
+        all.contains(&format!("restored from {snapshot}/machine")),
+        "{all}"
+    );
+    for line in BOOT_LINES {
+        assert!(!all.contains(line), "{line:?} in {all}");
+    }
+}
+
 /// (c) the node's configuration, not the script, decides the snapshot's
 /// path; (e) `snapshots = false` (or the node's own `snapshot = false`)
 /// gives the run no snapshot derivation.
