@@ -11,6 +11,12 @@
 #     linted or type-checked: its build is where those checks run.
 #   - `imageNodes.<name>`: machines given as kernel/initrd/disk, beside
 #     `nodes`, on the same VLANs and in each other's /etc/hosts.
+#   - `snapshots`: each machine that can be saved (not a NixOS node that
+#     mounts the host's Nix store over 9p) gets a derivation
+#     `vm-snapshot-<name>-<node>` (`.snapshots.<node>`): nix-vmtest's
+#     driver boots it alone and saves it (`--save-snapshots`); `driver`
+#     restores it (`--snapshot <node>=<path>`). Its inputs are the node's
+#     start script, the test's VLANs and the driver: not the test script.
 #   - options that need what nix-vmtest's driver does not offer
 #     (`containers`, `sshBackdoor`, `enableDebugHook`) fail the evaluation
 #     of the test, its .driver and .driverInteractive, with a message that
@@ -71,6 +77,49 @@ let
     if [ -n "$junit" ]; then set -- --junit-xml "$junit" "$@"; fi
   '';
 
+  # ---------------------------------------------------------------------
+  # booted snapshots
+  # ---------------------------------------------------------------------
+  vms = config.driverConfiguration.vms;
+  vmNames = lib.attrNames vms;
+  # A NixOS node whose Nix store is the host's over 9p cannot be saved:
+  # QEMU refuses to migrate a guest with a 9p share mounted, and that one
+  # (under /nix/store's overlay) cannot be unmounted. Image nodes can.
+  savable =
+    name: !(config.nodes ? ${name}) || !config.nodes.${name}.virtualisation.mountHostNixStore;
+  snapshotsWanted =
+    name: if lib.isBool config.snapshots then config.snapshots else config.snapshots.${name} or true;
+  snapshotNames = lib.filter (n: snapshotsWanted n && savable n) vmNames;
+  givenSnapshots = if lib.isBool config.snapshots then { } else config.snapshots;
+  unknownSnapshots = lib.subtractLists vmNames (lib.attrNames givenSnapshots);
+  unsavableSnapshots = lib.filter (n: !savable n && (givenSnapshots.${n} or false)) vmNames;
+  # What the driver needs to boot one node alone as the run would: its
+  # start script and the test's VLANs (every VLAN's switch is in QEMU's
+  # environment, which a snapshot records). The script is not in it.
+  snapshotVlans = lib.sort lib.lessThan (lib.unique config.driverConfiguration.vlans);
+  snapshotDrv =
+    name:
+    hostPkgs.runCommand (lib.strings.sanitizeDerivationName "vm-snapshot-${config.name}-${name}")
+      {
+        nodesJson = builtins.toJSON {
+          vlans = snapshotVlans;
+          machines = [
+            {
+              inherit name;
+              startScript = vms.${name}.start_script;
+            }
+          ];
+        };
+        passAsFile = [ "nodesJson" ];
+        # As the run's (nixpkgs' run.nix).
+        requiredSystemFeatures = lib.attrNames (lib.filterAttrs (_: v: v) config.requiredFeatures);
+      }
+      ''
+        ${lib.getExe' config.vmtestDriverPackage "nixos-test-driver"} \
+          --nodes-json "$nodesJsonPath" --log-level ${config.logLevel} --save-snapshots "$out"
+      '';
+  snapshots = lib.genAttrs snapshotNames snapshotDrv;
+
   driver =
     hostPkgs.runCommand "nixos-test-driver-${config.name}"
       {
@@ -91,6 +140,9 @@ let
         wrapProgram $out/bin/nixos-test-driver \
           --add-flags "--config ${config.driverConfigurationFile}" \
           --add-flags "--log-level ${config.logLevel}" \
+          ${lib.concatMapStringsSep " " (
+            name: "--add-flags ${lib.escapeShellArg "--snapshot ${name}=${snapshots.${name}}/${name}"}"
+          ) snapshotNames} \
           ${lib.optionalString (pythonPackages != [ ]) "--set NIX_VMTEST_PYTHON ${pythonEnv}/bin/python3"} \
           ${lib.optionalString config.enableOCR "--prefix PATH : ${lib.makeBinPath ocrTools}"} \
           --run ${lib.escapeShellArg junitInOutputDir} \
@@ -176,6 +228,14 @@ let
       message = unsupported "these names are both in `imageNodes` and `nodes`: ${lib.concatStringsSep ", " (lib.intersectLists imageNames machineNames)}.";
     }
     {
+      assertion = unknownSnapshots == [ ];
+      message = unsupported "snapshots.${lib.head unknownSnapshots}: there is no node `${lib.head unknownSnapshots}` (the nodes are ${lib.concatStringsSep ", " vmNames}).";
+    }
+    {
+      assertion = unsavableSnapshots == [ ];
+      message = unsupported "`snapshots.<node> = true` for a node that mounts the host's Nix store over 9p (${lib.concatStringsSep ", " unsavableSnapshots}): QEMU cannot save a guest with a 9p share mounted. Give the node its store as an image (virtualisation.useNixStoreImage = true) or boot it from a disk (virtualisation.useBootLoader = true), or leave its snapshot off.";
+    }
+    {
       assertion = lib.length machineNames + lib.length imageNames <= 254;
       message = unsupported "a test has at most 254 machines (nodes and imageNodes).";
     }
@@ -195,6 +255,24 @@ in
       default = hostPkgs.callPackage ./package.nix { withPlugin = false; };
       defaultText = lib.literalExpression "hostPkgs.callPackage nix-vmtest/nix/package.nix { withPlugin = false; }";
       description = "nix-vmtest's package whose bin/nixos-test-driver runs the test (instead of nixpkgs' Python driver).";
+    };
+
+    snapshots = mkOption {
+      type = types.either types.bool (types.attrsOf types.bool);
+      default = true;
+      example = lib.literalExpression "{ server = false; }";
+      description = ''
+        Whether machines start from booted snapshots (nix-vmtest): each
+        machine that can be saved gets a derivation
+        `vm-snapshot-<name>-<node>` (`.snapshots.<node>`) in which
+        nix-vmtest's driver boots it alone and saves it once booted; the
+        test's driver (and `.driverInteractive`) restores it instead of
+        booting it, on the machine's first start. `false` turns them off;
+        `{ <node> = false; }` for one node. A NixOS node that mounts the
+        host's Nix store over 9p (the default) cannot be saved and gets
+        none (`{ <node> = true; }` for it is an error): QEMU does not
+        migrate a guest with a 9p share mounted.
+      '';
     };
 
     imageNodes = mkOption {
@@ -221,6 +299,8 @@ in
     driver = mkForce (checked (if checksScript then driver else lib.warnIf config.skipLint "Linting is disabled" driver));
 
     assertions = checks;
+
+    passthru.snapshots = snapshots;
 
     driverConfiguration = mkIf haveImages {
       vms = lib.mapAttrs (name: _: {

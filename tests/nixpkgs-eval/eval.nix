@@ -187,7 +187,130 @@ let
         ours = pkgsOurs.testers.runNixOSTest imageTest;
         checks = imageChecks;
       };
+      # nix-vmtest's own: booted snapshots of the nodes.
+      "booted snapshots (nix-vmtest's snapshots)" = _: {
+        ours = snapshotRun { };
+        checks = snapshotChecks;
+      };
     };
+
+  # ---------------------------------------------------------------------
+  # booted snapshots
+  # ---------------------------------------------------------------------
+  # a and b take their store as an image (no 9p store: they can be
+  # saved); c mounts the host's store over 9p (the default: it cannot);
+  # img is an image node. `script`, `aEtc` and `extra` vary the test.
+  snapshotRun =
+    {
+      script ? "start_all()",
+      aEtc ? "a",
+      extra ? { },
+    }:
+    pkgsOurs.testers.runNixOSTest {
+      imports = [ extra ];
+      name = "snaps";
+      nodes.a = {
+        virtualisation.useNixStoreImage = true;
+        virtualisation.vlans = [ 1 ];
+        environment.etc.marker.text = aEtc;
+        system.stateVersion = "24.05";
+      };
+      nodes.b = {
+        virtualisation.useNixStoreImage = true;
+        virtualisation.vlans = [ 2 ];
+        system.stateVersion = "24.05";
+      };
+      nodes.c.system.stateVersion = "24.05";
+      imageNodes.img = {
+        kernel = fixtures + "/vmlinuz";
+        initrd = fixtures + "/initrd";
+      };
+      testScript = script;
+    };
+  snapshotChecks =
+    let
+      t = snapshotRun { };
+      snap = node: t.snapshots.${node};
+      cmd = d: d.drvAttrs.buildCommand;
+      restores = d: node: has "--snapshot ${node}=${snap node}/${node}" (cmd d);
+      other = snapshotRun { script = "start_all()\na.succeed('true')"; };
+      aChanged = snapshotRun { aEtc = "changed"; };
+      off = snapshotRun { extra.snapshots = false; };
+      aOff = snapshotRun { extra.snapshots.a = false; };
+      nodesJson = builtins.fromJSON (
+        builtins.unsafeDiscardStringContext (snap "a").drvAttrs.nodesJson
+      );
+      i = t.driverInteractive;
+      check = what: ok: if ok then null else what;
+      # hasInfix is a regex match, which takes no string context.
+      has =
+        needle: hay:
+        lib.hasInfix (builtins.unsafeDiscardStringContext needle) (builtins.unsafeDiscardStringContext hay);
+    in
+    lib.filter (x: x != null) [
+      (check "a snapshot derivation per machine that can be saved: a, b, img (not c: its store is 9p)" (
+        lib.attrNames t.snapshots == [
+          "a"
+          "b"
+          "img"
+        ]
+      ))
+      (check "named vm-snapshot-<test>-<node>" ((snap "a").name == "vm-snapshot-snaps-a"))
+      (check "built by nix-vmtest's driver with --save-snapshots $out" (
+        has "${t.config.vmtestDriverPackage}/bin/nixos-test-driver" (cmd (snap "a"))
+        && has "--save-snapshots \"$out\"" (cmd (snap "a"))
+      ))
+      (check "its nodes: the node's start script alone, and every VLAN of the test" (
+        nodesJson == {
+          vlans = [
+            1
+            2
+          ];
+          machines = [
+            {
+              name = "a";
+              startScript = builtins.unsafeDiscardStringContext (
+                t.config.driverConfiguration.vms.a.start_script
+              );
+            }
+          ];
+        }
+      ))
+      (check "the test script is not an input: another script, the same snapshots" (
+        other.snapshots.a.drvPath == (snap "a").drvPath
+        && other.snapshots.b.drvPath == (snap "b").drvPath
+        && other.driver.drvPath != t.driver.drvPath
+      ))
+      (check "a's configuration is an input: another /etc of a, another snapshot of a only" (
+        aChanged.snapshots.a.drvPath != (snap "a").drvPath
+        && aChanged.snapshots.b.drvPath == (snap "b").drvPath
+      ))
+      (check ".driver restores each from its store path (--snapshot <node>=<path>/<node>)" (
+        restores t.driver "a"
+        && restores t.driver "b"
+        && restores t.driver "img"
+        && !(has "--snapshot c=" (cmd t.driver))
+      ))
+      (check "the driverConfiguration.json is nixpkgs' (it names no snapshot)" (
+        !(has "snapshot" (builtins.toJSON t.config.driverConfiguration))
+      ))
+      (check ".driverInteractive restores too, from snapshots of its own nodes (interactive.qemu.package)" (
+        has "--interactive" (cmd i)
+        && has "--snapshot a=${i.snapshots.a}/a" (cmd i)
+        && i.snapshots.a.drvPath != (snap "a").drvPath
+      ))
+      (check "snapshots = false: none, and the driver restores nothing" (
+        off.snapshots == { } && !(has "--snapshot" (cmd off.driver))
+      ))
+      (check "snapshots.a = false: b and img only" (
+        lib.attrNames aOff.snapshots == [
+          "b"
+          "img"
+        ]
+        && !(has "--snapshot a=" (cmd aOff.driver))
+        && has "--snapshot b=" (cmd aOff.driver)
+      ))
+    ];
 
   # ---------------------------------------------------------------------
   # image nodes
@@ -235,6 +358,10 @@ let
       script = name: t.nodes.${name}.system.build.vm.text;
       hosts = c.nodes.server.networking.extraHosts;
       check = what: ok: if ok then null else what;
+      # hasInfix is a regex match, which takes no string context.
+      has =
+        needle: hay:
+        lib.hasInfix (builtins.unsafeDiscardStringContext needle) (builtins.unsafeDiscardStringContext hay);
     in
     lib.filter (x: x != null) [
       (check "the driver gets every machine (NixOS and image) as a start script" (
@@ -255,26 +382,26 @@ let
         t.nodes.disky.nodeNumber == 2 && t.nodes.tiny.nodeNumber == 3
       ))
       (check "the test script's nodes has the image nodes' addresses" (
-        lib.hasInfix "ping -c1 192.168.2.3" c.testScriptString
+        has "ping -c1 192.168.2.3" c.testScriptString
       ))
       (check "NixOS nodes resolve image nodes by name (shared VLAN and primary address)" (
-        lib.hasInfix "192.168.1.2 disky\n" hosts && lib.hasInfix "192.168.2.3 tiny\n" hosts
+        has "192.168.1.2 disky\n" hosts && has "192.168.2.3 tiny\n" hosts
       ))
       (check "image start script: NIC on VLAN 2 as node 3, on the driver's socket" (
-        lib.hasInfix "mac=52:54:00:12:02:03" (script "tiny")
-        && lib.hasInfix "QEMU_VLAN_SOCKET_2" (script "tiny")
-        && lib.hasInfix "QEMU_VDE_SOCKET_3" (script "tiny")
+        has "mac=52:54:00:12:02:03" (script "tiny")
+        && has "QEMU_VLAN_SOCKET_2" (script "tiny")
+        && has "QEMU_VDE_SOCKET_3" (script "tiny")
       ))
       (check "image start script: hostname and every node in vmtest.hosts" (
-        lib.hasInfix "vmtest.hostname=tiny" (script "tiny")
-        && lib.hasInfix "vmtest.hosts=server=192.168.1.1,disky=192.168.1.2,tiny=192.168.2.3" (script "tiny")
+        has "vmtest.hostname=tiny" (script "tiny")
+        && has "vmtest.hosts=server=192.168.1.1,disky=192.168.1.2,tiny=192.168.2.3" (script "tiny")
       ))
       (check "image start script: a disk gets a qcow2 overlay, root=/dev/vda, kernelParams, memory" (
-        lib.hasInfix "qemu-img create -q -f qcow2 -F qcow2 -b" (script "disky")
-        && lib.hasInfix "root=/dev/vda a=1" (script "disky")
-        && lib.hasInfix "-m 512" (script "disky")
+        has "qemu-img create -q -f qcow2 -F qcow2 -b" (script "disky")
+        && has "root=/dev/vda a=1" (script "disky")
+        && has "-m 512" (script "disky")
       ))
-      (check "image start script: no disk, no overlay" (!lib.hasInfix "qemu-img" (script "tiny")))
+      (check "image start script: no disk, no overlay" (!has "qemu-img" (script "tiny")))
       (check "the run derivation is nixpkgs' vm-test-run-<name>" (t.name == "vm-test-run-images"))
     ];
 

@@ -41,5 +41,15 @@ in
       initrd = fixtures + "/initrd";
     };
   }).drvPath;
+  # A snapshot asked for a node whose store is the host's over 9p.
+  snapshotNineP = (run {
+    nodes.m = { };
+    snapshots.m = true;
+  }).drvPath;
+  # A snapshot setting for a machine the test does not have.
+  snapshotUnknown = (run {
+    nodes.m = { };
+    snapshots.n = false;
+  }).drvPath;
 }
 .${which}

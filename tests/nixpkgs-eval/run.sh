@@ -114,6 +114,8 @@ if [ $# -eq 0 ]; then
     refusal containers 'nix-vmtest: `containers` (systemd-nspawn machines) are not supported'
     refusal sshBackdoor 'nix-vmtest: `sshBackdoor` (SSH into the VMs over vsock) is not supported'
     refusal imageClash 'nix-vmtest: these names are both in `imageNodes` and `nodes`: m'
+    refusal snapshotNineP 'nix-vmtest: `snapshots.<node> = true` for a node that mounts the host'"'"'s Nix store over 9p (m)'
+    refusal snapshotUnknown 'nix-vmtest: snapshots.n: there is no node `n` (the nodes are m).'
 fi
 
 echo
