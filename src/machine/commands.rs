@@ -65,6 +65,7 @@ impl Machine {
         self.log
             .machine(&self.name, "waiting for the VM to finish booting");
         let started = Instant::now();
+        let shared = self.shared_dir();
         let r = self.running()?;
         let mut exited = r.exited.clone();
         let dead = async move {
@@ -74,7 +75,7 @@ impl Machine {
         let attempt = async {
             let mut shell = match previous {
                 Some(s) => s,
-                None => r.accept_shell().await?,
+                None => r.accept_shell(&shared).await?,
             };
             shell.wait_for_marker().await?;
             Ok::<Shell, ShellError>(shell)

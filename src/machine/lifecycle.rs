@@ -66,9 +66,12 @@ impl Running {
     /// ports. QEMU connects its chardevs together when it starts; a start
     /// script that drops the driver's ports still works, with commands on
     /// the console and the guest watching them itself.
-    pub(super) async fn accept_shell(&mut self) -> Result<Shell, ShellError> {
+    /// `shared` is the host directory shared with the guest (9p tag
+    /// `shared`): big outputs come through it.
+    pub(super) async fn accept_shell(&mut self, shared: &Path) -> Result<Shell, ShellError> {
         let (stream, _) = self.shell_listener.accept().await?;
         let mut shell = Shell::new(stream);
+        shell.set_shared_dir(shared);
         let grace = tokio::time::Instant::now() + Duration::from_secs(1);
         if let Ok(Ok((ctl, _))) = tokio::time::timeout_at(grace, self.ctl_listener.accept()).await {
             shell.set_ctl(ctl);

@@ -55,8 +55,10 @@ use crate::log::Level;
 
 /// The version of what the driver leaves in a guest it snapshots (the
 /// idle shell on the console, the control listener): raise it when that
-/// changes in a way the guest functions' text does not show.
-pub const GUEST_PROTOCOL: u32 = 1;
+/// changes in a way the guest functions' text does not show. 2: big
+/// outputs come through the shared directory (answer form 3), which the
+/// host side must know to read.
+pub const GUEST_PROTOCOL: u32 = 2;
 
 /// The manifest's own format.
 const MANIFEST_FORMAT: u32 = 1;
@@ -822,10 +824,11 @@ impl Machine {
     /// Accepts the new QEMU's shell and port connections, unless it exits
     /// first.
     async fn accept_or_death(&mut self) -> Result<Shell, String> {
+        let shared = self.shared_dir();
         let r = self.running().map_err(text)?;
         let mut exited = r.exited.clone();
         let accepted = tokio::select! {
-            s = r.accept_shell() => Some(s),
+            s = r.accept_shell(&shared) => Some(s),
             _ = exited.wait_for(|s| s.is_some()) => None,
         };
         match accepted {

@@ -1,7 +1,8 @@
 //! A command's framing: how it goes to the guest (the records of the
 //! serve loop, bash quoting, and the rewrites that make a command run as
 //! under `bash -c` with as few forks as possible), and how its answer comes
-//! back (the header, then the output in acknowledged chunks).
+//! back (the header, then the output: with it, in acknowledged chunks, or
+//! in a file of the shared directory).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -177,7 +178,8 @@ pub(super) fn timeout_arg(t: Option<Duration>) -> String {
 
 impl Shell {
     /// Reads the answer marked `nonce` (`<key><n>`): the header, then the
-    /// output, small in one piece or in chunks the host acknowledges.
+    /// output, small in one piece or in chunks the host acknowledges, or
+    /// from the shared directory.
     pub(super) async fn read_answer(&mut self, nonce: &str) -> Result<Outcome, ShellError> {
         // Anything before the header (nothing, normally) is skipped.
         self.read_until(format!("{nonce} ").as_bytes()).await?;
@@ -203,6 +205,8 @@ impl Shell {
             // size on the command port (QEMU throttles a port, it drops
             // nothing).
             output = self.read_until(delimiter.as_bytes()).await?;
+        } else if with_output == Some("3") {
+            output = self.take_shared_output(nonce).await?;
         } else if with_output == Some("1") {
             loop {
                 let chunk = self.read_until(delimiter.as_bytes()).await?;
@@ -222,6 +226,21 @@ impl Shell {
             output,
             ending,
         })
+    }
+
+    /// The output the guest left in the shared directory for the answer
+    /// marked `nonce` (form 3), removed once read.
+    async fn take_shared_output(&mut self, nonce: &str) -> Result<Vec<u8>, ShellError> {
+        let Some(dir) = &self.shared_out else {
+            return Err(ShellError::Protocol(format!(
+                "{nonce}: output in the shared directory, which this host has not"
+            )));
+        };
+        let path = dir.join(nonce);
+        let output = tokio::fs::read(&path).await;
+        let _ = tokio::fs::remove_file(&path).await;
+        self.shared_outputs += 1;
+        output.map_err(|source| ShellError::SharedOutput { path, source })
     }
 }
 
@@ -441,6 +460,52 @@ mod tests {
             lines.iter().all(|l| l.starts_with("__vmt_exec ")),
             "{lines:?}"
         );
+    }
+
+    /// Output left in the shared directory (form 3) is read from there,
+    /// exactly, and removed; without a shared directory on the host's
+    /// side that answer is an error, not an empty output.
+    #[tokio::test]
+    async fn output_in_the_shared_directory_is_read_and_removed() {
+        let (mut shell, mut guest) = bootstrapped_pair();
+        let shared = tempfile::tempdir().unwrap();
+        shell.set_shared_dir(shared.path());
+        let dir = shared.path().join(crate::machine::shell::SHARED_OUT);
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 256) as u8).collect();
+        let expected = payload.clone();
+        let fake = tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(&mut guest);
+            let line = next_line(&mut reader).await;
+            let n = format!("{KEY}{}", line.split_whitespace().nth(1).unwrap());
+            std::fs::write(dir.join(&n), &payload).unwrap();
+            let answer = format!("{n} 0 done 3\n");
+            reader.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            guest
+        });
+        let out = run_x(&mut shell).await;
+        assert_eq!(out.output, expected);
+        assert_eq!(shell.shared_outputs(), 1);
+        let dir = shared.path().join(crate::machine::shell::SHARED_OUT);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+
+        // A host without the directory.
+        let mut guest = fake.await.unwrap();
+        shell.shared_out = None;
+        let fake = tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(&mut guest);
+            let line = next_line(&mut reader).await;
+            let n = format!("{KEY}{}", line.split_whitespace().nth(1).unwrap());
+            let answer = format!("{n} 0 done 3\n");
+            reader.get_mut().write_all(answer.as_bytes()).await.unwrap();
+            guest
+        });
+        let req = Request::Exec {
+            command: "x",
+            timeout: None,
+            capture: true,
+        };
+        assert!(matches!(shell.run(req).await, Err(ShellError::Protocol(_))));
+        drop(fake.await.unwrap());
     }
 
     /// Runs the command `x`, keeping its output.

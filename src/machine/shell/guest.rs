@@ -5,13 +5,14 @@
 
 use std::sync::LazyLock;
 
-use super::CHUNK;
+use super::{CHUNK, GUEST_SHARED, SHARED_OUT};
 use crate::machine::qemu::{CMD_PORT, CTL_PORT};
 
 /// Fills in the constants the bash shares with the Rust (`@NAME@`).
 fn fill(source: &str) -> String {
     source
         .replace("@CHUNK@", &CHUNK.to_string())
+        .replace("@SHARED_OUT@", &format!("{GUEST_SHARED}/{SHARED_OUT}"))
         .replace("@CMD_PORT@", CMD_PORT)
         .replace("@CTL_PORT@", CTL_PORT)
 }
@@ -212,11 +213,12 @@ mod tests {
 
     #[test]
     fn the_shared_constants_are_filled_in() {
-        for placeholder in ["@CHUNK@", "@CMD_PORT@", "@CTL_PORT@"] {
+        for placeholder in ["@CHUNK@", "@CMD_PORT@", "@CTL_PORT@", "@SHARED_OUT@"] {
             assert!(!BOOTSTRAP.contains(placeholder), "{placeholder}");
             assert!(!BOOTSTRAP_REST.contains(placeholder), "{placeholder}");
         }
         assert!(BOOTSTRAP.contains(&format!(" bs={CHUNK} ")));
+        assert!(BOOTSTRAP.contains(&format!("[[ -d {GUEST_SHARED}/{SHARED_OUT} ]]")));
         assert!(BOOTSTRAP_REST.contains(&format!("{CMD_PORT}) ")));
         assert!(BOOTSTRAP_REST.contains(&format!("{CTL_PORT}) ")));
     }

@@ -16,7 +16,10 @@
 //!                then, if 1: chunks of stdout, each `<≤128 KiB raw>\n<key><n> c\n`,
 //!                the host answering `more.` or `done.` after each;
 //!                if 2: `<raw output>\n<key><n> c\n`, not answered (at most
-//!                4096 characters on the console; any size on the command port)
+//!                4096 characters on the console; any size on the command port);
+//!                if 3: nothing more: the output is the file `<key><n>` in
+//!                the shared directory's `.nix-vmtest-out`, which the host
+//!                reads and removes
 //! ```
 //!
 //! `<n>` numbers the commands of a boot, and `<key>` is a random string the
@@ -85,6 +88,14 @@
 //! output of any size goes that way, in one `dd`: QEMU throttles a
 //! `virtserialport` instead of dropping its data.
 //!
+//! Output that is not small goes through the shared directory instead
+//! where the guest has it mounted (writable): the host makes
+//! [`SHARED_OUT`] in it before the guest starts, the guest copies the
+//! output file there in one `dd` and answers in form 3. A port carries
+//! about 4 MB/s under TCG; 9p, disk speed. Where the guest does not find
+//! the directory (no share, not mounted, unmounted for a snapshot) or the
+//! copy fails, the output goes on the port or console as above.
+//!
 //! Waits (`wait_until_succeeds` and friends) loop in the guest with a 50 ms
 //! pause and no host round trip per try; the guest checks their deadline
 //! between tries, and the host stops a try that outlives it by a second. A
@@ -101,6 +112,7 @@ mod guest;
 mod unit_wait;
 
 use std::collections::HashSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use memchr::memmem;
@@ -113,6 +125,15 @@ pub use unit_wait::UnitWait;
 
 /// The size of one output chunk (`@CHUNK@` in `guest-core.bash`).
 const CHUNK: usize = 131072;
+
+/// Where the guest mounts the shared directory (9p tag `shared`), as
+/// NixOS does.
+const GUEST_SHARED: &str = "/tmp/shared";
+
+/// The directory, in the shared directory, that big outputs come through
+/// (`@SHARED_OUT@` in `guest-core.bash` is its guest path): the host makes
+/// it, so the guest finds it only where the share is mounted.
+pub const SHARED_OUT: &str = ".nix-vmtest-out";
 
 /// The line a NixOS backdoor prints when its shell is ready.
 pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
@@ -153,6 +174,14 @@ pub enum ShellError {
          command such as `pkill bash` does); the next command goes to the new shell"
     )]
     Restarted,
+    #[error(
+        "reading a command's output from the shared directory ({path}) failed: {source}; \
+         the directory must stay readable by the driver while the machine runs"
+    )]
+    SharedOutput {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Only inside [`Shell::unit_wait`], which then polls instead.
     #[error("systemd-stdio-bridge in the guest {0}")]
     BusGone(&'static str),
@@ -244,6 +273,11 @@ pub struct Shell {
     /// between the two), and whether it went ([`Shell::run`]).
     ahead: Option<Vec<u8>>,
     ahead_sent: bool,
+    /// The host's side of [`SHARED_OUT`], where the guest leaves big
+    /// outputs (form 3 of an answer); `None` if it could not be made.
+    shared_out: Option<PathBuf>,
+    /// How many answers' output came through [`SHARED_OUT`].
+    shared_outputs: u64,
 }
 
 /// What a snapshot keeps of the bootstrap of the guest it holds
@@ -437,6 +471,35 @@ impl Shell {
             serial: 0,
             ahead: None,
             ahead_sent: false,
+            shared_out: None,
+            shared_outputs: 0,
+        }
+    }
+
+    /// How many answers' output came through the shared directory so far
+    /// (tests and the benchmark tell the two ways apart with it).
+    pub fn shared_outputs(&self) -> u64 {
+        self.shared_outputs
+    }
+
+    /// Makes [`SHARED_OUT`] in the host directory shared with the guest
+    /// (9p tag `shared`), through which the guest then sends big outputs.
+    /// Without it (it cannot be made) they come on the port or console.
+    pub fn set_shared_dir(&mut self, shared: &Path) {
+        let dir = shared.join(SHARED_OUT);
+        self.shared_out = std::fs::create_dir_all(&dir).is_ok().then_some(dir);
+    }
+
+    /// Removes what big outputs a cancelled call left in [`SHARED_OUT`]
+    /// (the guest writes there only while a command is answered).
+    fn clear_shared_out(&self) {
+        let Some(dir) = &self.shared_out else {
+            return;
+        };
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 
@@ -896,6 +959,8 @@ impl Shell {
                 // The rest's answer (if it is due) comes before the sync.
                 self.take_names().await?;
                 self.read_until(format!("{n}-sync\n").as_bytes()).await?;
+                // An answer skipped may have left its output there.
+                self.clear_shared_out();
                 // A first command cut short did not send the rest.
                 self.complete().await?;
             }
