@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use nix_vmtest::machine::shell::{shell_quote, UntilMode};
+use nix_vmtest::machine::shell::{shell_quote, UntilMode, SHARED_OUT};
 use nix_vmtest::machine::MachineError;
 
 /// Sets `p` to the backdoor shell's pid: the parent of the command's
@@ -251,6 +251,13 @@ async fn on_the_console(name: &str, ids: &str, control: usize) {
     assert_eq!(control_ports(m).await, control);
     assert_eq!(shell_input(m).await, "console");
     timeouts_and_detached_children(m).await;
+    // Output that is not small comes through the share here too.
+    let data = big_data();
+    let src = m.state_dir().join("big-data");
+    std::fs::write(&src, &data).unwrap();
+    m.copy_from_host(&src, "/root/data").await.unwrap();
+    let o = through_share(m, "cat /root/data", true).await;
+    assert!(o == data, "{} bytes", o.len());
 }
 
 /// The tiny guest as node `name`, with a start script that drops the
@@ -689,6 +696,103 @@ async fn a_guest_killed_mid_command_gives_a_clear_error_at_once() {
         assert!(!m.is_up());
     })
     .await;
+}
+
+/// Output that is not small comes through the shared directory (9p tag
+/// `shared`): exact (NUL bytes, bytes that are not UTF-8, trailing
+/// newlines), from a command, a wait and a command whose detached child
+/// holds its stdout, and no file is left there. Where the share is not
+/// mounted, read-only, or the host's directory for it is gone, the same
+/// output comes on the command port.
+#[tokio::test(flavor = "current_thread")]
+async fn big_outputs_come_through_the_shared_directory() {
+    common::within(LIMIT, async {
+        let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
+        let m = &mut d.machines[0];
+        m.connect().await.unwrap();
+        let data = big_data();
+        let src = m.state_dir().join("big-data");
+        std::fs::write(&src, &data).unwrap();
+        m.copy_from_host(&src, "/root/data").await.unwrap();
+        let out_dir = m.shared_dir().join(SHARED_OUT);
+
+        // Through the share: a command, a wait, a detached child.
+        let o = through_share(m, "cat /root/data", true).await;
+        assert!(o == data, "{} bytes differ", o.len());
+        let o = m
+            .wait_until(
+                "the data",
+                "cat /root/data",
+                UntilMode::Succeed,
+                Some(Duration::from_secs(60)),
+            )
+            .await
+            .unwrap();
+        assert!(o.output == data, "a wait's {} bytes", o.output.len());
+        let (status, out) = returns_quickly(m, "sleep 600 & cat /root/data").await;
+        assert!(status == 0 && out == data, "{status}, {} bytes", out.len());
+        m.execute("pkill -x sleep; true", None, false)
+            .await
+            .unwrap();
+        assert_eq!(files_in(&out_dir), 0);
+
+        // A read-only share, no share, no directory on the host's side:
+        // the port.
+        for (off, on) in [
+            (
+                "mount -o remount,ro /tmp/shared",
+                "mount -o remount,rw /tmp/shared",
+            ),
+            (
+                "umount /tmp/shared",
+                "mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 shared /tmp/shared",
+            ),
+        ] {
+            m.execute(off, None, true).await.unwrap();
+            let o = through_share(m, "cat /root/data", false).await;
+            assert!(o == data, "{off}: {} bytes", o.len());
+            m.execute(on, None, true).await.unwrap();
+            through_share(m, "cat /root/data", true).await;
+        }
+        std::fs::remove_dir(&out_dir).unwrap();
+        let o = through_share(m, "cat /root/data", false).await;
+        assert!(o == data, "without the host's directory: {} bytes", o.len());
+        std::fs::create_dir(&out_dir).unwrap();
+        through_share(m, "cat /root/data", true).await;
+        assert_eq!(files_in(&out_dir), 0);
+    })
+    .await;
+}
+
+/// 300 000 bytes of every value, NULs and bytes that are not UTF-8
+/// among them, ending in newlines.
+fn big_data() -> Vec<u8> {
+    let mut data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    data.extend_from_slice(b"\0\xff\n\n");
+    data
+}
+
+/// Runs `command` and returns its output, checking that it came through
+/// the shared directory (`share`) or not.
+async fn through_share(
+    m: &mut nix_vmtest::machine::Machine,
+    command: &str,
+    share: bool,
+) -> Vec<u8> {
+    let before = m.raw_shell().await.unwrap().shared_outputs();
+    let o = m.execute(command, None, true).await.unwrap();
+    let after = m.raw_shell().await.unwrap().shared_outputs();
+    assert_eq!(
+        after - before,
+        u64::from(share),
+        "`{command}` through the share"
+    );
+    o.output
+}
+
+/// How many files `dir` holds.
+fn files_in(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir).unwrap().count()
 }
 
 #[tokio::test(flavor = "current_thread")]
