@@ -182,6 +182,16 @@ async fn a_restored_tiny_guest_skips_the_boot() {
         std::fs::write(&src, "through 9p\n").unwrap();
         m.copy_from_host(&src, "/root/copied").await.unwrap();
         assert_eq!(succeed(m, "cat /root/copied").await, "through 9p\n");
+        // Big outputs come through the share remounted, exact.
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let big_src = logs.join("big");
+        std::fs::write(&big_src, &big).unwrap();
+        m.copy_from_host(&big_src, "/root/big").await.unwrap();
+        let before = m.raw_shell().await.unwrap().shared_outputs();
+        let o = m.execute("cat /root/big", None, true).await.unwrap();
+        assert!(o.output == big, "{} bytes came back", o.output.len());
+        let after = m.raw_shell().await.unwrap().shared_outputs();
+        assert_eq!(after, before + 1, "not through the share");
         let console = m.console().all();
         assert!(
             !console.contains(BOOT_LINE),
