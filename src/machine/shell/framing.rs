@@ -508,6 +508,48 @@ mod tests {
         drop(fake.await.unwrap());
     }
 
+    /// A call cut short after the guest left its output in the shared
+    /// directory: the next call, which settles it, removes the file.
+    #[tokio::test]
+    async fn a_cancelled_calls_output_in_the_shared_directory_is_removed() {
+        let (mut shell, mut guest) = bootstrapped_pair();
+        let shared = tempfile::tempdir().unwrap();
+        shell.set_shared_dir(shared.path());
+        let dir = shared.path().join(crate::machine::shell::SHARED_OUT);
+        let left = dir.clone();
+        let fake = tokio::spawn(async move {
+            let mut reader = tokio::io::BufReader::new(&mut guest);
+            let line = next_line(&mut reader).await;
+            let n = format!("{KEY}{}", line.split_whitespace().nth(1).unwrap());
+            // Its output, and no answer before the host gives up.
+            std::fs::write(left.join(&n), b"never read").unwrap();
+            assert_eq!(next_line(&mut reader).await, "cancel.\n");
+            let sync = next_line(&mut reader).await;
+            let word = sync.split_whitespace().nth(2).unwrap().to_string();
+            reader
+                .get_mut()
+                .write_all(format!("{word}\n").as_bytes())
+                .await
+                .unwrap();
+            let line = next_line(&mut reader).await;
+            let n = format!("{KEY}{}", line.split_whitespace().nth(1).unwrap());
+            let answer = format!("{n} 0 done 0\n");
+            reader.get_mut().write_all(answer.as_bytes()).await.unwrap();
+        });
+        let req = Request::Exec {
+            command: "x",
+            timeout: None,
+            capture: true,
+        };
+        let cut = tokio::time::timeout(Duration::from_millis(500), shell.run(req));
+        assert!(cut.await.is_err(), "the first call was not cut short");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        let out = run_x(&mut shell).await;
+        assert_eq!((out.status, out.output.len()), (0, 0));
+        fake.await.unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    }
+
     /// Runs the command `x`, keeping its output.
     async fn run_x(shell: &mut Shell) -> Outcome {
         let req = Request::Exec {
