@@ -37,7 +37,7 @@ class Client:
         self._cond = threading.Condition()
         self._replies: Dict[int, Tuple[Dict[str, Any], Optional[bytes]]] = {}
         self._discard: Set[int] = set()
-        self._reading = False
+        self._reader: Optional[int] = None
         self._broken: Optional[BaseException] = None
 
     @classmethod
@@ -122,30 +122,40 @@ class Client:
             self._replies.pop(rid, None)
 
     def _wait(self, rid: int) -> Tuple[Dict[str, Any], Optional[bytes]]:
+        # The reader is a thread id, not a flag: an interrupt may come between
+        # a thread's claim and its read (Python checks for signals between
+        # any two bytecodes). The handler below then frees the claim, and a
+        # claim the same thread left behind is its own again.
+        me = threading.get_ident()
         while True:
-            with self._cond:
-                while True:
-                    if rid in self._replies:
-                        return self._replies.pop(rid)
-                    if self._broken is not None:
-                        raise ProtocolError(str(self._broken))
-                    if not self._reading:
-                        self._reading = True
-                        break
-                    self._cond.wait()
+            broken: Optional[BaseException] = None
             try:
+                with self._cond:
+                    while True:
+                        if rid in self._replies:
+                            return self._replies.pop(rid)
+                        if self._broken is not None:
+                            broken = self._broken
+                            break
+                        if self._reader is None or self._reader == me:
+                            self._reader = me
+                            break
+                        self._cond.wait()
+                if broken is not None:
+                    raise ProtocolError(str(broken))
                 msg, data = self._read_message()
             except BaseException as e:
                 with self._cond:
-                    self._reading = False
-                    if not isinstance(e, KeyboardInterrupt):
+                    if self._reader == me:
+                        self._reader = None
+                    if broken is None and not isinstance(e, KeyboardInterrupt):
                         self._broken = e
                     self._cond.notify_all()
                 if isinstance(e, (OSError, ValueError)) and not isinstance(e, ProtocolError):
                     raise ProtocolError(f"bad message from the driver: {e}") from e
                 raise
             with self._cond:
-                self._reading = False
+                self._reader = None
                 mid = msg.get("id")
                 if mid in self._discard:
                     self._discard.discard(mid)

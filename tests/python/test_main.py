@@ -40,6 +40,16 @@ def failure_report(fake) -> str:
     return fake.of("log")[-1]["args"]["message"]
 
 
+def _state(pid: int) -> str:
+    """A process's state letter (`R` running, `S` asleep, ...), from
+    /proc; `?` where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
 class MainProcess(unittest.TestCase):
     def assertMarked(self, report: str) -> None:
         for line in report.split("\n"):
@@ -209,8 +219,10 @@ class MainProcess(unittest.TestCase):
 
         fake.handlers["wait_for_unit"] = hold
         fake.handlers["cancel"] = cancel
+        # PYTHONFAULTHANDLER: a client that hangs is sent SIGABRT below,
+        # and its stderr then says where it was.
         env = dict(os.environ, PYTHONPATH=PYTHON_DIR, NIX_VMTEST_FD=str(child.fileno()),
-                   NIX_VMTEST_SCRIPT="", NIX_VMTEST_INTERACTIVE="1")
+                   NIX_VMTEST_SCRIPT="", NIX_VMTEST_INTERACTIVE="1", PYTHONFAULTHANDLER="1")
         proc = subprocess.Popen([sys.executable, "-u", "-m", "nix_vmtest"], env=env,
                                 pass_fds=[child.fileno()], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -219,9 +231,20 @@ class MainProcess(unittest.TestCase):
             proc.stdin.write("machine.wait_for_unit('x')\n")
             proc.stdin.flush()
             self.assertTrue(started.wait(10))
+            # Ctrl-C while the call waits for its reply: the client sent the
+            # request, and is asleep (in its read) once it is there; a busy
+            # host may take a while to get it there.
             time.sleep(0.2)
+            deadline = time.monotonic() + 10
+            while _state(proc.pid) != "S" and time.monotonic() < deadline:
+                time.sleep(0.05)
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate("print('still', 'alive')\n", timeout=20)
+            try:
+                out, err = proc.communicate("print('still', 'alive')\n", timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)
+                out, err = proc.communicate(timeout=10)
+                self.fail(f"the REPL did not go on after Ctrl-C; its stderr:\n{err}")
         finally:
             if proc.poll() is None:
                 proc.kill()
