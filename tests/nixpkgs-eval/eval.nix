@@ -33,6 +33,12 @@ let
     overlays = overlays ++ [ (import (repo + "/nix/overlay.nix")) ];
   };
   inherit (pkgs) lib;
+  # The checks' helpers: a failed check is its description.
+  check = what: ok: if ok then null else what;
+  # hasInfix is a regex match, which takes no string context.
+  has =
+    needle: hay:
+    lib.hasInfix (builtins.unsafeDiscardStringContext needle) (builtins.unsafeDiscardStringContext hay);
   nixosLib = import (nixpkgs + "/nixos/lib") { inherit lib; };
   module = repo + "/nix/test-module.nix";
   withModule = t: {
@@ -241,11 +247,6 @@ let
         builtins.unsafeDiscardStringContext (snap "a").drvAttrs.nodesJson
       );
       i = t.driverInteractive;
-      check = what: ok: if ok then null else what;
-      # hasInfix is a regex match, which takes no string context.
-      has =
-        needle: hay:
-        lib.hasInfix (builtins.unsafeDiscardStringContext needle) (builtins.unsafeDiscardStringContext hay);
     in
     lib.filter (x: x != null) [
       (check "a snapshot derivation per machine that can be saved: a, b, img (not c: its store is 9p)" (
@@ -357,11 +358,6 @@ let
       # The start script's text (it is not built here).
       script = name: t.nodes.${name}.system.build.vm.text;
       hosts = c.nodes.server.networking.extraHosts;
-      check = what: ok: if ok then null else what;
-      # hasInfix is a regex match, which takes no string context.
-      has =
-        needle: hay:
-        lib.hasInfix (builtins.unsafeDiscardStringContext needle) (builtins.unsafeDiscardStringContext hay);
     in
     lib.filter (x: x != null) [
       (check "the driver gets every machine (NixOS and image) as a start script" (
