@@ -23,6 +23,13 @@ from typing import Any, Dict, TextIO, cast
 
 def _repl(driver: Any, globals_: Dict[str, Any]) -> int:
     import code
+    import signal
+
+    # Ctrl-C interrupts the current call (the banner says so), also where
+    # the driver was started with SIGINT ignored (a command started with
+    # `&` by a non-interactive shell, `nohup`): Python installs its
+    # KeyboardInterrupt handler only where SIGINT is not ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     try:
         import readline

@@ -223,9 +223,13 @@ class MainProcess(unittest.TestCase):
         # and its stderr then says where it was.
         env = dict(os.environ, PYTHONPATH=PYTHON_DIR, NIX_VMTEST_FD=str(child.fileno()),
                    NIX_VMTEST_SCRIPT="", NIX_VMTEST_INTERACTIVE="1", PYTHONFAULTHANDLER="1")
+        # Started with SIGINT ignored, as a driver started with `&` by a
+        # non-interactive shell (CI) or with nohup has it: the REPL makes
+        # Ctrl-C interrupt the call all the same.
         proc = subprocess.Popen([sys.executable, "-u", "-m", "nix_vmtest"], env=env,
                                 pass_fds=[child.fileno()], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
         child.close()
         try:
             proc.stdin.write("machine.wait_for_unit('x')\n")
