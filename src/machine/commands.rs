@@ -349,7 +349,8 @@ impl Machine {
         }
     }
 
-    /// `systemctl show <unit>` as a map.
+    /// `systemctl show <unit>` as a map; a failed `systemctl` is a
+    /// [`MachineError::Hopeless`], as nixpkgs raises `RequestedAssertionFailed`.
     pub async fn get_unit_info(
         &mut self,
         unit: &str,
@@ -361,10 +362,14 @@ impl Machine {
         );
         let out = self.execute(&cmd, None, true).await?;
         if out.status != 0 {
-            return Err(MachineError::Failed {
+            // What nixpkgs raises (`RequestedAssertionFailed`), word for word.
+            let under = user
+                .map(|u| format!(" under user \"{u}\""))
+                .unwrap_or_default();
+            return Err(MachineError::Hopeless {
                 name: self.name.clone(),
                 message: format!(
-                    "retrieving systemctl info for unit \"{unit}\" failed with exit code {}",
+                    "retrieving systemctl info for unit \"{unit}\"{under} failed with exit code {}",
                     out.status
                 ),
             });

@@ -94,8 +94,9 @@ pub enum MachineError {
     #[error("machine {name}: {message}")]
     Failed { name: String, message: String },
     /// A wait whose condition cannot come to hold (a unit that failed, or
-    /// is inactive with no job pending): nixpkgs' message as it is, which
-    /// the script gets as nixpkgs raises it, `RequestedAssertionFailed`.
+    /// is inactive with no job pending), or a `get_unit_info` whose
+    /// `systemctl` failed: nixpkgs' message as it is, which the script gets
+    /// as nixpkgs raises it, `RequestedAssertionFailed`.
     #[error("{message}")]
     Hopeless { name: String, message: String },
     #[error("machine {name}: {message}")]

@@ -260,6 +260,10 @@ MAIN: List[Case] = [
     Case("wait_for_open_unix_socket_timeout", 'machine.wait_for_open_unix_socket("/tmp/no.sock", timeout=1)', "any"),
     Case("wait_for_console_text_timeout", 'machine.wait_for_console_text("NEVER-ON-THE-CONSOLE", timeout=1)', "any"),
     Case("wait_for_unit_without_systemd", 'machine.wait_for_unit("foo.service", timeout=2)'),
+    # No systemctl in the tiny guest: both raise RequestedAssertionFailed
+    # with nixpkgs' message (exit code 127).
+    Case("get_unit_info_fails", 'machine.get_unit_info("foo.service")'),
+    Case("get_unit_info_fails_user", 'machine.get_unit_info("foo.service", user="alice")'),
     Case("sleep", "machine.sleep(1)"),
     Case("retry_timeout", "retry(lambda last: False, timeout_seconds=1)", "numbers"),
     # A datetime.timedelta as a timeout: nixpkgs takes one from 2026-08
