@@ -114,6 +114,15 @@ pub const CTL_PORT: &str = "org.nix-vmtest.ctl";
 /// The name of the guest's command port.
 pub const CMD_PORT: &str = "org.nix-vmtest.cmd";
 
+/// The ports' numbers on the driver's virtio-serial bus (at most 30 there):
+/// the guest names their devices `vport<bus>p<nr>`, so the port bootstrap
+/// finds them by a glob over `/sys/class/virtio-ports` without reading
+/// each port's name (the first command after a boot pays for every
+/// file it reads).
+pub const CMD_NR: u32 = 30;
+/// See [`CMD_NR`].
+pub const CTL_NR: u32 = 29;
+
 /// The options the driver appends to every start script, as nixpkgs' driver
 /// does, plus the accelerator: a later `-machine accel=tcg` overrides the
 /// `accel=kvm:tcg` NixOS start scripts carry.
@@ -126,17 +135,17 @@ pub fn driver_args(paths: &Paths<'_>, allow_reboot: bool, accel: Accel) -> Vec<S
         "-chardev".to_string(),
         format!("socket,id=shell,path={}", paths.shell.display()),
         "-device".to_string(),
-        "virtio-serial".to_string(),
+        "virtio-serial,id=vmtserial".to_string(),
         "-device".to_string(),
-        "virtconsole,chardev=shell".to_string(),
+        "virtconsole,chardev=shell,bus=vmtserial.0".to_string(),
         "-chardev".to_string(),
         format!("socket,id=vmtctl,path={}", paths.ctl.display()),
         "-device".to_string(),
-        format!("virtserialport,chardev=vmtctl,id=vmtctlport,name={CTL_PORT}"),
+        format!("virtserialport,chardev=vmtctl,id=vmtctlport,bus=vmtserial.0,nr={CTL_NR},name={CTL_PORT}"),
         "-chardev".to_string(),
         format!("socket,id=vmtcmd,path={}", paths.cmd.display()),
         "-device".to_string(),
-        format!("virtserialport,chardev=vmtcmd,id=vmtcmdport,name={CMD_PORT}"),
+        format!("virtserialport,chardev=vmtcmd,id=vmtcmdport,bus=vmtserial.0,nr={CMD_NR},name={CMD_PORT}"),
         "-device".to_string(),
         "virtio-rng-pci".to_string(),
         "-serial".to_string(),
@@ -312,10 +321,10 @@ mod tests {
         let joined = args.join(" ");
         assert!(joined.contains("-chardev socket,id=shell,path=/s/shell"));
         assert!(joined.contains(
-            "-chardev socket,id=vmtctl,path=/s/ctl -device virtserialport,chardev=vmtctl,id=vmtctlport,name=org.nix-vmtest.ctl"
+            "-chardev socket,id=vmtctl,path=/s/ctl -device virtserialport,chardev=vmtctl,id=vmtctlport,bus=vmtserial.0,nr=29,name=org.nix-vmtest.ctl"
         ));
         assert!(joined.contains(
-            "-chardev socket,id=vmtcmd,path=/s/cmd -device virtserialport,chardev=vmtcmd,id=vmtcmdport,name=org.nix-vmtest.cmd"
+            "-chardev socket,id=vmtcmd,path=/s/cmd -device virtserialport,chardev=vmtcmd,id=vmtcmdport,bus=vmtserial.0,nr=30,name=org.nix-vmtest.cmd"
         ));
         assert!(
             joined.ends_with("-no-reboot -machine accel=tcg"),

@@ -157,6 +157,13 @@ pub(super) fn nonce() -> String {
     format!("vmt{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
 }
 
+/// A shorter random word, for what the guest reads on the console a byte
+/// at a time (the port bootstrap's line): 48 bits tell one boot's
+/// bootstrap from whatever an earlier one left on the port.
+pub(super) fn short_nonce() -> String {
+    format!("b{:012x}", fastrand::u64(..1 << 48))
+}
+
 /// The last argument of a command line whose output is not kept (stdout
 /// goes there instead of a fresh file).
 pub(super) fn discard(capture: bool) -> &'static str {

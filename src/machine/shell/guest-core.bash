@@ -1,55 +1,30 @@
 # shellcheck shell=bash
-# The guest's backdoor shell: the functions the first command needs
-# (`BOOTSTRAP` in guest.rs). Defined once per boot, on the console or in one
-# record on the command port; comment lines and indentation are dropped
-# before they are sent. @CHUNK@ is filled in from the Rust constant.
-__vmt_init() {
-  # The driver's files are `$__vmt_at<name>`, in the first tmpfs-like
-  # directory bash may write in (access(2), which a read-only mount
-  # fails): no process is started (each costs 25 ms or more under TCG),
-  # and FIFOs are made when first needed.
-  local d
-  __vmt_key=$1 __vmt_at=
-  for d in /run /dev/shm /tmp; do
-    [[ -d $d && -w $d ]] && __vmt_at=$d/.nix-vmtest-$$. && break
-  done
-  [ -n "$__vmt_at" ] || return 1
-  __vmt_pidfile=$d/.nix-vmtest-ctl.pid
-  # Commands get this as stderr. The shell's own stderr is /dev/null where
-  # it reaps commands: bash reports a child killed at a deadline there
-  # ("Killed ( eval ... )"), which would say nothing to a test's reader.
-  exec {__vmt_err}>&2
-  # Commands see `$0` as under `bash -c` (the shell's is the console).
-  BASH_ARGV0=bash
-  __vmt_n=0 __vmt_out=${__vmt_at}o.0 __vmt_spent=
-  # The port bootstrap's first line found the ports already.
-  [[ -v __vmt_cmdport ]] || __vmt_ports
-}
+# The guest's backdoor shell: the serve loop and the rest of what every
+# command needs (`BOOTSTRAP` in guest.rs; guest-first.bash has what the
+# first command needs). Defined once per boot, on the console or in the
+# port bootstrap's second record, after the first command's answer;
+# comment lines and indentation are dropped before they are sent.
+# @CHUNK@ and @SHARED_OUT@ are filled in from the Rust constants.
 __vmt_ctl_start() {
-  local old f
   if [[ -n $__vmt_listener ]] && kill -0 "$__vmt_listener" 2>/dev/null; then return; fi
   __vmt_listener=
   [[ -n $__vmt_ctlport ]] || return 0
-  # The listener of a backdoor shell that was killed outlives it where no
-  # service manager kills what the shell left (init's respawn): it would
-  # read requests meant for this one, and kill nothing. It holds the port.
-  if read -r old 2>/dev/null <"$__vmt_pidfile" && [[ -n $old && $old != *[!0-9]* ]]; then
-    for f in /proc/"$old"/fd/*; do
-      [[ $f -ef $__vmt_ctlport ]] && { kill -KILL "$old" 2>/dev/null; break; }
-    done
-  fi
+  __vmt_ctl_open || return 0
   # An interactive shell would note the job on the console ("[1] 123").
   # The listener holds no port but its own: a virtio port opens once at a
   # time, and the command port must close when the serve loop leaves.
-  { __vmt_listen "$__vmt_ctlport" </dev/null >/dev/null & } 2>/dev/null
+  { __vmt_listen </dev/null >/dev/null & } 2>/dev/null
   __vmt_listener=$!
+  exec {__vmt_ctlfd}>&-
+  __vmt_ctlfd=
 }
+# Globals of __vmt_init and __vmt_command (guest-first.bash).
+# shellcheck disable=SC2154
 __vmt_listen() {
   # The listener writes its own pid file: the shell goes on meanwhile.
-  local c req kids k
+  local req kids k
   echo "$BASHPID" 2>/dev/null >"$__vmt_pidfile"
-  exec {c}<>"$1" || return
-  while read -r -d . -u "$c" req; do
+  while read -r -d . -u "$__vmt_ctlfd" req; do
     kids=()
     read -r -a kids </proc/$$/task/$$/children
     for k in "${kids[@]}"; do
@@ -59,9 +34,11 @@ __vmt_listen() {
     # SA_RESTART, so it could cut the shell's write of an answer short
     # (EINTR; on a tty, bash's printf writes a line at a time). A wait
     # loop whose try was killed sees its deadline passed, or `cancel.`.
-    printf '%s done\n' "$req" >&"$c"
+    printf '%s done\n' "$req" >&"$__vmt_ctlfd"
   done
 }
+# Globals of __vmt_init and __vmt_command (guest-first.bash).
+# shellcheck disable=SC2154
 __vmt_next() {
   # After an answer: the next command writes to a fresh file (a detached
   # child may still hold the last one open), and a spent one is emptied.
@@ -72,6 +49,8 @@ __vmt_next() {
   if (( ++__vmt_n % 200 == 0 )); then ( rm -f "$__vmt_at"o.* ); fi
   __vmt_out=${__vmt_at}o.$__vmt_n
 }
+# Globals of __vmt_init and __vmt_command (guest-first.bash).
+# shellcheck disable=SC2154
 __vmt_records() {
   # A record is `<length: 6 hex digits> <kind><body>`, all ASCII, so `read
   # -N` (one read(2) for all of it; a tty or a newline delimiter would make
@@ -83,25 +62,19 @@ __vmt_records() {
   # Seen by what the loop calls (bash's locals are dynamic): answers go on
   # the port, which QEMU throttles rather than drops.
   local __vmt_onport=1
-  printf '%s serving\n' "$__vmt_sync"
-  # The control listener (if it is not running yet) starts before the
-  # first command is read: its fork overlaps the host's turn around.
+  # The control listener, if it is not running (after the port bootstrap,
+  # once the first command is answered).
   __vmt_ctl_start
   while read -r -N 7 __vmt_h; do
     [[ $__vmt_h == cancel. ]] && continue
     read -r -N $((16#$__vmt_h)) __vmt_rec || break
     case $__vmt_rec in
       [rn]*)
-        __vmt_id=${__vmt_rec%% *} __vmt_cmd=${__vmt_rec#* } __vmt_to=$__vmt_out
-        [[ $__vmt_id == n* ]] && __vmt_to=/dev/null
-        __vmt_id=${__vmt_id#?}
+        __vmt_command
         ( eval "$__vmt_cmd" ) 2>&"$__vmt_err"- </dev/null >"$__vmt_to"
         __vmt_st=$?
-        if [[ -s $__vmt_to ]]; then
-          __vmt_why=; __vmt_send_output
-        else
-          printf '%s%s %s done 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st"
-        fi
+        __vmt_why=
+        __vmt_answer || __vmt_send_output
         __vmt_next
         ;;
       *) eval "${__vmt_rec#?}" 2>&"$__vmt_err" ;;
@@ -109,21 +82,11 @@ __vmt_records() {
   done
   return 0
 }
+# Globals of __vmt_init and __vmt_command (guest-first.bash).
+# shellcheck disable=SC2154
 __vmt_send_output() {
-  # The answer of a command whose output file is not empty.
-  local small
+  # The answer of a command whose output is not small (see __vmt_answer).
   __vmt_spent=1
-  # Output of up to 4096 characters without a NUL byte goes in one write
-  # with the answer, and no acknowledgement is awaited: `read` stops at a
-  # NUL or after 4097 characters (bytes kept as they are; a character
-  # is a byte in the C locale, at most 6 in a UTF-8 one), and fails only
-  # at the end. (`LC_ALL=C` here would make bash switch locales twice
-  # per command: 0.4 to 1.9 ms under TCG with LANG=C.UTF-8.)
-  if ! IFS= read -r -d '' -n 4097 small <"$__vmt_to"; then
-    printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
-      "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
-    return
-  fi
   # More goes through the shared directory where the host made its
   # directory there (so the share is mounted), in one process, if it is
   # writable; else on the port or console. The host reads the file and
@@ -169,15 +132,4 @@ __vmt_served() {
   else
     printf '%s ended\n' "$__vmt_sync"
   fi
-}
-__vmt_kill() {
-  local p kids
-  for p in "$@"; do
-    kill -STOP "$p" 2>/dev/null
-    kids=$(cat /proc/"$p"/task/*/children 2>/dev/null)
-    # One word a pid: split on purpose.
-    # shellcheck disable=SC2086
-    __vmt_kill $kids
-    kill -KILL "$p" 2>/dev/null
-  done
 }

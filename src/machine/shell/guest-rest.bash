@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # The rest of the guest's functions (`BOOTSTRAP_REST` in guest.rs), defined
-# after the first command's answer (see guest-core.bash, which defines the
-# globals these use: __vmt_at, __vmt_err, __vmt_key, ...). @CMD_PORT@ and
+# after the first command's answer (see guest-first.bash, whose __vmt_init
+# sets the globals these use: __vmt_at, __vmt_err, __vmt_key, ...). @CMD_PORT@ and
 # @CTL_PORT@ are filled in from the Rust constants.
 __vmt_ports() {
   # The devices of the driver's virtio ports, in __vmt_cmdport and
@@ -40,6 +40,8 @@ __vmt_serve() {
 __vmt_loop() {
   __vmt_h=
   while [[ $__vmt_h != *"$__vmt_sync" ]]; do read -r -d . __vmt_h || return 1; done
+  # (The port bootstrap says `serving` with its report.)
+  printf '%s serving\n' "$__vmt_sync"
   __vmt_records
 }
 __vmt_cancelled() {
@@ -49,7 +51,7 @@ __vmt_cancelled() {
 __vmt_now() {
   __vmt_t=${EPOCHREALTIME//[!0-9]/}
 }
-# __vmt_at, __vmt_err and __vmt_key are set by __vmt_init (guest-core.bash).
+# __vmt_at, __vmt_err and __vmt_key are set by __vmt_init (guest-first.bash).
 # shellcheck disable=SC2154
 __vmt_try() {
   # Runs the command once (deadline: $__vmt_dl); no positional parameters,
@@ -94,14 +96,10 @@ __vmt_try() {
   { wait "$pid"; } 2>/dev/null
   __vmt_st=$?
 }
-# __vmt_at, __vmt_err and __vmt_key are set by __vmt_init (guest-core.bash).
+# __vmt_at, __vmt_err and __vmt_key are set by __vmt_init (guest-first.bash).
 # shellcheck disable=SC2154
 __vmt_reply() {
-  if [[ -s $__vmt_to ]]; then
-    __vmt_send_output
-  else
-    printf '%s%s %s %s 0\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
-  fi
+  __vmt_answer || __vmt_send_output
 }
 __vmt_deadline() {
   __vmt_dl=

@@ -67,7 +67,11 @@
 //!   nothing else. At the deadline the host writes `<id>.` on the port;
 //!   the listener kills the shell's children (the command's tree) and
 //!   answers `<id> done`, after which the host reads the killed command's
-//!   answer.
+//!   answer. The listener is forked after the first command's answer
+//!   (under TCG its fork cost that answer 10–30 ms): the first command
+//!   runs as a process substitution, and the shell reads the port itself
+//!   every 0.1 s until the command's end closes the pipe
+//!   (`__vmt_alone`).
 //! - Without the port (a start script that drops the driver's options), the
 //!   guest itself: `__vmt_exec` runs the command in the background and reads
 //!   a FIFO whose write end the subshell holds, 200 ms at a time, checking
@@ -121,7 +125,7 @@ use memchr::memmem;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use framing::{discard, nonce, record, timeout_arg};
+use framing::{discard, nonce, record, short_nonce, timeout_arg};
 pub use framing::{exec_form, may_background, own_shell_form, shell_quote};
 pub use unit_wait::UnitWait;
 
@@ -140,11 +144,16 @@ pub const SHARED_OUT: &str = ".nix-vmtest-out";
 /// The line a NixOS backdoor prints when its shell is ready.
 pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
 
-/// The bash the driver defines in the guest (`guest-core.bash` and
-/// `guest-rest.bash`, filled in): a snapshot's guest runs what it defined
+/// The bash the driver defines in the guest (`guest-first.bash`,
+/// `guest-core.bash` and `guest-rest.bash`, filled in): a snapshot's guest runs what it defined
 /// (the control listener), so a snapshot records which it was.
 pub fn guest_functions() -> String {
-    format!("{}\n{}", *guest::BOOTSTRAP, *guest::BOOTSTRAP_REST)
+    format!(
+        "{}\n{}\n{}",
+        *guest::BOOTSTRAP_FIRST,
+        *guest::BOOTSTRAP,
+        *guest::BOOTSTRAP_REST
+    )
 }
 
 /// What can go wrong talking to a backdoor shell.
@@ -667,8 +676,18 @@ impl Shell {
                         }
                         return Err(ShellError::LoopEnded);
                     }
+                    // The port went away before the bootstrap's second
+                    // record came through (so the serve loop's functions
+                    // are not defined): the next call sets the shell up
+                    // again.
+                    let noport = format!("{sync} noport\n");
+                    if memmem::find(&console.buf, noport.as_bytes()).is_some() {
+                        console.buf.clear();
+                        self.forget_boot();
+                        return Err(ShellError::LoopEnded);
+                    }
                     if console.buf.len() > CONSOLE_KEPT {
-                        console.buf.drain(..console.buf.len() - ended.len());
+                        console.buf.drain(..console.buf.len() - ended.len().max(noport.len()));
                     }
                     r?
                 }
@@ -741,7 +760,7 @@ impl Shell {
     /// resolves itself. Through the command port where the guest has it
     /// ([`Shell::bootstrap_on_port`]), else on the console.
     async fn bootstrap(&mut self) -> Result<(), ShellError> {
-        let n = nonce();
+        let n = short_nonce();
         let key = format!("{}-", nonce());
         self.boot = None;
         if self.other.is_some() && self.bootstrap_on_port(&n, &key).await? {
@@ -823,25 +842,29 @@ impl Shell {
 
     /// The bootstrap in one exchange, through the command port: bash reads
     /// a port in blocks (`read -N`), where it reads the console a byte at a
-    /// time (about 30 µs each under TCG, 0.2 s for the functions). A short
-    /// line on the console ([`guest::port_console_line`]) finds the ports,
-    /// skips what an earlier boot left on the command port up to `<n>.`,
-    /// and evaluates one record ([`guest::port_record_body`]) with the
-    /// functions the first command needs, `__vmt_init`, the report, and
-    /// then the serve loop itself (`__vmt_records`), still on the port it
-    /// opened: the first command needs no other round trip. The rest
-    /// ([`Rest`]) comes after it. `false` if the guest has no such port.
+    /// time (about 0.1 ms each under TCG, 0.2 s for the functions). A short
+    /// line on the console ([`guest::port_console_line`]) finds the ports
+    /// by number, skips what an earlier boot left on the command port up to
+    /// `<n>.`, and evaluates one record ([`guest::port_record_body`]) with
+    /// the functions the first command needs, `__vmt_init` and the report,
+    /// which runs and answers the first command (its record follows in the
+    /// same write) before anything else; then it evaluates the next record
+    /// ([`guest::port_record_core`]): the other functions of the serve
+    /// loop, and the loop itself (`__vmt_records`), still on the port it
+    /// opened. The rest ([`Rest`]) comes after that. `false` if the guest
+    /// has no such port.
     async fn bootstrap_on_port(&mut self, n: &str, key: &str) -> Result<bool, ShellError> {
-        let body = guest::port_record_body(n, key, self.ctl.is_some());
-        let mut bytes = format!("{n}.").into_bytes();
-        bytes.extend(record('e', &body)?);
         // The first command's record, where the loop will serve (the host
-        // has the control port): read by the loop once it serves, skipped
-        // (as anything before the next `<n>.`) if it does not.
+        // has the control port): run by the bootstrap once it serves,
+        // skipped (as anything before the next `<n>.`) if it does not.
         let ahead = self.ahead.take().filter(|_| self.ctl.is_some());
+        let body = guest::port_record_body(n, key, self.ctl.is_some(), ahead.is_some());
+        let mut bytes = format!("{n}.").into_bytes();
+        bytes.extend(record('\n', &body)?);
         if let Some(ahead) = &ahead {
             bytes.extend(ahead);
         }
+        bytes.extend(record('\n', &guest::port_record_core(n))?);
         let Some(port) = self.other.as_mut() else {
             return Ok(false);
         };
