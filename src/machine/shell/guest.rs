@@ -104,9 +104,9 @@ pub(super) fn rest_line(n: &str, console: bool) -> String {
 /// answered (`__vmt_head`). Where the loop will not serve, the first
 /// command's record is skipped. Then it reads and evaluates the record
 /// after it ([`port_record_core`]). The functions of [`BOOTSTRAP`] come
-/// in that second record, not in this one: bash's `read` takes a record
-/// a byte at a time into its variable, which costs the first command
-/// about 3 ms a kilobyte under TCG.
+/// in that second record, not in this one: bash's `read` moves a record
+/// into its variable a character at a time, which cost the first command
+/// 1–2 ms a kilobyte under TCG (docs/performance.md).
 pub(super) fn port_record_body(n: &str, key: &str, host_ctl: bool, ahead: bool) -> String {
     let host_ctl = u8::from(host_ctl);
     let (head, skip) = if ahead {

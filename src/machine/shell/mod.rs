@@ -145,8 +145,9 @@ pub const SHARED_OUT: &str = ".nix-vmtest-out";
 pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
 
 /// The bash the driver defines in the guest (`guest-first.bash`,
-/// `guest-core.bash` and `guest-rest.bash`, filled in): a snapshot's guest runs what it defined
-/// (the control listener), so a snapshot records which it was.
+/// `guest-core.bash` and `guest-rest.bash`, filled in): a snapshot's guest
+/// runs what it defined (the control listener), so a snapshot records
+/// which it was.
 pub fn guest_functions() -> String {
     format!(
         "{}\n{}\n{}",
@@ -855,8 +856,8 @@ impl Shell {
     /// has no such port.
     async fn bootstrap_on_port(&mut self, n: &str, key: &str) -> Result<bool, ShellError> {
         // The first command's record, where the loop will serve (the host
-        // has the control port): run by the bootstrap once it serves,
-        // skipped (as anything before the next `<n>.`) if it does not.
+        // has the control port): run by the bootstrap if the loop will
+        // serve, read and dropped by it if not.
         let ahead = self.ahead.take().filter(|_| self.ctl.is_some());
         let body = guest::port_record_body(n, key, self.ctl.is_some(), ahead.is_some());
         let mut bytes = format!("{n}.").into_bytes();
