@@ -85,13 +85,13 @@ __vmt_records() {
 # Globals of __vmt_init and __vmt_command (guest-first.bash).
 # shellcheck disable=SC2154
 __vmt_send_output() {
-  # The answer of a command whose output is not small (see __vmt_answer).
-  __vmt_spent=1
-  # More goes through the shared directory where the host made its
-  # directory there (so the share is mounted), in one process, if it is
-  # writable; else on the port or console. The host reads the file and
-  # removes it. No fsync: it would flush the host's disk, and a share
-  # without a cache (NixOS' /tmp/shared) writes through at once.
+  # The answer of a command whose output is not small: __vmt_answer said
+  # so, and marked the output file spent. Such output goes through the
+  # shared directory where the host made its directory there (so the
+  # share is mounted), in one process, if it is writable; else on the
+  # port or console. The host reads the file and removes it. No fsync:
+  # it would flush the host's disk, and a share without a cache (NixOS'
+  # /tmp/shared) writes through at once.
   if [[ -d @SHARED_OUT@ ]]; then
     if dd if="$__vmt_to" of="@SHARED_OUT@/$__vmt_key$__vmt_id" bs=1048576 2>/dev/null; then
       printf '%s%s %s %s 3\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" "${__vmt_why:-done}"
