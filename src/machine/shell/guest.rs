@@ -152,8 +152,9 @@ pub(super) fn port_record_core(n: &str) -> String {
 /// ([`port_record_body`]); then `__vmt_served` reports the loop's end, or
 /// `<n> noport` if there was no port (or no record).
 pub(super) fn port_console_line(n: &str) -> String {
-    // Short, since bash reads the console a byte at a time (about 0.1 ms
-    // each under TCG): short names, which the record unsets, and
+    // Short, since bash reads the console a byte at a time (3–12 µs each
+    // under TCG, the most right after a boot; what bash runs here for the
+    // first time costs more): short names, which the record unsets, and
     // `__vmt_served` or, undefined (no port, no record), `<n> noport`.
     format!(
         "__d=(/sys/class/virtio-ports/vport*p{CMD_NR});__d=/dev/${{__d##*/}};\

@@ -843,7 +843,8 @@ impl Shell {
 
     /// The bootstrap in one exchange, through the command port: bash reads
     /// a port in blocks (`read -N`), where it reads the console a byte at a
-    /// time (about 0.1 ms each under TCG, 0.2 s for the functions). A short
+    /// time (3–12 µs each under TCG, the most right after a boot: about
+    /// 0.1 s for all the functions). A short
     /// line on the console ([`guest::port_console_line`]) finds the ports
     /// by number, skips what an earlier boot left on the command port up to
     /// `<n>.`, and evaluates one record ([`guest::port_record_body`]) with
