@@ -77,6 +77,9 @@ MAIN: List[Case] = [
     Case("shared_dir_in_guest",
          '(machine.shared_dir / "conf-shared.txt").write_text("from the host\\n")\n'
          'result = machine.succeed("cat /tmp/shared/conf-shared.txt")'),
+    # What else a script sees in the shared directory.
+    Case("shared_dir_driver_entry",
+         'machine.succeed("ls -A /tmp/shared | grep -cx .nix-vmtest-out || true")'),
     Case("prelude_coreutils_timeout", PRELUDE),
 
     # -- errexit (commands run under `set -euo pipefail`) ------------------

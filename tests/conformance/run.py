@@ -90,6 +90,10 @@ KNOWN: Dict[str, str] = {
         "`return` outside a function: under `bash -c` an error (status 2, which set -e makes the"
         " command's); ours runs the command in a subshell within a function of the backdoor"
         " shell, where `return N` ends the command with status N.",
+    "shared_dir_driver_entry":
+        "The shared directory holds the driver's hidden `.nix-vmtest-out`, which big command"
+        " outputs pass through (each file removed once the host read it); nixpkgs' holds only"
+        " what the test put there.",
     "exit code: global_timeout":
         "When the global timeout fires nixpkgs ends its own process with SIGTERM (exit status"
         " 143); ours ends the test, says why, and exits 1.",
