@@ -844,11 +844,11 @@ impl Shell {
     /// The bootstrap in one exchange, through the command port: bash reads
     /// a port in blocks (`read -N`), where it reads the console a byte at a
     /// time (3–12 µs each under TCG, the most right after a boot: about
-    /// 0.1 s for all the functions). A short
-    /// line on the console ([`guest::port_console_line`]) finds the ports
-    /// by number, skips what an earlier boot left on the command port up to
-    /// `<n>.`, and evaluates one record ([`guest::port_record_body`]) with
-    /// the functions the first command needs, `__vmt_init` and the report,
+    /// 0.1 s for all the functions). A short line on the console
+    /// ([`guest::port_console_line`]) finds the ports by number, skips
+    /// what an earlier boot left on the command port up to `<n>.`, and
+    /// evaluates one record ([`guest::port_record_body`]) with the
+    /// functions the first command needs, `__vmt_init` and the report,
     /// which runs and answers the first command (its record follows in the
     /// same write) before anything else; then it evaluates the next record
     /// ([`guest::port_record_core`]): the other functions of the serve
