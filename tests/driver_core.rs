@@ -582,6 +582,9 @@ async fn a_command_port_that_goes_away_costs_one_command_not_the_run() {
         let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
         let m = &mut d.machines[0];
         m.connect().await.unwrap();
+        // The first command runs from the console; the serve loop has the
+        // port from the next one on.
+        m.execute("true", None, true).await.unwrap();
         assert_eq!(shell_input(m).await, "org.nix-vmtest.cmd");
         m.send_monitor_command("device_del vmtcmdport")
             .await
@@ -939,13 +942,16 @@ async fn reboot_waits_for_the_new_boot_on_the_same_console() {
     .await;
 }
 
-/// After a boot the guest gets only what the first command needs, and the
-/// rest of its functions in the record after that command (or before any
-/// other request). Whatever the first request is, and however it ends, the
-/// shell has all of them afterwards, and knows its names again.
+/// After a boot a short plain command runs from the console before the
+/// shell is set up, and the setup follows; the rest of the functions comes
+/// after the next plain command (or before any other request). Whatever
+/// the first request is, and however it ends (a timeout and a cancel
+/// stop the command from the console; a NUL byte and 1 MB of output wait
+/// in the guest for the setup), the shell has all of them afterwards, and
+/// knows its names again.
 #[tokio::test(flavor = "current_thread")]
 async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
-    // Ten boots: twice the usual limit.
+    // Eleven boots: twice the usual limit.
     common::within(LIMIT * 2, async {
         let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
         let m = &mut d.machines[0];
@@ -955,6 +961,7 @@ async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
             "timeout",
             "cancelled",
             "cut-in-bootstrap",
+            "cut-after-first",
             "wait",
             "non-ascii",
             "quiet",
@@ -980,6 +987,15 @@ async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
                 // Dropped while the bootstrap's answer is read, its record
                 // (and the command's, sent with it) in the guest.
                 "cut-in-bootstrap" => {
+                    let o = m.execute("sleep 100", None, true);
+                    let cut = tokio::time::timeout(Duration::from_millis(1), o).await;
+                    assert!(cut.is_err(), "sleep 100 returned");
+                }
+                // The first command answered, the next one dropped while
+                // the setup's answer is read (or its own).
+                "cut-after-first" => {
+                    let o = m.execute("echo one", None, true).await.unwrap();
+                    assert_eq!(o.output, b"one\n");
                     let o = m.execute("sleep 100", None, true);
                     let cut = tokio::time::timeout(Duration::from_millis(1), o).await;
                     assert!(cut.is_err(), "sleep 100 returned");
@@ -1014,6 +1030,11 @@ async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
                     assert_eq!(o.output, vec![0; 1_000_000]);
                 }
             }
+            // The rest of the functions goes after the next plain
+            // command's answer (a first command from the console leaves
+            // the shell's setup to be read by that command).
+            let o = m.execute("true", None, true).await.unwrap();
+            assert_eq!(o.status, 0, "after {first:?}");
             let o = m
                 .execute("type -t __vmt_until __vmt_bus_start; echo $0", None, true)
                 .await

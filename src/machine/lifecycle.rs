@@ -415,7 +415,7 @@ impl Machine {
         self.connect().await?;
         if let Some(shell) = self.running()?.shell.as_mut() {
             // No answer is expected: the shell goes away with the guest.
-            let _ = shell.send_line("poweroff\n").await;
+            let _ = shell.send_unanswered("poweroff\n").await;
         }
         self.wait_for_shutdown().await
     }

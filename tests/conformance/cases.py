@@ -320,6 +320,16 @@ SCRIPTS: List[Script] = [
         # The position in the message counts the framing around the command.
         Case("surrogate_in_command", 'machine.execute("echo \\udcff")', "numbers", hang_after=8),
     ]),
+    # The first command after a boot, which ours runs from one console line
+    # before the shell is set up: errexit, and output that waits for the
+    # setup (a NUL byte) with `$0`.
+    Script("first_command_errexit", [
+        Case("first_command_errexit", 'machine.execute("true && false; echo after")'),
+        Case("second_command_errexit", 'machine.execute("true && false; echo after")'),
+    ]),
+    Script("first_command_nul_output", [
+        Case("first_command_nul_output", 'machine.execute("printf \'a\\\\0b \'; echo $0")'),
+    ]),
     Script("check_output", [Case("boot_for_check_output", 'machine.succeed("true")')] + CHECK_OUTPUT,
            source="machine.crash()\n"),
     # Scripts that fail: the driver's exit code.

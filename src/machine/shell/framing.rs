@@ -135,7 +135,7 @@ pub(super) fn record(kind: char, body: &str) -> Result<Vec<u8>, ShellError> {
 }
 
 /// `s` as a bash `$'…'` string of ASCII characters only.
-fn ascii_quote(s: &str) -> String {
+pub(super) fn ascii_quote(s: &str) -> String {
     let mut q = String::with_capacity(s.len() + 8);
     q.push_str("$'");
     for &b in s.as_bytes() {

@@ -1,9 +1,10 @@
 # shellcheck shell=bash
-# The guest's backdoor shell: what the first command after a boot needs
-# (`BOOTSTRAP_FIRST` in guest.rs). The port bootstrap runs that command and
-# answers it before the functions of guest-core.bash are parsed: under TCG,
-# code a boot runs for the first time costs several times what it costs
-# later, and parsing them cost the first command more than all else.
+# The guest's backdoor shell: what the port bootstrap's first record
+# defines before its report (`BOOTSTRAP_FIRST` in guest.rs): the shell's
+# setup and what the serve loop runs for every command. The first command
+# after a boot does not wait for it: it runs straight from the console
+# (`first_line` in guest.rs), and leaves its output where this setup puts
+# the first command's (`${__vmt_at}o.0`).
 __vmt_init() {
   # The driver's files are `$__vmt_at<name>`, in the first tmpfs-like
   # directory bash may write in (access(2), which a read-only mount
@@ -22,73 +23,14 @@ __vmt_init() {
   exec {__vmt_err}>&2
   # Commands see `$0` as under `bash -c` (the shell's is the console).
   BASH_ARGV0=bash
-  __vmt_n=0 __vmt_out=${__vmt_at}o.0 __vmt_spent='' __vmt_ctlfd=''
+  # Kept from the first command's line: `__vmt_spent` (its output is in
+  # o.0) and `__vmt_ctlfd` (the control port, if the host stopped it).
+  __vmt_n=0 __vmt_out=${__vmt_at}o.0
   # The port bootstrap's first line found the ports already.
   [[ -v __vmt_cmdport ]] || __vmt_ports
 }
-__vmt_ctl_open() {
-  # Opens the control port in this shell, as $__vmt_ctlfd (a listener
-  # forked later keeps it: the port is never closed while requests may be
-  # on their way, since the guest drops what reaches a port being closed).
-  local old f i=0
-  [[ -n $__vmt_ctlfd ]] && return 0
-  [[ -n $__vmt_ctlport ]] || return 1
-  # The listener of a backdoor shell that was killed outlives it where no
-  # service manager kills what the shell left (init's respawn): it would
-  # read requests meant for this one, and kill nothing. It holds the port,
-  # which opens once at a time, until it is gone.
-  if read -r old 2>/dev/null <"$__vmt_pidfile" && [[ -n $old && $old != *[!0-9]* ]]; then
-    for f in /proc/"$old"/fd/*; do
-      [[ $f -ef $__vmt_ctlport ]] && { kill -KILL "$old" 2>/dev/null; break; }
-    done
-  fi
-  # A killed listener lets go of the port when it is gone, soon after.
-  until exec {__vmt_ctlfd}<>"$__vmt_ctlport"; do
-    __vmt_ctlfd=
-    (( ++i < 100 )) && continue
-    # Not to be tried again: commands go on without being stoppable.
-    __vmt_ctlport=
-    return 1
-  done 2>/dev/null
-}
-__vmt_kill() {
-  local p kids
-  for p in "$@"; do
-    kill -STOP "$p" 2>/dev/null
-    kids=$(cat /proc/"$p"/task/*/children 2>/dev/null)
-    # One word a pid: split on purpose.
-    # shellcheck disable=SC2086
-    __vmt_kill $kids
-    kill -KILL "$p" 2>/dev/null
-  done
-}
-__vmt_alone() {
-  # Runs the first command of the port bootstrap, before the control
-  # listener runs (it starts after the answer: its fork cost that answer
-  # more than all of this). The command is a process substitution, so that
-  # its end (the end of its pipe) wakes this shell; meanwhile the shell
-  # serves the control port itself, every 0.1 s. A detached subshell may
-  # keep the pipe open: the command's end is then noticed at the next
-  # 0.1 s.
-  local r pid req kids k
-  exec {r}< <(eval "$__vmt_cmd" 2>&"$__vmt_err"- </dev/null >"$__vmt_to")
-  pid=$!
-  while :; do
-    read -r -t 0.1 -u "$r"
-    (( $? <= 128 )) && break
-    kill -0 "$pid" 2>/dev/null || break
-    [[ -n $__vmt_ctlfd ]] || __vmt_ctl_open || continue
-    while read -r -t 0 -u "$__vmt_ctlfd" && read -r -d . -u "$__vmt_ctlfd" req; do
-      kids=()
-      read -r -a kids </proc/$$/task/$$/children
-      for k in "${kids[@]}"; do __vmt_kill "$k"; done
-      printf '%s done\n' "$req" >&"$__vmt_ctlfd"
-    done
-  done
-  exec {r}<&-
-  wait "$pid"
-  __vmt_st=$?
-}
+# The record __vmt_records (guest-core.bash) read.
+# shellcheck disable=SC2154
 __vmt_command() {
   # The command of the record in $__vmt_rec: `r<id> <command>` (output
   # kept) or `n<id> <command>` (not).
@@ -96,6 +38,8 @@ __vmt_command() {
   [[ $__vmt_id == n* ]] && __vmt_to=/dev/null
   __vmt_id=${__vmt_id#?}
 }
+# The status of the command __vmt_records ran.
+# shellcheck disable=SC2154
 __vmt_answer() {
   # The answer of a command whose output is small: none, or up to 4096
   # characters without a NUL byte, which go in one write with the answer
@@ -114,17 +58,4 @@ __vmt_answer() {
   IFS= read -r -d '' -n 4097 small <"$__vmt_to" && return 1
   printf '%s%s %s %s 2\n%s\n%s%s c\n' "$__vmt_key" "$__vmt_id" "$__vmt_st" \
     "${__vmt_why:-done}" "$small" "$__vmt_key" "$__vmt_id"
-}
-__vmt_head() {
-  # The first command, whose record came with the bootstrap's: run (no
-  # control listener runs yet: __vmt_alone) and answered if its output is
-  # small; else `__vmt_big` says the answer waits for __vmt_send_output.
-  read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_rec || return 0
-  
-  __vmt_command
-  __vmt_alone
-  
-  __vmt_answer || __vmt_big=1
-  
-  __vmt_ran=1
 }

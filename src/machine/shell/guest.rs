@@ -17,20 +17,25 @@ fn fill(source: &str) -> String {
         .replace("@CTL_PORT@", CTL_PORT)
 }
 
-/// The bash functions the first command after a boot needs
-/// (`guest-first.bash`).
+/// The control port's functions in the shell (`guest-stop.bash`): the
+/// first command's console line gets them only if the host stops it
+/// ([`stop_line`]); every bootstrap defines them.
+pub(super) static BOOTSTRAP_STOP: LazyLock<String> =
+    LazyLock::new(|| fill(include_str!("guest-stop.bash")));
+
+/// The shell's setup and what every command needs (`guest-first.bash`):
+/// the port bootstrap's first record.
 pub(super) static BOOTSTRAP_FIRST: LazyLock<String> =
     LazyLock::new(|| fill(include_str!("guest-first.bash")));
 
 /// The serve loop and the rest of what every command needs
-/// (`guest-core.bash`): the port bootstrap defines them after the first
-/// command's answer.
+/// (`guest-core.bash`): the port bootstrap's second record.
 pub(super) static BOOTSTRAP: LazyLock<String> =
     LazyLock::new(|| fill(include_str!("guest-core.bash")));
 
 /// The rest of the guest's functions (`guest-rest.bash`): defined after
-/// the first command's answer (the port bootstrap), or before any other
-/// request (see [`super::Rest`]).
+/// the next plain command's answer once the port bootstrap is done, or
+/// before any other request (see [`super::Rest`]).
 pub(super) static BOOTSTRAP_REST: LazyLock<String> =
     LazyLock::new(|| fill(include_str!("guest-rest.bash")));
 
@@ -52,7 +57,8 @@ pub(super) fn compact(source: &str) -> String {
 /// [`names_report`].
 pub(super) fn console_bootstrap(n: &str, key: &str) -> String {
     format!(
-        "PS2=; unset __d __c __p __h\n{}\n{}\n{}\n{}\n{}\n",
+        "PS2=; unset __d __c __p __h __r __l __m\n{}\n{}\n{}\n{}\n{}\n{}\n",
+        compact(&BOOTSTRAP_STOP),
         compact(&BOOTSTRAP_FIRST),
         compact(&BOOTSTRAP),
         compact(&BOOTSTRAP_REST),
@@ -96,54 +102,98 @@ pub(super) fn rest_line(n: &str, console: bool) -> String {
     )
 }
 
-/// The port bootstrap's first record body: the functions the first
-/// command needs ([`BOOTSTRAP_FIRST`]) and `__vmt_init`; then, where the
-/// host has the control port (`host_ctl`) and the guest both ports, the
-/// report `<n> ok ctl cmd` and `<n> serving` in one write and, with
-/// `ahead` (the first command's record follows), that command run and
-/// answered (`__vmt_head`). Where the loop will not serve, the first
-/// command's record is skipped. Then it reads and evaluates the record
-/// after it ([`port_record_core`]). The functions of [`BOOTSTRAP`] come
-/// in that second record, not in this one: bash's `read` moves a record
-/// into its variable a character at a time, which cost the first command
-/// 1–2 ms a kilobyte under TCG (docs/performance.md).
-pub(super) fn port_record_body(n: &str, key: &str, host_ctl: bool, ahead: bool) -> String {
+/// The port bootstrap's first record body: the functions of
+/// [`BOOTSTRAP_STOP`] and [`BOOTSTRAP_FIRST`] and `__vmt_init`; then the
+/// report, `<n> ok ctl cmd` and `<n> serving` in one write where the host
+/// has the control port (`host_ctl`) and the guest both ports, else `<n>
+/// failed` or nothing yet. Then it reads and evaluates the record after it
+/// ([`port_record_core`]). The functions of [`BOOTSTRAP`] come in that
+/// second record: bash's `read` moves a record into its variable a
+/// character at a time (1–2 ms a kilobyte under TCG right after a boot,
+/// docs/performance.md), and the report need not wait for them.
+pub(super) fn port_record_body(n: &str, key: &str, host_ctl: bool) -> String {
     let host_ctl = u8::from(host_ctl);
-    let (head, skip) = if ahead {
-        (
-            " __vmt_head 2>/dev/null;",
-            "[[ $__vmt_go == 1 ]] || { read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_h; } 2>/dev/null\n",
-        )
-    } else {
-        ("", "")
-    };
     format!(
-        "{}\n__vmt_sync={n} __vmt_left=; set --\n\
-         PS2= __vmt_cmdport=$__d __vmt_ctlport=${{__d%p{CMD_NR}}}p{CTL_NR}; [[ -c $__vmt_ctlport ]] || __vmt_ctlport=; unset __d __h\n\
-         __vmt_go='' __vmt_big='' __vmt_ran=''\n\
+        "{}\n{}\n__vmt_sync={n} __vmt_left=; set --\n\
+         PS2= __vmt_cmdport=$__d __vmt_ctlport=${{__d%p{CMD_NR}}}p{CTL_NR}; [[ -c $__vmt_ctlport ]] || __vmt_ctlport=; unset __d __h __p __r __l __m\n\
+         __vmt_go=''\n\
          if ! __vmt_init {key}; then printf '%s failed\\n' {n}; \
          elif [[ {host_ctl} == 1 && -n $__vmt_ctlport && -n $__vmt_cmdport ]]; then __vmt_go=1; \
-         printf '%s ok ctl cmd\\n%s serving\\n' {n} {n};{head} else __vmt_go=0; fi\n\
-         {skip}{{ read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_h; }} 2>/dev/null && eval \"$__vmt_h\"\n",
+         printf '%s ok ctl cmd\\n%s serving\\n' {n} {n}; else __vmt_go=0; fi\n\
+         {{ read -r -N 7 __vmt_h && read -r -N $((16#$__vmt_h)) __vmt_h; }} 2>/dev/null && eval \"$__vmt_h\"\n",
+        compact(&BOOTSTRAP_STOP),
         compact(&BOOTSTRAP_FIRST),
     )
 }
 
 /// The port bootstrap's second record body: the functions of
-/// [`BOOTSTRAP`], then, if the loop serves, the first command's big
-/// output and the serve loop itself (`__vmt_records`, which starts the
+/// [`BOOTSTRAP`]; then, after a first command from the console
+/// ([`first_line`]), its output file left for the next; then, if the loop
+/// serves, the serve loop itself (`__vmt_records`, which starts the
 /// control listener and reads on); else the control listener, the report
 /// and `<n> idle`.
 pub(super) fn port_record_core(n: &str) -> String {
     format!(
         "{}\n\
-         if [[ $__vmt_go == 1 ]]; then \
-         if [[ -n $__vmt_big ]]; then __vmt_onport=1 __vmt_send_output; fi; \
-         if [[ -n $__vmt_ran ]]; then __vmt_next; fi; __vmt_records 2>/dev/null; \
+         if [[ -n $__vmt_ran ]]; then __vmt_next; __vmt_ran=; fi; \
+         if [[ $__vmt_go == 1 ]]; then __vmt_records 2>/dev/null; \
          elif [[ $__vmt_go == 0 ]]; then __vmt_ctl_start; __vmt_sync=; \
          printf '%s ok%s%s\\n%s idle\\n' {n} \"${{__vmt_ctlport:+ ctl}}\" \"${{__vmt_cmdport:+ cmd}}\" {n}; fi\n",
         compact(&BOOTSTRAP),
     )
+}
+
+/// The first command after a boot (its id, its text as sent, whether its
+/// output is kept), as one line on the console that runs it and answers
+/// it there, before anything of the driver's is defined in the shell:
+/// under TCG, what a boot runs for the first time costs several times what
+/// it costs later, and a first command that waited for the port bootstrap
+/// cost about 20 ms more than nixpkgs' (docs/performance.md). The output
+/// goes to the file the bootstrap's `__vmt_init` will call `o.0` (in the
+/// first of /run, /dev/shm, /tmp bash may write in). The line answers as
+/// the serve loop does (`mark` is the bootstrap's key and the id), with
+/// `<mark>+` if the output is not small (the host asks for it once the
+/// shell is set up: `__vmt_send_output`), or `<mark>-` if no directory is
+/// writable (nothing ran). While the command runs, the line looks at the
+/// console every 0.1 s: a [`stop_line`] there is how the host stops it.
+/// The command runs in a function, as the serve loop's do (`return`
+/// ends it). The mark is never followed by a space in the line itself, so
+/// a console that echoed it would not answer for it.
+pub(super) fn first_line(mark: &str, id: u64, command: &str, capture: bool) -> String {
+    let to = if capture {
+        "$__vmt_d/.nix-vmtest-$$.o.0"
+    } else {
+        "/dev/null"
+    };
+    let command = super::shell_quote(command);
+    format!(
+        "BASH_ARGV0=bash __m={mark} __vmt_id={id} __vmt_why= __vmt_ran=1 __vmt_spent=;\
+         for __vmt_d in /run /dev/shm /tmp '';do [[ -d $__vmt_d&&-w $__vmt_d ]]&&break;done;\
+         if [[ -n $__vmt_d ]];then __vmt_to={to} __vmt_cmd={command};__vmt_first(){{ eval \"$__vmt_cmd\";}};\
+         exec {{__r}}< <(__vmt_first </dev/null >$__vmt_to);__p=$!;\
+         until read -t.1 -u$__r;(($?<129));do read -t0&&read -r __l&&eval \"$__l\";done;\
+         exec {{__r}}<&-;wait $__p 2>/dev/null;__vmt_st=$?;\
+         if [[ ! -s $__vmt_to ]];then echo $__m $__vmt_st done 0;\
+         elif IFS= read -rd '' -n4097 __l <$__vmt_to;then echo $__m+;\
+         else __vmt_spent=1;printf '%s %s done 2\\n%s\\n%s c\\n' $__m $__vmt_st \"$__l\" $__m;fi;\
+         else echo $__m-;fi\n"
+    )
+}
+
+/// What stops the first command's line ([`first_line`]): the functions of
+/// [`BOOTSTRAP_STOP`], the control port's device and `__vmt_stop`, which
+/// answers the one request the host sends on the port after this line.
+/// Read by that command's wait within 0.1 s, or, if the command ended
+/// meanwhile, by the shell after it (the request is answered all the
+/// same, and nothing is killed).
+pub(super) fn stop_line() -> String {
+    // One line, for the wait's `read -r`: the bash in a `$'…'` string.
+    let bash = format!(
+        "{}\n__vmt_pidfile=$__vmt_d/.nix-vmtest-ctl.pid __h=(/sys/class/virtio-ports/vport*p{CTL_NR})\n\
+         __vmt_ctlport=/dev/${{__h##*/}}; [[ -c $__vmt_ctlport ]] || __vmt_ctlport=; __vmt_stop 2>/dev/null",
+        compact(&BOOTSTRAP_STOP)
+    );
+    format!("eval {}\n", super::framing::ascii_quote(&bash))
 }
 
 /// The port bootstrap's line on the console: finds both ports (what
@@ -220,13 +270,15 @@ mod tests {
     #[test]
     fn the_compact_bootstrap_is_ascii_bash_that_parses() {
         let defs = format!(
-            "{}\n{}\n{}",
+            "{}\n{}\n{}\n{}",
+            compact(&BOOTSTRAP_STOP),
             compact(&BOOTSTRAP_FIRST),
             compact(&BOOTSTRAP),
             compact(&BOOTSTRAP_REST)
         );
         assert!(defs.is_ascii(), "a record carries ASCII only");
-        let whole = BOOTSTRAP_FIRST.len() + BOOTSTRAP.len() + BOOTSTRAP_REST.len();
+        let whole =
+            BOOTSTRAP_STOP.len() + BOOTSTRAP_FIRST.len() + BOOTSTRAP.len() + BOOTSTRAP_REST.len();
         assert!(defs.len() < whole * 2 / 3, "{} bytes", defs.len());
         assert!(!defs.lines().any(|l| l.starts_with('#') || l.is_empty()));
         assert_parses(&defs);
@@ -244,19 +296,66 @@ mod tests {
 
     /// The port bootstrap's console line stays short (bash reads it a byte
     /// at a time), and it and both records parse; the first record holds
-    /// none of the serve loop's functions (they are parsed after the first
-    /// answer).
+    /// none of the serve loop's functions (they come after the report).
+    /// The first command's line and the line that stops it parse too, and
+    /// the stop line is one line.
     #[test]
-    fn the_port_bootstrap_is_short_and_parses() {
+    fn the_console_lines_are_short_and_parse() {
         let n = super::super::framing::short_nonce();
         let line = port_console_line(&n);
         assert!(line.len() < 270, "{} bytes: {line}", line.len());
-        let first = port_record_body(&n, "k-", true, true);
+        let first = port_record_body(&n, "k-", true);
         let core = port_record_core(&n);
         assert!(!first.contains("__vmt_records()") && core.contains("__vmt_records()"));
-        assert!(first.contains("__vmt_head") && first.contains("__vmt_alone()"));
-        for text in [&line, &first, &core] {
+        assert!(first.contains("__vmt_stop()") && first.contains("__vmt_init()"));
+        let command = "set -euo pipefail; echo 'it''s' \"$HOME\"\ncat <<EOF\nx\nEOF";
+        let first_line = first_line("k-7", 7, command, true);
+        assert!(first_line.len() < 800 + command.len(), "{first_line}");
+        let stop = stop_line();
+        assert_eq!(stop.lines().count(), 1, "{stop}");
+        for text in [&line, &first, &core, &first_line, &stop] {
             assert_parses(text);
+        }
+    }
+
+    /// The first command's line in the host's bash: each form of its
+    /// answer, `set -e`, `$0`, output not kept, and the state the
+    /// bootstrap after it takes up (the output file it names `o.0`).
+    #[test]
+    fn the_first_line_answers_in_the_hosts_bash() {
+        let run = |command: &str, capture: bool| -> (String, String) {
+            let script = format!(
+                "{}echo \"state $__vmt_id $__vmt_st $__vmt_ran ${{__vmt_spent:-0}} \
+                 ${{__vmt_to##*/}}\"; [[ $__vmt_to == */.nix-vmtest-* ]] && rm -f \"$__vmt_to\"\n",
+                first_line("K-5", 5, command, capture)
+            );
+            let out = std::process::Command::new("bash")
+                .args(["--norc", "-c", &script])
+                .output()
+                .expect("bash");
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let (answer, state) = text.rsplit_once("state ").expect(&text);
+            (answer.to_string(), state.trim().to_string())
+        };
+        let (answer, state) = run("true", true);
+        assert_eq!(answer, "K-5 0 done 0\n");
+        assert!(state.starts_with("5 0 1 0 .nix-vmtest-"), "{state}");
+        assert!(state.ends_with(".o.0"), "{state}");
+        let (answer, state) = run("set -euo pipefail; echo \"$0\"; false; echo after", true);
+        assert_eq!(answer, "K-5 1 done 2\nbash\n\nK-5 c\n");
+        assert!(state.starts_with("5 1 1 1 "), "{state}");
+        let (answer, state) = run("echo gone; exit 3", false);
+        assert_eq!(answer, "K-5 3 done 0\n");
+        assert_eq!(state, "5 3 1 0 null");
+        // As on the serve loop: `return` ends the command, and the
+        // command has no positional parameters.
+        let (answer, _) = run("echo \"$#\"; return 4", true);
+        assert_eq!(answer, "K-5 4 done 2\n0\n\nK-5 c\n");
+        // A NUL byte, or more than 4096 characters: the output waits.
+        for big in ["printf 'a\\0b'", "head -c 5000 /dev/zero | tr '\\0' x"] {
+            let (answer, state) = run(big, true);
+            assert_eq!(answer, "K-5+\n", "{big}");
+            assert!(state.starts_with("5 0 1 0 "), "{big}: {state}");
         }
     }
 
@@ -276,6 +375,7 @@ mod tests {
     #[test]
     fn the_shared_constants_are_filled_in() {
         for placeholder in ["@CHUNK@", "@CMD_PORT@", "@CTL_PORT@", "@SHARED_OUT@"] {
+            assert!(!BOOTSTRAP_STOP.contains(placeholder), "{placeholder}");
             assert!(!BOOTSTRAP_FIRST.contains(placeholder), "{placeholder}");
             assert!(!BOOTSTRAP.contains(placeholder), "{placeholder}");
             assert!(!BOOTSTRAP_REST.contains(placeholder), "{placeholder}");
@@ -294,6 +394,7 @@ mod tests {
         let out = match std::process::Command::new("shellcheck")
             .args([
                 "--norc",
+                "guest-stop.bash",
                 "guest-first.bash",
                 "guest-core.bash",
                 "guest-rest.bash",

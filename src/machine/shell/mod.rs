@@ -3,11 +3,10 @@
 //! The guest announces it with `Spawning backdoor root shell...`.
 //!
 //! On top of that plain shell (nothing else is assumed of the guest) the
-//! driver defines a few bash functions once per boot (`guest-core.bash`
-//! and `guest-rest.bash`; sent through the command port where the guest
-//! has it, since bash reads the console a byte at a time, the rest once
-//! the first command's answer is read; no process is started for it but the
-//! control listener) and then frames every command as
+//! driver defines a few bash functions once per boot (`guest-*.bash`; sent
+//! through the command port where the guest has it, since bash reads the
+//! console a byte at a time; no process is started for it but the control
+//! listener) and then frames every command as
 //!
 //! ```text
 //! host  → guest: __vmt_exec <n> <timeout ms|-> <isolate> '<command>' [/dev/null]
@@ -27,6 +26,10 @@
 //! stay unguessable. `/dev/null` as the last argument means the output is
 //! not kept. The command runs with no positional parameters, as with
 //! `bash -c`.
+//!
+//! The first command after a boot comes before that: one console line
+//! that runs it and answers as above, before anything is defined
+//! ([`Shell::run_first`]); the functions follow its answer.
 //!
 //! Those lines are what bash reads on the console when the guest has no
 //! command port. With one (a `virtserialport` named
@@ -144,13 +147,14 @@ pub const SHARED_OUT: &str = ".nix-vmtest-out";
 /// The line a NixOS backdoor prints when its shell is ready.
 pub const MARKER: &[u8] = b"Spawning backdoor root shell...";
 
-/// The bash the driver defines in the guest (`guest-first.bash`,
-/// `guest-core.bash` and `guest-rest.bash`, filled in): a snapshot's guest
-/// runs what it defined (the control listener), so a snapshot records
-/// which it was.
+/// The bash the driver defines in the guest (`guest-stop.bash`,
+/// `guest-first.bash`, `guest-core.bash` and `guest-rest.bash`, filled in):
+/// a snapshot's guest runs what it defined (the control listener), so a
+/// snapshot records which it was.
 pub fn guest_functions() -> String {
     format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
+        *guest::BOOTSTRAP_STOP,
         *guest::BOOTSTRAP_FIRST,
         *guest::BOOTSTRAP,
         *guest::BOOTSTRAP_REST
@@ -280,11 +284,6 @@ pub struct Shell {
     /// What a cancelled call left running in the guest.
     pending: Option<Pending>,
     serial: u64,
-    /// The first command's record, to go to the port with the bootstrap's
-    /// (the guest's serve loop reads it once it serves: no turn around
-    /// between the two), and whether it went ([`Shell::run`]).
-    ahead: Option<Vec<u8>>,
-    ahead_sent: bool,
     /// The host's side of [`SHARED_OUT`], where the guest leaves big
     /// outputs (form 3 of an answer); `None` if it could not be made.
     shared_out: Option<PathBuf>,
@@ -382,10 +381,12 @@ enum Rest {
 /// before the next call.
 #[derive(Debug, Clone)]
 enum Pending {
-    /// The port bootstrap ([`Shell::bootstrap_on_port`]) with nonce `n`
-    /// and `key`; its answer is unread. With `ahead`, the first command's
-    /// record went with it.
-    Bootstrap { n: String, key: String, ahead: bool },
+    /// The port bootstrap ([`Shell::start_port_bootstrap`]) with nonce
+    /// `n` and `key`; its answer is unread.
+    Bootstrap { n: String, key: String },
+    /// The first command after a boot, run from its console line
+    /// ([`Shell::run_first`]): its answer is unread.
+    First,
     /// A framed command or wait, or its output transfer.
     Command,
     /// A D-Bus session ([`Shell::unit_wait`]) with this nonce.
@@ -397,6 +398,28 @@ enum Pending {
     Serve(String),
     /// The serve loop was asked to end; its answer is unread.
     Leave(String),
+}
+
+/// How the first command's line answered ([`Shell::first_answer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FirstAnswer {
+    /// As the serve loop answers: the header is next in the buffer.
+    Answer,
+    /// Its output is not small: it waits in the guest.
+    Big,
+    /// Nothing ran.
+    NotRun,
+}
+
+/// The longest command that runs from the console after a boot: bash reads
+/// the console a byte at a time (3–12 µs each under TCG), the port a
+/// record at a time.
+const FIRST_MAX: usize = 1024;
+
+/// Whether a command may run from the first command's console line: ASCII
+/// without NUL (as a record carries it), and short.
+fn first_fits(command: &str) -> bool {
+    command.len() <= FIRST_MAX && command.is_ascii() && !command.contains('\0')
 }
 
 /// A command as sent: in its exec form only where the host stops commands
@@ -481,8 +504,6 @@ impl Shell {
             boot: None,
             pending: None,
             serial: 0,
-            ahead: None,
-            ahead_sent: false,
             shared_out: None,
             shared_outputs: 0,
         }
@@ -598,9 +619,17 @@ impl Shell {
         }
     }
 
+    /// Sends a line of bash (ending in a newline) whose answer no one
+    /// reads (`poweroff`), once what an earlier call left is settled (a
+    /// first command's setup, whose answer says where the shell reads).
+    pub async fn send_unanswered(&mut self, line: &str) -> Result<(), ShellError> {
+        self.settle().await?;
+        self.send_line(line).await
+    }
+
     /// Sends a line of bash (ending in a newline) to the backdoor shell: as
     /// a record while the guest serves the command port, else as it is.
-    pub async fn send_line(&mut self, line: &str) -> Result<(), ShellError> {
+    async fn send_line(&mut self, line: &str) -> Result<(), ShellError> {
         let bytes = self.framed(line)?;
         self.stream.write_all(&bytes).await?;
         Ok(())
@@ -752,8 +781,6 @@ impl Shell {
         self.route = Route::Console;
         self.boot = None;
         self.pending = None;
-        self.ahead = None;
-        self.ahead_sent = false;
     }
 
     /// Sets the backdoor shell up after a boot: defines the functions of
@@ -841,31 +868,35 @@ impl Shell {
         Ok(())
     }
 
-    /// The bootstrap in one exchange, through the command port: bash reads
-    /// a port in blocks (`read -N`), where it reads the console a byte at a
-    /// time (3–12 µs each under TCG, the most right after a boot: about
-    /// 0.1 s for all the functions). A short line on the console
-    /// ([`guest::port_console_line`]) finds the ports by number, skips
-    /// what an earlier boot left on the command port up to `<n>.`, and
-    /// evaluates one record ([`guest::port_record_body`]) with the
-    /// functions the first command needs, `__vmt_init` and the report,
-    /// which runs and answers the first command (its record follows in the
-    /// same write) before anything else; then it evaluates the next record
-    /// ([`guest::port_record_core`]): the other functions of the serve
-    /// loop, and the loop itself (`__vmt_records`), still on the port it
-    /// opened. The rest ([`Rest`]) comes after that. `false` if the guest
-    /// has no such port.
+    /// The bootstrap in one exchange, through the command port
+    /// ([`Shell::start_port_bootstrap`], then its answer). `false` if the
+    /// guest has no such port.
     async fn bootstrap_on_port(&mut self, n: &str, key: &str) -> Result<bool, ShellError> {
-        // The first command's record, where the loop will serve (the host
-        // has the control port): run by the bootstrap if the loop will
-        // serve, read and dropped by it if not.
-        let ahead = self.ahead.take().filter(|_| self.ctl.is_some());
-        let body = guest::port_record_body(n, key, self.ctl.is_some(), ahead.is_some());
+        if !self.start_port_bootstrap(n, key).await? {
+            return Ok(false);
+        }
+        let answer = self.bootstrap_answer(n, key).await;
+        self.pending = None;
+        answer
+    }
+
+    /// Sends the port bootstrap, whose answer is then due
+    /// ([`Pending::Bootstrap`]): bash reads a port in blocks (`read -N`),
+    /// where it reads the console a byte at a time (3–12 µs each under
+    /// TCG, the most right after a boot: about 0.1 s for all the
+    /// functions). A short line on the console
+    /// ([`guest::port_console_line`]) finds the ports by number, skips what
+    /// an earlier boot left on the command port up to `<n>.`, and evaluates
+    /// one record ([`guest::port_record_body`]): the shell's setup and the
+    /// report; then the next record ([`guest::port_record_core`]): the
+    /// other functions of the serve loop, and the loop itself
+    /// (`__vmt_records`), still on the port it opened. The rest ([`Rest`])
+    /// comes after that. `false` (nothing sent) if the host has no command
+    /// port.
+    async fn start_port_bootstrap(&mut self, n: &str, key: &str) -> Result<bool, ShellError> {
+        let body = guest::port_record_body(n, key, self.ctl.is_some());
         let mut bytes = format!("{n}.").into_bytes();
         bytes.extend(record('\n', &body)?);
-        if let Some(ahead) = &ahead {
-            bytes.extend(ahead);
-        }
         bytes.extend(record('\n', &guest::port_record_core(n))?);
         let Some(port) = self.other.as_mut() else {
             return Ok(false);
@@ -873,29 +904,18 @@ impl Shell {
         port.stream.write_all(&bytes).await?;
         let line = guest::port_console_line(n);
         self.stream.write_all(line.as_bytes()).await?;
-        let ahead = ahead.is_some();
         self.pending = Some(Pending::Bootstrap {
             n: n.to_string(),
             key: key.to_string(),
-            ahead,
         });
-        let answer = self.bootstrap_answer(n, key, ahead).await;
-        self.pending = None;
-        answer
+        Ok(true)
     }
 
     /// Reads the port bootstrap's answer: `<n> ok …` then `<n> serving`
     /// (or `<n> idle`) on the port, or `<n> noport` on the console (then
-    /// `false`). With `ahead`, the first command's record went with it
-    /// (`ahead_sent` says whether the loop serves, and so runs it). Nothing
-    /// is taken before the whole answer is there: a call cut short here
-    /// reads it again ([`Pending::Bootstrap`]).
-    async fn bootstrap_answer(
-        &mut self,
-        n: &str,
-        key: &str,
-        ahead: bool,
-    ) -> Result<bool, ShellError> {
+    /// `false`). Nothing is taken before the whole answer is there: a call
+    /// cut short here reads it again ([`Pending::Bootstrap`]).
+    async fn bootstrap_answer(&mut self, n: &str, key: &str) -> Result<bool, ShellError> {
         let head = format!("{n} ");
         let noport = format!("{n} noport\n");
         loop {
@@ -921,7 +941,6 @@ impl Shell {
                     self.route = Route::Port {
                         sync: n.to_string(),
                     };
-                    self.ahead_sent = ahead;
                 }
                 self.set_rest(Rest::Unsent);
                 return Ok(true);
@@ -948,23 +967,30 @@ impl Shell {
 
     async fn settle_one(&mut self, pending: Pending) -> Result<(), ShellError> {
         match pending {
-            Pending::Bootstrap { n, key, ahead } => {
+            Pending::Bootstrap { n, key } => {
                 // Kept until the answer is read, in case this call is
                 // cancelled too.
                 self.pending = Some(Pending::Bootstrap {
                     n: n.clone(),
                     key: key.clone(),
-                    ahead,
                 });
-                let answer = self.bootstrap_answer(&n, &key, ahead).await;
+                let answer = self.bootstrap_answer(&n, &key).await;
                 self.pending = None;
                 if !answer? {
                     // No port: the next call bootstraps on the console.
                     self.boot = None;
                 }
-                if std::mem::take(&mut self.ahead_sent) {
-                    self.pending = Some(Pending::Command);
-                }
+            }
+            Pending::First => {
+                self.pending = Some(Pending::First);
+                self.stop_first().await?;
+                // Its answer (if it came) goes with what comes before the
+                // sync; the output it left in the guest is not wanted.
+                let n = nonce();
+                self.send_line(&format!("printf '%s\\n' {n}-sync\n"))
+                    .await?;
+                self.read_until(format!("{n}-sync\n").as_bytes()).await?;
+                self.pending = None;
             }
             Pending::Command => {
                 if self.guest_ctl() {
@@ -1126,29 +1152,32 @@ impl Shell {
     /// future midway is safe: the next call cancels and drains it.
     pub async fn run(&mut self, req: Request<'_>) -> Result<Outcome, ShellError> {
         let id = self.serial + 1;
-        // After a boot, a plain command's record goes with the port
-        // bootstrap's (the loop serves it where the host has the control
-        // port, and the guest too: it is sent as for a guest with it).
-        if self.boot.is_none() && self.pending.is_none() && self.ctl.is_some() {
-            if let Request::Exec {
-                command, capture, ..
-            } = req
-            {
-                if command.is_ascii() {
-                    self.ahead = Some(plain_record(id, command, capture, None, true)?);
+        // Taken now: a call cut short leaves a gap, never a reused id.
+        self.serial = id;
+        // After a boot, a short plain command runs from the console before
+        // the shell is set up, where the host can stop it and set the
+        // shell up after it.
+        let first = self.boot.is_none()
+            && self.pending.is_none()
+            && self.ctl.is_some()
+            && self.other.is_some();
+        if let Request::Exec {
+            command,
+            timeout,
+            capture,
+        } = req
+        {
+            if first && first_fits(command) {
+                if let Some(out) = self.run_first(id, command, timeout, capture).await? {
+                    return Ok(out);
                 }
             }
         }
-        // Taken now: a call cut short leaves a gap, never a reused id.
-        self.serial = id;
-        let ready = self.ready(true).await;
-        self.ahead = None;
-        ready?;
+        self.ready(true).await?;
         let Some(boot) = &self.boot else {
             return Err(ShellError::Protocol("the shell was not set up".into()));
         };
         let guest_ctl = boot.ctl;
-        let sent_ahead = std::mem::take(&mut self.ahead_sent);
         // What marks this command's answer and output chunks.
         let mark = format!("{}{id}", boot.key);
         // With the control port, the host stops a command at its deadline
@@ -1159,8 +1188,8 @@ impl Shell {
             Request::Until { timeout, .. } => timeout.map(|t| t + UNTIL_GRACE),
         }
         .filter(|_| guest_ctl);
-        // The first plain command after the port bootstrap goes before the
-        // rest of the functions; anything else needs them first.
+        // A plain command on the serve loop goes before the rest of the
+        // functions is defined; anything else needs them first.
         let plain =
             self.serving() && matches!(req, Request::Exec { command, .. } if command.is_ascii());
         if !plain {
@@ -1169,8 +1198,6 @@ impl Shell {
         let names = self.boot.as_ref().and_then(|b| b.names.as_ref());
         let sent = |command: &str| sent_form(command, names, guest_ctl);
         let sent_bytes = match req {
-            // Already on its way with the bootstrap.
-            Request::Exec { .. } if plain && sent_ahead => Vec::new(),
             // The serve loop runs a plain command itself, with no function
             // call and nothing to parse but the command.
             Request::Exec {
@@ -1206,9 +1233,7 @@ impl Shell {
             }
         };
         self.pending = Some(Pending::Command);
-        if !sent_bytes.is_empty() {
-            self.stream.write_all(&sent_bytes).await?;
-        }
+        self.stream.write_all(&sent_bytes).await?;
         let mut killed = false;
         if let Some(after) = kill_after {
             let head = format!("{mark} ");
@@ -1229,6 +1254,105 @@ impl Shell {
         // acknowledgements of output chunks on the same stream.
         self.send_rest().await?;
         Ok(out)
+    }
+
+    /// The first command after a boot, from one console line
+    /// ([`guest::first_line`]) that runs it and answers before anything of
+    /// the driver's is defined in the guest: then the port bootstrap is
+    /// sent, and its answer is read by the next call (the guest sets its
+    /// shell up while the test script goes on). At its deadline the host
+    /// stops it through the control port ([`Shell::stop_first`]). Output
+    /// that is not small waits in the guest until the shell is set up, and
+    /// is then asked for. `None` if nothing ran (the guest has no
+    /// directory to write in; the bootstrap will say so).
+    async fn run_first(
+        &mut self,
+        id: u64,
+        command: &str,
+        timeout: Option<Duration>,
+        capture: bool,
+    ) -> Result<Option<Outcome>, ShellError> {
+        let n = short_nonce();
+        let key = format!("{}-", nonce());
+        let mark = format!("{key}{id}");
+        let line = guest::first_line(&mark, id, &sent_form(command, None, true), capture);
+        self.pending = Some(Pending::First);
+        self.stream.write_all(line.as_bytes()).await?;
+        let mut killed = false;
+        let first = match timeout {
+            Some(after) => match tokio::time::timeout(after, self.first_answer(&mark)).await {
+                Ok(first) => first?,
+                Err(_) => {
+                    self.stop_first().await?;
+                    killed = true;
+                    self.first_answer(&mark).await?
+                }
+            },
+            None => self.first_answer(&mark).await?,
+        };
+        let mut out = match first {
+            FirstAnswer::NotRun => {
+                self.pending = None;
+                return Ok(None);
+            }
+            FirstAnswer::Answer => {
+                let out = self.read_answer(&mark).await?;
+                self.start_port_bootstrap(&n, &key).await?;
+                out
+            }
+            FirstAnswer::Big => {
+                self.pending = None;
+                self.start_port_bootstrap(&n, &key).await?;
+                self.ready(true).await?;
+                let Some(boot) = &self.boot else {
+                    return Err(ShellError::Protocol("the shell was not set up".into()));
+                };
+                let mark = format!("{}{id}", boot.key);
+                self.pending = Some(Pending::Command);
+                self.send_line("__vmt_send_output; : >\"$__vmt_to\"\n")
+                    .await?;
+                let out = self.read_answer(&mark).await?;
+                self.send_rest().await?;
+                out
+            }
+        };
+        if killed {
+            out.ending = Ending::Timeout;
+        }
+        Ok(Some(out))
+    }
+
+    /// Waits for the first command's line to answer ([`guest::first_line`]):
+    /// the answer's header (left in the buffer), `<mark>+` or `<mark>-`.
+    async fn first_answer(&mut self, mark: &str) -> Result<FirstAnswer, ShellError> {
+        let kinds = [
+            (format!("{mark} "), FirstAnswer::Answer),
+            (format!("{mark}+\n"), FirstAnswer::Big),
+            (format!("{mark}-\n"), FirstAnswer::NotRun),
+        ];
+        loop {
+            let found = kinds
+                .iter()
+                .filter_map(|(needle, kind)| {
+                    memmem::find(&self.buf, needle.as_bytes()).map(|i| (i, needle.len(), *kind))
+                })
+                .min_by_key(|&(i, _, _)| i);
+            if let Some((i, len, kind)) = found {
+                if kind != FirstAnswer::Answer {
+                    self.buf.drain(..i + len);
+                }
+                return Ok(kind);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Stops the first command's line: the functions it needs for that, on
+    /// the console ([`guest::stop_line`]), then the request on the control
+    /// port, answered once the command is killed ([`Shell::ctl_kill`]).
+    async fn stop_first(&mut self) -> Result<(), ShellError> {
+        self.stream.write_all(guest::stop_line().as_bytes()).await?;
+        self.ctl_kill().await
     }
 
     /// Writes raw bytes into the shell (the interactive `shell_interact`,
