@@ -946,12 +946,12 @@ async fn reboot_waits_for_the_new_boot_on_the_same_console() {
 /// shell is set up, and the setup follows; the rest of the functions comes
 /// after the next plain command (or before any other request). Whatever
 /// the first request is, and however it ends (a timeout and a cancel
-/// stop the command from the console; a NUL byte and 1 MB of output wait
-/// in the guest for the setup), the shell has all of them afterwards, and
-/// knows its names again.
+/// stop the command from the console; a detached subshell does not hold
+/// it; a NUL byte and 1 MB of output wait in the guest for the setup), the
+/// shell has all of them afterwards, and knows its names again.
 #[tokio::test(flavor = "current_thread")]
 async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
-    // Eleven boots: twice the usual limit.
+    // Twelve boots: twice the usual limit.
     common::within(LIMIT * 2, async {
         let mut d = common::driver(vec![common::tiny("machine", vec![])]).await;
         let m = &mut d.machines[0];
@@ -962,6 +962,7 @@ async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
             "cancelled",
             "cut-in-bootstrap",
             "cut-after-first",
+            "detached",
             "wait",
             "non-ascii",
             "quiet",
@@ -999,6 +1000,16 @@ async fn any_first_request_after_a_boot_leaves_the_shell_whole() {
                     let o = m.execute("sleep 100", None, true);
                     let cut = tokio::time::timeout(Duration::from_millis(1), o).await;
                     assert!(cut.is_err(), "sleep 100 returned");
+                }
+                // A detached subshell keeps what the command's line waits
+                // on open: the line sees the command's end all the same.
+                "detached" => {
+                    let o = m.execute("(sleep 30; :) >/dev/null 2>&1 & echo started", None, true);
+                    let o = tokio::time::timeout(Duration::from_secs(10), o)
+                        .await
+                        .expect("a detached subshell held the first command")
+                        .unwrap();
+                    assert_eq!(o.output, b"started\n");
                 }
                 "wait" => {
                     let o = m.wait_until("true", "true", UntilMode::Succeed, None);

@@ -156,6 +156,9 @@ pub(super) fn port_record_core(n: &str) -> String {
 /// shell is set up: `__vmt_send_output`), or `<mark>-` if no directory is
 /// writable (nothing ran). While the command runs, the line looks at the
 /// console every 0.1 s: a [`stop_line`] there is how the host stops it.
+/// A detached subshell of the command keeps the pipe the line waits on
+/// (bash's saved copy of the function's stdout): the command's end is then
+/// seen at the next 0.1 s, by its pid.
 /// The command runs in a function, as the serve loop's do (`return`
 /// ends it). The mark is never followed by a space in the line itself, so
 /// a console that echoed it would not answer for it.
@@ -171,7 +174,7 @@ pub(super) fn first_line(mark: &str, id: u64, command: &str, capture: bool) -> S
          for __vmt_d in /run /dev/shm /tmp '';do [[ -d $__vmt_d&&-w $__vmt_d ]]&&break;done;\
          if [[ -n $__vmt_d ]];then __vmt_to={to} __vmt_cmd={command};__vmt_first(){{ eval \"$__vmt_cmd\";}};\
          exec {{__r}}< <(__vmt_first </dev/null >$__vmt_to);__p=$!;\
-         until read -t.1 -u$__r;(($?<129));do read -t0&&read -r __l&&eval \"$__l\";done;\
+         until read -t.1 -u$__r;(($?<129));do kill -0 $__p 2>/dev/null||break;read -t0&&read -r __l&&eval \"$__l\";done;\
          exec {{__r}}<&-;wait $__p 2>/dev/null;__vmt_st=$?;\
          if [[ ! -s $__vmt_to ]];then echo $__m $__vmt_st done 0;\
          elif IFS= read -rd '' -n4097 __l <$__vmt_to;then echo $__m+;\
@@ -351,6 +354,12 @@ mod tests {
         // command has no positional parameters.
         let (answer, _) = run("echo \"$#\"; return 4", true);
         assert_eq!(answer, "K-5 4 done 2\n0\n\nK-5 c\n");
+        // A detached subshell keeps the pipe the line waits on: the
+        // command's end is seen by its pid (it lives 5 s here).
+        let t = std::time::Instant::now();
+        let (answer, _) = run("(sleep 5; :) >/dev/null 2>&1 & echo started", true);
+        assert_eq!(answer, "K-5 0 done 2\nstarted\n\nK-5 c\n");
+        assert!(t.elapsed().as_secs() < 4, "{:?}", t.elapsed());
         // A NUL byte, or more than 4096 characters: the output waits.
         for big in ["printf 'a\\0b'", "head -c 5000 /dev/zero | tr '\\0' x"] {
             let (answer, state) = run(big, true);
