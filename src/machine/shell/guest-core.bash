@@ -1,9 +1,9 @@
 # shellcheck shell=bash
 # The guest's backdoor shell: the serve loop and the rest of what every
-# command needs (`BOOTSTRAP` in guest.rs; guest-first.bash has what the
-# first command needs). Defined once per boot, on the console or in the
-# port bootstrap's second record, after the first command's answer;
-# comment lines and indentation are dropped before they are sent.
+# command needs (`BOOTSTRAP` in guest.rs; guest-first.bash has the shell's
+# setup). Defined once per boot, on the console or in the port bootstrap's
+# second record, after its report; comment lines and indentation are
+# dropped before they are sent.
 # @CHUNK@ and @SHARED_OUT@ are filled in from the Rust constants.
 __vmt_ctl_start() {
   if [[ -n $__vmt_listener ]] && kill -0 "$__vmt_listener" 2>/dev/null; then return; fi
@@ -62,8 +62,9 @@ __vmt_records() {
   # Seen by what the loop calls (bash's locals are dynamic): answers go on
   # the port, which QEMU throttles rather than drops.
   local __vmt_onport=1
-  # The control listener, if it is not running (after the port bootstrap,
-  # once the first command is answered).
+  # The control listener, if it is not running (after the port
+  # bootstrap: it takes over the control port a stopped first command
+  # left open).
   __vmt_ctl_start
   while read -r -N 7 __vmt_h; do
     [[ $__vmt_h == cancel. ]] && continue

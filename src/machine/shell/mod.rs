@@ -70,11 +70,10 @@
 //!   nothing else. At the deadline the host writes `<id>.` on the port;
 //!   the listener kills the shell's children (the command's tree) and
 //!   answers `<id> done`, after which the host reads the killed command's
-//!   answer. The listener is forked after the first command's answer
-//!   (under TCG its fork cost that answer 10–30 ms): the first command
-//!   runs as a process substitution, and the shell reads the port itself
-//!   every 0.1 s until the command's end closes the pipe
-//!   (`__vmt_alone`).
+//!   answer. The first command after a boot runs before the listener
+//!   is forked, from its console line ([`Shell::run_first`]): the host
+//!   stops it with a line that opens the port and answers one request
+//!   (`__vmt_stop`).
 //! - Without the port (a start script that drops the driver's options), the
 //!   guest itself: `__vmt_exec` runs the command in the background and reads
 //!   a FIFO whose write end the subshell holds, 200 ms at a time, checking
@@ -363,10 +362,10 @@ const CTL_ANSWER: Duration = Duration::from_secs(10);
 const UNTIL_GRACE: Duration = Duration::from_secs(1);
 
 /// `guest-rest.bash` in the guest. The port bootstrap defines only what
-/// the first command needs; the rest, with the list of names bash resolves
-/// itself, goes once that command's answer is read (not with its record:
-/// the guest reads the acknowledgements of output chunks on the same
-/// stream), or before any other request.
+/// the serve loop needs; the rest, with the list of names bash resolves
+/// itself, goes once the next plain command's answer is read (not with its
+/// record: the guest reads the acknowledgements of output chunks on the
+/// same stream), or before any other request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Rest {
     /// Defined, and the names are read.
@@ -1014,7 +1013,7 @@ impl Shell {
                 self.read_until(format!("{n}-sync\n").as_bytes()).await?;
                 // An answer skipped may have left its output there.
                 self.clear_shared_out();
-                // A first command cut short did not send the rest.
+                // A command cut short did not send the rest.
                 self.complete().await?;
             }
             Pending::Bus(n) => {
