@@ -22,14 +22,10 @@ __vmt_ctl_start() {
 # shellcheck disable=SC2154
 __vmt_listen() {
   # The listener writes its own pid file: the shell goes on meanwhile.
-  local req kids k
+  local req
   echo "$BASHPID" 2>/dev/null >"$__vmt_pidfile"
   while read -r -d . -u "$__vmt_ctlfd" req; do
-    kids=()
-    read -r -a kids </proc/$$/task/$$/children
-    for k in "${kids[@]}"; do
-      [[ $k == "$BASHPID" ]] || __vmt_kill "$k"
-    done
+    __vmt_kill_children
     # The shell is not signalled: bash catches a trapped signal without
     # SA_RESTART, so it could cut the shell's write of an answer short
     # (EINTR; on a tty, bash's printf writes a line at a time). A wait

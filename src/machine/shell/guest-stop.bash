@@ -43,6 +43,16 @@ __vmt_kill() {
     kill -KILL "$p" 2>/dev/null
   done
 }
+__vmt_kill_children() {
+  # Kills the trees of the shell's children (the running command), but the
+  # process this runs in (the listener, a child itself).
+  local kids k
+  kids=()
+  read -r -a kids </proc/$$/task/$$/children
+  for k in "${kids[@]}"; do
+    [[ $k == "$BASHPID" ]] || __vmt_kill "$k"
+  done
+}
 # Globals of the first command's console line (`first_line` in guest.rs).
 # shellcheck disable=SC2154
 __vmt_stop() {
@@ -51,11 +61,9 @@ __vmt_stop() {
   # before it was opened only once it is), then whatever the shell runs
   # is killed (the first command, if it still runs), and the request
   # answered.
-  local req kids k
+  local req
   __vmt_ctl_open || return 0
   read -r -t 10 -d . -u "$__vmt_ctlfd" req || return 0
-  kids=()
-  read -r -a kids </proc/$$/task/$$/children
-  for k in "${kids[@]}"; do __vmt_kill "$k"; done
+  __vmt_kill_children
   printf '%s done\n' "$req" >&"$__vmt_ctlfd"
 }
